@@ -1,0 +1,238 @@
+"""Loading a GPT-2-shaped model and keeping only what the method needs: layer 0.
+
+Every model, the hub's ``gpt2``, a local Hugging Face directory or the offline
+``toy`` model, goes through one path: resolve to a local directory, boot it with
+TransformerLens's ``TransformerBridge`` and ``enable_compatibility_mode()`` (which
+folds LayerNorm weights into the following matrices and centres W_E, W_pos and the
+writing weights), then copy layer 0's processed weights into :class:`Layer0`.
+
+The rest of the library works on :class:`Layer0` alone, so only layer 0 is ever
+computed and the bridge (all 12 layers) is dropped after loading.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_MODEL_TYPES = ("gpt2",)
+HUB_ALIASES = {"gpt2": "openai-community/gpt2", "gpt2-small": "openai-community/gpt2"}
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be found or is not one this library supports."""
+
+
+class DeviceError(RuntimeError):
+    """The requested device is not available."""
+
+
+@dataclass(frozen=True)
+class Layer0:
+    """Layer 0 of a GPT-2-shaped model with TransformerLens's processed weights.
+
+    Shapes (V vocabulary, N n_ctx, d d_model, H heads, e d_head, M d_mlp):
+    W_E [V, d] and W_pos [N, d], both centred; W_Q, W_K, W_V [H, d, e] and
+    b_Q, b_K, b_V [H, e] with LN1's weights folded in; W_O [H, e, d], b_O [d];
+    W_in [d, M], b_in [M] with LN2's weights folded in.  Both LayerNorms are then
+    LN(x) = (x - mean x) / sqrt(var x + eps).
+    """
+
+    W_E: torch.Tensor
+    W_pos: torch.Tensor
+    W_Q: torch.Tensor
+    b_Q: torch.Tensor
+    W_K: torch.Tensor
+    b_K: torch.Tensor
+    W_V: torch.Tensor
+    b_V: torch.Tensor
+    W_O: torch.Tensor
+    b_O: torch.Tensor
+    W_in: torch.Tensor
+    b_in: torch.Tensor
+    eps: float = 1e-5
+    act_fn: str = "gelu_new"
+    name: str = "unnamed"
+    tokenizer: object = field(default=None, repr=False, compare=False)
+
+    @property
+    def d_model(self) -> int:
+        return self.W_E.shape[1]
+
+    @property
+    def d_vocab(self) -> int:
+        return self.W_E.shape[0]
+
+    @property
+    def n_ctx(self) -> int:
+        return self.W_pos.shape[0]
+
+    @property
+    def n_heads(self) -> int:
+        return self.W_Q.shape[0]
+
+    @property
+    def d_head(self) -> int:
+        return self.W_Q.shape[2]
+
+    @property
+    def d_mlp(self) -> int:
+        return self.W_in.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_E.device
+
+    def to(self, device=None, dtype=None) -> "Layer0":
+        moved = {
+            f.name: getattr(self, f.name).to(device=device, dtype=dtype)
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
+        return replace(self, **moved)
+
+    def token_id(self, text: str) -> int:
+        """The id of a string that must be exactly one token (e.g. ' the')."""
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        if len(ids) != 1:
+            raise ValueError(f"{text!r} is {len(ids)} tokens for model {self.name}; pass a string that is one token")
+        return ids[0]
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' picks cuda when present (and logs it); 'cuda' without a GPU is an error."""
+    if device == "auto":
+        chosen = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        log.info("device='auto' chose %s", chosen)
+        return chosen
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(
+            f"device={device!r} was asked for but torch sees no CUDA GPU "
+            f"(torch {torch.__version__}, cuda build: {torch.version.cuda}). "
+            "Install a CUDA build of torch on a GPU machine, or pass device='cpu' or 'auto'."
+        )
+    return dev
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def resolve_model_dir(model: str | os.PathLike) -> Path:
+    """A local directory in Hugging Face format for ``model``.
+
+    ``model`` is 'toy' (built on first use), a local directory, or a hub name such as
+    'gpt2' (from the local Hugging Face cache, else downloaded). Without a network and
+    without a cached copy this fails at once, instead of retrying.
+    """
+    model_str = str(model)
+    if model_str == "toy":
+        from . import toy
+
+        return toy.ensure_model()
+    path = Path(model_str).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"model={model_str!r} exists but is not a Hugging Face model directory "
+                "(no config.json). Point at the folder that holds config.json and the weights."
+            )
+        return path
+    if model_str.startswith((".", "/", "~")):
+        raise ModelLoadError(f"model={model_str!r}: no such directory.")
+    repo = HUB_ALIASES.get(model_str, model_str)
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
+
+    patterns = ["config.json", "*.safetensors", "tokenizer*", "vocab.json", "merges.txt", "generation_config.json"]
+    try:
+        return Path(snapshot_download(repo, allow_patterns=patterns, local_files_only=True))
+    except HFValidationError as err:
+        raise ModelLoadError(f"model={model_str!r} is neither a directory nor a valid hub name: {err}") from None
+    except Exception:
+        pass  # not cached: try the network below
+    if not _hub_reachable():
+        raise ModelLoadError(
+            f"model={model_str!r} ({repo}) is not in the local Hugging Face cache and the hub "
+            "(huggingface.co) cannot be reached. Either run once with a network to cache it, "
+            "or download it elsewhere (e.g. `huggingface-cli download openai-community/gpt2`) "
+            "and pass model='/path/to/that/directory', or use model='toy' for the offline model."
+        )
+    try:
+        return Path(snapshot_download(repo, allow_patterns=patterns))
+    except Exception as err:
+        raise ModelLoadError(f"model={model_str!r}: download of {repo} failed: {err}") from None
+
+
+def _check_architecture(model_dir: Path) -> dict:
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"{model_dir}/config.json cannot be read: {err}") from None
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ModelLoadError(
+            f"{model_dir} holds a {model_type!r} model; supported: {', '.join(SUPPORTED_MODEL_TYPES)} "
+            "(GPT-2-shaped models with learned absolute positions). The method needs absolute "
+            "positional embeddings added before layer 0's LayerNorm."
+        )
+    return config
+
+
+def load_bridge(model: str | os.PathLike = "gpt2", device: str = "auto"):
+    """The TransformerLens bridge in compatibility mode (folded LN, centred weights)."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    model_dir = resolve_model_dir(model)
+    _check_architecture(model_dir)
+    dev = resolve_device(device)
+    bridge = TransformerBridge.boot_transformers(str(model_dir), device=dev)
+    bridge.enable_compatibility_mode()
+    return bridge
+
+
+def layer0_from_bridge(bridge, name: str = "unnamed") -> Layer0:
+    """Copy layer 0's processed weights out of a TransformerBridge (compatibility mode)."""
+    with torch.no_grad():
+        get = lambda attr: getattr(bridge, attr).detach().clone()  # noqa: E731
+        return Layer0(
+            W_E=get("W_E"),
+            W_pos=get("W_pos"),
+            W_Q=get("W_Q")[0],
+            b_Q=get("b_Q")[0],
+            W_K=get("W_K")[0],
+            b_K=get("b_K")[0],
+            W_V=get("W_V")[0],
+            b_V=get("b_V")[0],
+            W_O=get("W_O")[0],
+            b_O=get("b_O")[0],
+            W_in=get("W_in")[0],
+            b_in=get("b_in")[0],
+            eps=float(bridge.cfg.eps),
+            act_fn=str(getattr(bridge.cfg, "act_fn", "gelu_new")),
+            name=name,
+            tokenizer=bridge.tokenizer,
+        )
+
+
+def load_layer0(model: str | os.PathLike = "gpt2", device: str = "auto") -> Layer0:
+    """Load ``model`` (hub name, local directory or 'toy') and keep its layer 0."""
+    bridge = load_bridge(model, device)
+    layer0 = layer0_from_bridge(bridge, name=str(model))
+    del bridge
+    return layer0

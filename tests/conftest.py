@@ -1,0 +1,85 @@
+"""Small GPT-2-shaped models built in the tests, with the real GPT-2 tokenizer and
+real WebText documents from ../shared/data (tests may read it; the library never does)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+if not SHARED.exists():  # a clone whose shared/ sits beside the repo root
+    SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def gpt2_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok_dir = SHARED / "gpt2-tokenizer"
+    tok = Tokenizer(models.BPE.from_file(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt")))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    eot = "<|endoftext|>"
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=eot, eos_token=eot, unk_token=eot)
+
+
+def write_random_gpt2(path: Path, seed: int = 0, n_layer: int = 2, n_embd: int = 64, n_head: int = 4,
+                      n_positions: int = 128, state_edit=None) -> Path:
+    """A random GPT-2-shaped Hugging Face directory with the real GPT-2 tokenizer.
+    ``state_edit(model)`` may overwrite weights before saving."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_inner=4 * n_embd,
+                     n_positions=n_positions, vocab_size=50257)
+    model = GPT2LMHeadModel(cfg)
+    with torch.no_grad():
+        # GPT-2's init gives tiny embeddings; real GPT-2 has |W_E| ~ 3.5 and a larger W_pos.
+        model.transformer.wte.weight.normal_(0, 3.5 / n_embd**0.5)
+        model.transformer.wpe.weight.normal_(0, 1.0 / n_embd**0.5)
+        if state_edit is not None:
+            state_edit(model)
+    model.save_pretrained(path)
+    gpt2_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    return write_random_gpt2(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_bridge(tiny_dir):
+    from ctxneurons.model import load_bridge
+
+    return load_bridge(tiny_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_bridge):
+    from ctxneurons.model import layer0_from_bridge
+
+    return layer0_from_bridge(tiny_bridge, name="tiny-random")
+
+
+@pytest.fixture(scope="session")
+def webtext() -> list[str]:
+    with open(SHARED / "webtext-sample.jsonl") as f:
+        return [json.loads(line)["text"] for line in f]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokens(tiny, webtext) -> torch.Tensor:
+    """[4, 128] real WebText tokens, BOS first."""
+    rows = []
+    for text in webtext:
+        ids = tiny.tokenizer.encode(text, add_special_tokens=False)
+        if len(ids) >= 127:
+            rows.append([50256] + ids[:127])
+        if len(rows) == 4:
+            break
+    return torch.tensor(rows)
