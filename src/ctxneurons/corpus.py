@@ -1,0 +1,338 @@
+"""Texts and tokens: corpora of test texts and the single calibration text.
+
+A *corpus* is named by one string:
+
+- ``'openwebtext'``: OpenWebText through the ``datasets`` library, from a local cached copy
+  when there is one, else streamed from the Hugging Face hub;
+- ``'toy'``: the offline toy documents of :mod:`ctxneurons.toy`;
+- a path: a ``.jsonl`` file with one ``{"text": ...}`` object per line, a ``.txt`` file
+  (one document), or a folder searched recursively for both (files in sorted order).
+
+:func:`select_token_batch` draws a seeded, reproducible set of texts long enough to fill a
+``[n_texts, n_tokens]`` token tensor; :func:`load_calibration_text` and
+:func:`calibration_tokens` handle the one text whose denominators calibrate the circuit.
+Every failure is a :class:`CorpusError` that names the input and says what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from .model import _hub_reachable
+
+OPENWEBTEXT = "Skylion007/openwebtext"
+CORPUS_SUFFIXES = (".txt", ".jsonl")
+CALIBRATION_SUFFIXES = (".txt", ".md", ".jsonl")
+_OFFLINE_VALUES = ("1", "ON", "YES", "TRUE")
+
+
+class CorpusError(ValueError):
+    """A corpus or calibration text is missing, malformed or too small for the request."""
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """Token rows drawn from a corpus.
+
+    ``tokens`` is a LongTensor [N, n_tokens] (BOS first when asked for); ``doc_ids[k]`` is
+    where row k's text sits in the source (document index for local files and a cached
+    OpenWebText, position in the seeded shuffled stream when OpenWebText is streamed);
+    ``texts[k]`` is the decoded text of row k without the BOS token; ``source`` names the corpus.
+    """
+
+    tokens: torch.Tensor
+    doc_ids: list[int]
+    texts: list[str]
+    source: str
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+
+@dataclass(frozen=True)
+class CalibrationText:
+    """A calibration text; ``sha256`` is of its UTF-8 encoding, so an inline string and a
+    file with the same content agree."""
+
+    text: str
+    name: str
+    sha256: str
+
+
+def _decode_utf8(data: bytes, what: str) -> str:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise CorpusError(
+            f"{what} is not UTF-8 text (binary or another encoding): invalid byte "
+            f"0x{data[err.start]:02x} at byte offset {err.start}. Convert it to UTF-8 "
+            "(e.g. `iconv -t UTF-8`) or pass a different file."
+        ) from None
+    nul = text.find("\x00")
+    if nul >= 0:
+        # NUL bytes are valid UTF-8 but mark a binary file, never prose.
+        offset = len(text[:nul].encode("utf-8"))
+        raise CorpusError(f"{what} looks binary: NUL byte at byte offset {offset}. Pass a UTF-8 text file.")
+    return text
+
+
+def _read_jsonl(path: Path) -> list[str]:
+    texts = []
+    # JSON strings cannot hold a raw newline, but may hold U+2028, which str.splitlines splits on.
+    for lineno, line in enumerate(_decode_utf8(path.read_bytes(), f"corpus file {path}").split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise CorpusError(
+                f"corpus file {path}, line {lineno}: not valid JSON ({err.msg}, column {err.colno}). "
+                'Each line must be one JSON object such as {"text": "..."}.'
+            ) from None
+        if not isinstance(record, dict) or "text" not in record:
+            found = f"keys {sorted(record)}" if isinstance(record, dict) else f"a JSON {type(record).__name__}"
+            raise CorpusError(
+                f'corpus file {path}, line {lineno}: no "text" field (found {found}). '
+                'Each line must be one JSON object such as {"text": "..."}.'
+            )
+        if not isinstance(record["text"], str):
+            raise CorpusError(
+                f'corpus file {path}, line {lineno}: "text" is a {type(record["text"]).__name__}, not a string.'
+            )
+        texts.append(record["text"])
+    return texts
+
+
+def load_texts(path: str | os.PathLike) -> list[str]:
+    """All documents of a local corpus, in order: a ``.jsonl`` file (one ``{"text": ...}``
+    per line; blank lines skipped), a ``.txt`` file (one document) or a folder searched
+    recursively for both, files in sorted order of their paths."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CorpusError(
+            f"corpus={str(path)!r}: no such file or folder. Pass 'openwebtext', 'toy', or the path "
+            "of a .jsonl file ({\"text\": ...} per line), a .txt file or a folder of them."
+        )
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix in CORPUS_SUFFIXES and p.is_file())
+        if not files:
+            raise CorpusError(
+                f"corpus folder {path} holds no .txt or .jsonl files (subfolders included). "
+                "Put one document per .txt file, or {\"text\": ...} lines in .jsonl files, there."
+            )
+    elif path.suffix in CORPUS_SUFFIXES:
+        files = [path]
+    else:
+        raise CorpusError(
+            f"corpus file {path} has suffix {path.suffix!r}; supported are .jsonl "
+            "({\"text\": ...} per line) and .txt (one document per file)."
+        )
+    texts = []
+    for file in files:
+        if file.suffix == ".jsonl":
+            texts.extend(_read_jsonl(file))
+        else:
+            texts.append(_decode_utf8(file.read_bytes(), f"corpus file {file}"))
+    return texts
+
+
+def _datasets_offline() -> bool:
+    flag = os.environ.get("HF_DATASETS_OFFLINE") or os.environ.get("HF_HUB_OFFLINE") or ""
+    return flag.upper() in _OFFLINE_VALUES
+
+
+def _openwebtext_candidates(seed: int, pool_size: int) -> tuple[Iterator[tuple[int, str]], str]:
+    import datasets
+    from unittest import mock
+
+    # datasets reads its offline flag once at import; forcing it here makes the cache
+    # lookup answer at once instead of first trying (and retrying) the hub.
+    try:
+        with mock.patch.object(datasets.config, "HF_HUB_OFFLINE", True):
+            cached = datasets.load_dataset(OPENWEBTEXT, split="train")
+    except (ConnectionError, FileNotFoundError):  # not cached; a broken cache still raises
+        cached = None
+    if cached is not None:
+        order = random.Random(seed).sample(range(len(cached)), min(len(cached), pool_size))
+        return ((i, cached[i]["text"]) for i in order), f"openwebtext (cached {OPENWEBTEXT})"
+    host = urlparse(datasets.config.HF_ENDPOINT).hostname or "huggingface.co"
+    if _datasets_offline() or not _hub_reachable(host, timeout=3.0):
+        why = (
+            "offline mode is set (HF_DATASETS_OFFLINE / HF_HUB_OFFLINE)"
+            if _datasets_offline()
+            else f"{host} cannot be reached"
+        )
+        raise CorpusError(
+            f"corpus='openwebtext': {OPENWEBTEXT} is not in the local datasets cache and {why}. "
+            "Run once with a network (datasets.load_dataset('Skylion007/openwebtext') caches it), "
+            "or pass a local corpus instead: corpus='/path/texts.jsonl' ({\"text\": ...} per line), "
+            "a .txt file, or a folder of them."
+        )
+    stream = datasets.load_dataset(OPENWEBTEXT, split="train", streaming=True)
+    stream = stream.shuffle(seed=seed, buffer_size=pool_size)
+    texts = (example["text"] for example in itertools.islice(stream, pool_size))
+    return enumerate(texts), f"openwebtext (streamed {OPENWEBTEXT})"
+
+
+def _candidates(corpus: str | os.PathLike, n_texts: int, seed: int, pool_size: int):
+    """(doc_id, text) pairs in seeded order, the source's name, and whether the pool was capped."""
+    name = str(corpus)
+    if name == "openwebtext":
+        stream, source = _openwebtext_candidates(seed, pool_size)
+        return stream, source, True
+    if name == "toy":
+        from . import toy
+
+        texts, source = toy.documents(n_texts, seed), "toy"
+    else:
+        texts, source = load_texts(corpus), name
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)
+    return ((i, texts[i]) for i in order), source, False
+
+
+def select_token_batch(
+    corpus: str | os.PathLike,
+    tokenizer,
+    n_texts: int,
+    n_tokens: int,
+    seed: int = 0,
+    bos: bool = True,
+    min_tokens: int | None = None,
+    pool_size: int = 10_000,
+) -> TokenBatch:
+    """A seeded choice of ``n_texts`` texts from ``corpus``, as tokens [n_texts, n_tokens].
+
+    corpus: 'openwebtext', 'toy', or a path to a .jsonl / .txt file or a folder of them.
+    tokenizer: the model's tokenizer; texts go through ``encode(text, add_special_tokens=False)``.
+    n_texts: rows wanted (>= 1).
+    n_tokens: tokens per row (>= 2), counting the BOS token when ``bos``; each text is cut there.
+    seed: picks the texts; the same seed and corpus give the same batch.
+    bos: put ``tokenizer.bos_token_id`` ('<|endoftext|>', 50256 for GPT-2) first in each row.
+    min_tokens: a text qualifies when it has at least this many tokens (BOS counted);
+        shorter ones are skipped. Defaults to ``n_tokens`` and cannot be smaller, since the
+        rows are not padded; a larger value selects only long documents.
+    pool_size: for 'openwebtext', how many documents are read at most (also the shuffle
+        buffer when streaming); local corpora and 'toy' always offer all their documents.
+
+    Texts are tokenised in seeded order and reading stops once ``n_texts`` qualify.
+    """
+    if n_texts < 1:
+        raise CorpusError(f"n_texts={n_texts}: need at least 1 text.")
+    if n_tokens < 2:
+        raise CorpusError(f"n_tokens={n_tokens}: need at least 2 tokens per row.")
+    min_tokens = n_tokens if min_tokens is None else min_tokens
+    if min_tokens < n_tokens:
+        raise CorpusError(
+            f"min_tokens={min_tokens} is below n_tokens={n_tokens}: rows are not padded, so every "
+            "text must fill n_tokens. Leave min_tokens unset or give a value >= n_tokens."
+        )
+    if pool_size < n_texts:
+        raise CorpusError(f"pool_size={pool_size} is below n_texts={n_texts}; raise pool_size.")
+    prefix = []
+    if bos:
+        if tokenizer.bos_token_id is None:
+            raise CorpusError("bos=True but the tokenizer has no bos_token_id; pass bos=False.")
+        prefix = [tokenizer.bos_token_id]
+
+    candidates, source, capped = _candidates(corpus, n_texts, seed, pool_size)
+    rows, doc_ids, texts = [], [], []
+    seen = 0
+    for doc_id, text in candidates:
+        seen += 1
+        ids = prefix + tokenizer.encode(text, add_special_tokens=False)
+        if len(ids) < min_tokens:
+            continue
+        rows.append(ids[:n_tokens])
+        doc_ids.append(doc_id)
+        texts.append(tokenizer.decode(rows[-1][len(prefix):]))
+        if len(rows) == n_texts:
+            break
+    else:
+        counted = " (BOS counted)" if bos else ""
+        more = ", or raise pool_size" if capped else ""
+        raise CorpusError(
+            f"corpus {source!r}: only {len(rows)} of {seen} documents reach min_tokens={min_tokens}"
+            f"{counted}; {seen - len(rows)} are shorter, and n_texts={n_texts} were asked for — "
+            f"lower n_texts or min_tokens{more}, or use a larger corpus."
+        )
+    return TokenBatch(torch.tensor(rows, dtype=torch.long), doc_ids, texts, source)
+
+
+def iter_batches(tokens: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    """Consecutive row blocks [<= batch_size, n] of tokens [N, n]; the last may be shorter."""
+    if batch_size < 1:
+        raise CorpusError(f"batch_size={batch_size}: need at least 1.")
+    for start in range(0, tokens.shape[0], batch_size):
+        yield tokens[start : start + batch_size]
+
+
+def _looks_like_path(s: str) -> bool:
+    # A single short line naming a file is a path; calibration prose is hundreds of tokens.
+    if "\n" in s:
+        return False
+    return s.endswith(CALIBRATION_SUFFIXES) or (("/" in s or os.sep in s) and len(s) <= 255)
+
+
+def _existing(path: Path) -> str | None:
+    """'file', 'dir' or None; a string too long to be a file name is simply not one."""
+    try:
+        return "file" if path.is_file() else "dir" if path.is_dir() else None
+    except OSError:
+        return None
+
+
+def load_calibration_text(text_or_path: str | os.PathLike) -> CalibrationText:
+    """The calibration text from a UTF-8 file (a Path, or a string that names an existing
+    file or looks like a path) or from a literal string (name 'inline')."""
+    is_path = isinstance(text_or_path, os.PathLike)
+    raw = os.fspath(text_or_path)
+    if not is_path and not raw.strip():
+        raise CorpusError(
+            "calibration text string is empty (or only whitespace); pass prose of a few hundred tokens or a file."
+        )
+    path = Path(raw).expanduser()
+    kind = _existing(path) if is_path or "\n" not in raw else None
+    if kind == "dir":
+        raise CorpusError(f"calibration text {raw!r} is a folder; pass one UTF-8 text file or the text itself.")
+    if kind is None and (is_path or _looks_like_path(raw)):
+        raise CorpusError(
+            f"calibration text file not found: {raw!r}. Pass the path of an existing UTF-8 text "
+            "file, or the calibration text itself as a string."
+        )
+    if kind is None:
+        return CalibrationText(text=raw, name="inline", sha256=hashlib.sha256(raw.encode("utf-8")).hexdigest())
+    text = _decode_utf8(path.read_bytes(), f"calibration text file {path}")
+    if not text.strip():
+        raise CorpusError(
+            f"calibration text file {path} is empty (or only whitespace); "
+            "it needs prose of at least a few hundred tokens."
+        )
+    return CalibrationText(text=text, name=path.name, sha256=hashlib.sha256(text.encode("utf-8")).hexdigest())
+
+
+def calibration_tokens(cal: CalibrationText, tokenizer, position: int, bos: bool = True) -> torch.Tensor:
+    """Tokens 0..position of the calibration text: LongTensor [position + 1], BOS first when ``bos``."""
+    if position < 0:
+        raise CorpusError(f"position={position}: must be >= 0.")
+    if bos and tokenizer.bos_token_id is None:
+        raise CorpusError("bos=True but the tokenizer has no bos_token_id; pass bos=False.")
+    prefix = [tokenizer.bos_token_id] if bos else []
+    ids = prefix + tokenizer.encode(cal.text, add_special_tokens=False)
+    if len(ids) < position + 1:
+        counted = " including BOS" if bos else ""
+        raise CorpusError(
+            f"calibration text {cal.name!r} is too short for position={position}: it needs "
+            f"{position + 1} tokens{counted} but has {len(ids)}. Use a longer text or a smaller position."
+        )
+    return torch.tensor(ids[: position + 1], dtype=torch.long)
