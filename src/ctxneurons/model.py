@@ -99,6 +99,12 @@ class Layer0:
         }
         return replace(self, **moved)
 
+    def select_heads(self, heads) -> "Layer0":
+        """The same layer with only ``heads`` (in that order) in its attention weights."""
+        idx = torch.as_tensor(list(heads), dtype=torch.long, device=self.device)
+        per_head = ("W_Q", "b_Q", "W_K", "b_K", "W_V", "b_V", "W_O")
+        return replace(self, **{k: getattr(self, k)[idx] for k in per_head})
+
     def token_id(self, text: str) -> int:
         """The id of a string that must be exactly one token (e.g. ' the')."""
         ids = self.tokenizer.encode(text, add_special_tokens=False)

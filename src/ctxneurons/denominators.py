@@ -1,0 +1,116 @@
+"""Softmax denominators and why they are stable (METHOD.md §3).
+
+denom_{h,i,' the'}(text) is head h's softmax denominator when the token at query
+position i is ' the', over that text's keys j <= i. We compute it with the text's true
+keys and the query of ' the' at i (the raw sum of exp(score); the factorised D differs by
+a per-(h, i) factor that the normalisation by c_{h,i} removes). Denominators span many
+orders of magnitude, so everything here is in log space.
+
+Shapes: B texts, H heads, n positions, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from . import decomposition, layer0
+from .model import Layer0
+
+
+def log_denominators(w: Layer0, tokens: torch.Tensor, query_token: int) -> torch.Tensor:
+    """log denom_{h,i,query}(text) for every head and position: tokens [B, n] -> [B, H, n]."""
+    _, k = decomposition.true_queries_keys(w, tokens)
+    q = decomposition.query(w, query_token, tokens.shape[-1])  # [H, n, e], the same for every text
+    return layer0.causal_scores(q[None], k).logsumexp(-1)
+
+
+def log_factorised_denominators(w: Layer0, tokens: torch.Tensor, query_token: int, kernel: torch.Tensor) -> torch.Tensor:
+    """log D_{h,n} = log sum_j pos_h[n, j] exp(s_n(t_j)): tokens [B, n], kernel [H, n, n] -> [B, H, n].
+
+    The denominator of the factorised pattern A' = pos * exp(s) / D, with the query of
+    ``query_token`` at every position.
+    """
+    n = tokens.shape[-1]
+    q = decomposition.query(w, query_token, n)[None].expand(tokens.shape[0], -1, -1, -1)
+    s = decomposition.content_scores(w, q, tokens)  # [B, H, n, n]
+    return (s + kernel[:, :n, :n].log()).logsumexp(-1)
+
+
+def log_normalising_constants(log_denoms: torch.Tensor) -> torch.Tensor:
+    """log c_{h,i} = log mean over texts of denom: [N, H, n] -> [H, n]."""
+    return log_denoms.logsumexp(0) - math.log(log_denoms.shape[0])
+
+
+@dataclass(frozen=True)
+class Concentration:
+    """For one head at one position: the spread of D/E[D] across texts, measured and bounded.
+
+    cv_empirical: std/mean of the denominators across texts.
+    cv_iid: sqrt(Var(Y) sum_j pos_j^2) / E[Y] for i.i.d. key tokens, Y = exp(s_n(t)).
+    For each deviation eps: the fraction of texts with |D/mean - 1| >= eps, Chebyshev's
+    bound cv_iid^2/eps^2, and Hoeffding's 2 exp(-2 eps^2 E[Y]^2 / ((b-a)^2 sum_j pos_j^2))
+    with Y in [a, b] over the tokens that occur.
+    """
+
+    head: int
+    cv_empirical: float
+    cv_iid: float
+    eps: tuple[float, ...]
+    frac_empirical: tuple[float, ...]
+    chebyshev: tuple[float, ...]
+    hoeffding: tuple[float, ...]
+
+
+def token_distribution(tokens: torch.Tensor, d_vocab: int, exclude: tuple[int, ...] = ()) -> torch.Tensor:
+    """Unigram frequencies of tokens [..] over the vocabulary: -> [V], summing to 1."""
+    counts = torch.bincount(tokens.flatten(), minlength=d_vocab).to(torch.float64)
+    counts[list(exclude)] = 0
+    return counts / counts.sum()
+
+
+def concentration(
+    w: Layer0,
+    log_denoms_at_n: torch.Tensor,
+    kernel_row: torch.Tensor,
+    query_token: int,
+    n: int,
+    p_token: torch.Tensor,
+    eps: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5),
+) -> list[Concentration]:
+    """Empirical spread of denominators at position n next to the i.i.d. bounds.
+
+    log_denoms_at_n [N, H]: one denominator per text and head (raw or factorised; only
+    ratios to the mean are used). kernel_row [H, n+1]: pos_h[n, :]. p_token [V]: the key
+    token distribution, e.g. :func:`token_distribution` of the corpus.
+    """
+    q_n = decomposition.query(w, query_token, torch.tensor([n], device=w.device))[:, 0]
+    y = decomposition.content_scores_all_tokens(w, q_n, n).double().exp()  # [H, V]
+    p = p_token.to(y.device, torch.float64)
+    mean_y = y @ p
+    var_y = (y.pow(2) @ p) - mean_y.pow(2)
+    occurring = p > 0
+    range_y = y[:, occurring].amax(-1) - y[:, occurring].amin(-1)
+    sum_sq = kernel_row.double().pow(2).sum(-1)
+    ratio = (log_denoms_at_n.double() - log_normalising_constants(log_denoms_at_n.double()[:, :, None])[:, 0]).exp()
+    out = []
+    for h in range(ratio.shape[1]):
+        cv_iid = float((var_y[h] * sum_sq[h]).sqrt() / mean_y[h])
+        dev = (ratio[:, h] - 1).abs()
+        out.append(
+            Concentration(
+                head=h,
+                cv_empirical=float(ratio[:, h].std() / ratio[:, h].mean()),
+                cv_iid=cv_iid,
+                eps=tuple(eps),
+                frac_empirical=tuple(float((dev >= e).double().mean()) for e in eps),
+                chebyshev=tuple(min(1.0, cv_iid**2 / e**2) for e in eps),
+                hoeffding=tuple(
+                    min(1.0, 2 * math.exp(-2 * e**2 * float(mean_y[h]) ** 2 / (float(range_y[h]) ** 2 * float(sum_sq[h]))))
+                    for e in eps
+                ),
+            )
+        )
+    return out

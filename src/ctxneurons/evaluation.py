@@ -1,0 +1,84 @@
+"""How well the circuit predicts the truth: the heads' true contribution to each
+neuron against the approximation, per position, with Pearson r and FVU per
+(neuron, text) (METHOD.md §4, validation).
+
+FVU = sum (true - approx)^2 / sum (true - mean(true))^2 on the raw approximation, no
+refit (our reading of the paper). Positions before ``first_position`` are excluded
+(default 1: position 0 holds BOS and sees only itself).
+
+Texts stream through in batches; only the [texts, neurons] statistics and a few example
+traces are kept, so memory does not grow with the number of texts.
+
+Shapes: B texts, n positions, J neurons.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+
+from . import layer0
+from .circuit import Circuit
+from .model import Layer0
+
+
+def true_contributions(w: Layer0, tokens: torch.Tensor, heads: tuple[int, ...], neurons: torch.Tensor) -> torch.Tensor:
+    """The circuit heads' summed output through LN2 onto W_in[:, j]: tokens [B, n] -> [B, n, J]."""
+    acts = layer0.run(w, tokens)
+    return layer0.heads_to_neurons(w, acts.z, acts.ln2_scale, list(heads), neurons)
+
+
+def pearson_r(x: torch.Tensor, y: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Pearson correlation along ``dim``; NaN where either side is constant."""
+    xc, yc = x - x.mean(dim, keepdim=True), y - y.mean(dim, keepdim=True)
+    return (xc * yc).sum(dim) / (xc.pow(2).sum(dim) * yc.pow(2).sum(dim)).sqrt()
+
+
+def fvu(true: torch.Tensor, approx: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """sum (true - approx)^2 / sum (true - mean true)^2 along ``dim``."""
+    resid = (true - approx).pow(2).sum(dim)
+    return resid / (true - true.mean(dim, keepdim=True)).pow(2).sum(dim)
+
+
+@dataclass
+class Evaluation:
+    """r and fvu [N texts, J neurons]; traces: (text index, true [n, J], approx [n, J]) for the first texts."""
+
+    neurons: torch.Tensor
+    r: torch.Tensor
+    fvu: torch.Tensor
+    traces: list[tuple[int, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+
+    @property
+    def median_r(self) -> float:
+        return float(self.r.nanmedian())
+
+    @property
+    def median_fvu(self) -> float:
+        return float(self.fvu.nanmedian())
+
+
+def evaluate(
+    w: Layer0,
+    circuit: Circuit,
+    batches: Iterable[torch.Tensor],
+    neurons: torch.Tensor,
+    first_position: int = 1,
+    n_traces: int = 0,
+) -> Evaluation:
+    """Stream token batches [B, n] through layer 0 and the circuit; keep only statistics."""
+    neurons = torch.as_tensor(neurons, dtype=torch.long, device=w.device)
+    rs, fvus, traces, seen = [], [], [], 0
+    with torch.inference_mode():
+        for tokens in batches:
+            tokens = tokens.to(w.device)
+            true = true_contributions(w, tokens, circuit.heads, neurons)[:, first_position:]
+            approx = circuit.approximate(tokens, neurons)[:, first_position:]
+            rs.append(pearson_r(true, approx, dim=1).cpu())
+            fvus.append(fvu(true, approx, dim=1).cpu())
+            for b in range(min(tokens.shape[0], n_traces - len(traces))):
+                traces.append((seen + b, true[b].cpu(), approx[b].cpu()))
+            seen += tokens.shape[0]
+    return Evaluation(neurons=neurons.cpu(), r=torch.cat(rs), fvu=torch.cat(fvus), traces=traces)

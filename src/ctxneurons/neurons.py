@@ -1,0 +1,75 @@
+"""Finding context-sensitive neurons from the contribution matrix alone (METHOD.md §4, discovery).
+
+top[j] is the rank-th largest contribution[j, t] over non-glitch tokens t; neurons with
+top[j] above a threshold (the paper: about 5.0, giving about 100 neurons in GPT-2 Small)
+are the candidates. Nothing here looks at activations, so neurons that never fired on
+the calibration text are found as easily as those that did.
+
+Shapes: V vocabulary, M neurons, J selected neurons.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import layer0
+from .model import Layer0
+
+PAPER_THRESHOLD = 5.0
+
+
+def glitch_mask(w: Layer0, quantile: float = 0.01, token_counts: torch.Tensor | None = None, min_count: int = 1) -> torch.Tensor:
+    """True for tokens treated as glitch tokens: -> [V] bool.
+
+    Under-trained tokens of GPT-2 (' SolidGoldMagikarp' and kin) sit close to the centroid
+    of the token embeddings, so the ``quantile`` of tokens nearest the centroid are
+    flagged. With ``token_counts`` [V] from a reference corpus, tokens seen fewer than
+    ``min_count`` times are flagged too. The special end-of-text token always is.
+    """
+    dist = (w.W_E - w.W_E.mean(0)).norm(dim=-1)
+    mask = dist <= dist.quantile(quantile) if quantile > 0 else torch.zeros_like(dist, dtype=torch.bool)
+    if token_counts is not None:
+        mask |= token_counts.to(mask.device) < min_count
+    eot = getattr(w.tokenizer, "eos_token_id", None)
+    if eot is not None:
+        mask[eot] = True
+    return mask
+
+
+def top_statistic(contribution: torch.Tensor, glitch: torch.Tensor, rank: int = 1) -> torch.Tensor:
+    """top[j]: the rank-th largest contribution[j, t] over non-glitch t. contribution [V, M] -> [M]."""
+    allowed = contribution[~glitch.to(contribution.device)]
+    return allowed.topk(rank, dim=0).values[-1]
+
+
+def select(top: torch.Tensor, threshold: float = PAPER_THRESHOLD) -> torch.Tensor:
+    """Neurons with top[j] >= threshold, strongest first: -> [J] long."""
+    found = (top >= threshold).nonzero().flatten()
+    return found[top[found].argsort(descending=True)]
+
+
+def count_by_threshold(top: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """How many neurons each threshold finds: thresholds [T] -> [T]."""
+    return (top[None, :] >= thresholds.to(top.device)[:, None]).sum(-1)
+
+
+def extreme_tokens(contribution: torch.Tensor, neuron: int, glitch: torch.Tensor, k: int = 10) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The k most positive and k most negative non-glitch tokens of one neuron.
+
+    Returns (top ids [k], top values [k], bottom ids [k], bottom values [k]).
+    """
+    col = contribution[:, neuron].masked_fill(glitch.to(contribution.device), float("nan"))
+    order = col.nan_to_num(float("-inf")).argsort(descending=True)
+    bottom = col.nan_to_num(float("inf")).argsort()
+    return order[:k], col[order[:k]], bottom[:k], col[bottom[:k]]
+
+
+def max_preactivation(w: Layer0, tokens: torch.Tensor, neurons: torch.Tensor, first_position: int = 1) -> torch.Tensor:
+    """The largest true pre-activation of each neuron over tokens [B, n]: -> [J].
+
+    GELU is near zero below 0, so a neuron whose maximum here is negative never fired on
+    these texts.
+    """
+    with torch.inference_mode():
+        pre = layer0.run(w, tokens, mlp=True).mlp_pre[:, first_position:, neurons]
+    return pre.amax(dim=(0, 1))
