@@ -1,0 +1,67 @@
+"""An on-disk cache for model-level intermediates (kernels, the contribution matrix).
+
+Entries are keyed by a JSON-able dict (model fingerprint, parameters, calibration hash
+where it matters), so a new calibration text recomputes only what depends on it. Each
+entry stores a format version and its SHA-256 beside it; an entry that fails either
+check, or cannot be read, is recomputed and overwritten, never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from .model import Layer0
+from .outputs import atomic_write_bytes, atomic_write_text, sha256_file
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("CTXN_CACHE", Path.home() / ".cache" / "ctxneurons")) / "intermediates"
+
+
+def model_fingerprint(w: Layer0) -> str:
+    """A short hash of layer 0's weights: two models share cache entries only if equal."""
+    h = hashlib.sha256()
+    for t in (w.W_E, w.W_pos, w.W_Q, w.W_K, w.W_V, w.W_O, w.W_in, w.b_in):
+        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _entry_path(root: Path, kind: str, key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return root / f"{kind}-{digest}.pt"
+
+
+def cached(kind: str, key: dict, compute: Callable[[], dict[str, torch.Tensor]], root: Path | None = None) -> dict[str, torch.Tensor]:
+    """compute() once per (kind, key); later calls load it, after checking version and checksum."""
+    root = default_root() if root is None else Path(root)
+    path = _entry_path(root, kind, key)
+    checksum = path.with_suffix(".sha256")
+    if path.exists() and checksum.exists():
+        try:
+            if sha256_file(path) != checksum.read_text().strip():
+                raise ValueError("checksum mismatch")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+            if payload.get("version") != CACHE_VERSION or payload.get("key") != json.loads(json.dumps(key, default=str)):
+                raise ValueError(f"version {payload.get('version')} or key differs")
+            return payload["tensors"]
+        except Exception as err:  # any unreadable entry is recomputed, never trusted
+            log.warning("cache entry %s is unusable (%s); recomputing", path.name, err)
+    tensors = {k: v.detach().cpu() for k, v in compute().items()}
+    buf = io.BytesIO()
+    torch.save({"version": CACHE_VERSION, "key": json.loads(json.dumps(key, default=str)), "tensors": tensors}, buf)
+    data = buf.getvalue()
+    atomic_write_bytes(path, data)
+    atomic_write_text(checksum, hashlib.sha256(data).hexdigest())
+    return tensors

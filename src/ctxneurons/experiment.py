@@ -1,0 +1,379 @@
+"""The edge between a notebook and the library: parameters, data, provenance, outputs.
+
+A notebook's first code cell (tagged ``parameters``) assigns plain values; the next cell
+calls ``run = experiment.start("name", globals())``. ``start`` checks every parameter
+before any computation (unknown names, wrong types, bad values), loads the model and
+texts once, and gives the notebook:
+
+- ``run.w``, the model's layer 0 on the chosen device; ``run.texts``, the token batch;
+  ``run.calibration`` and ``run.calibration_tokens``;
+- ``run.kernels()`` and ``run.circuit()``, cached on disk by model and parameters;
+- ``run.save_table`` / ``run.save_summary``: tidy CSVs and a JSON of headline numbers in
+  ``output_dir/<name>/``, written atomically, each carrying the provenance;
+- ``run.caption``: the provenance line printed under every figure.
+
+Environment variables ``CTXN_<PARAMETER>`` (e.g. ``CTXN_N_TEXTS=32``) override a
+notebook's parameters. The book build and the tests use them to choose the scale.
+"""
+
+from __future__ import annotations
+
+import ast
+import datetime as _dt
+import json
+import logging
+import os
+import platform
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from . import __version__, cache, corpus, kernels
+from .circuit import PAPER_HEADS, Circuit, build_circuit
+from .decomposition import DEFAULT_C
+from .model import Layer0, _hub_reachable, load_layer0, resolve_device
+from .outputs import atomic_write_csv, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+
+class ParameterError(ValueError):
+    """A notebook parameter is unknown, of the wrong type, or out of range."""
+
+
+def _as_int(name: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, str)):
+        raise ParameterError(f"parameter {name}={v!r} must be an integer")
+    try:
+        return int(v)
+    except ValueError:
+        raise ParameterError(f"parameter {name}={v!r} must be an integer") from None
+
+
+def _as_float(name: str, v: Any) -> float:
+    if isinstance(v, bool):
+        raise ParameterError(f"parameter {name}={v!r} must be a number")
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise ParameterError(f"parameter {name}={v!r} must be a number") from None
+
+
+def _as_str(name: str, v: Any) -> str:
+    if not isinstance(v, (str, os.PathLike)):
+        raise ParameterError(f"parameter {name}={v!r} must be a string")
+    return os.fspath(v)
+
+
+def _as_opt_str(name: str, v: Any) -> str | None:
+    return None if v in (None, "", "None", "none") else _as_str(name, v)
+
+
+def _as_int_list(name: str, v: Any) -> list[int]:
+    """A list of integers, also from the strings papermill's -p gives: '0,2,6' or '[0, 2, 6]'."""
+    if isinstance(v, str):
+        text = v.strip()
+        try:
+            v = ast.literal_eval(text) if text.startswith(("[", "(")) else [s for s in text.replace(",", " ").split()]
+        except (ValueError, SyntaxError):
+            raise ParameterError(f"parameter {name}={v!r} must be a list of integers, e.g. [0, 2, 6]") from None
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = [v]
+    if not isinstance(v, (list, tuple)):
+        raise ParameterError(f"parameter {name}={v!r} must be a list of integers, e.g. [0, 2, 6]")
+    out = []
+    for x in v:
+        if isinstance(x, float) and x.is_integer():
+            x = int(x)
+        if isinstance(x, bool) or not isinstance(x, (int, str)):
+            raise ParameterError(f"parameter {name}: {x!r} is not an integer")
+        try:
+            out.append(int(x))
+        except ValueError:
+            raise ParameterError(f"parameter {name}: {x!r} is not an integer") from None
+    if len(set(out)) != len(out):
+        raise ParameterError(f"parameter {name}={out} has duplicates; list each once")
+    return out
+
+
+def _as_float_list(name: str, v: Any) -> list[float]:
+    if isinstance(v, str):
+        try:
+            v = ast.literal_eval(v.strip())
+        except (ValueError, SyntaxError):
+            raise ParameterError(f"parameter {name}={v!r} must be a list of numbers") from None
+    if not isinstance(v, (list, tuple)):
+        v = [v]
+    return [_as_float(name, x) for x in v]
+
+
+# name: (coercion, meaning). Every notebook draws its parameters from this one table, so a
+# name means the same everywhere and papermill's -p is checked the same way everywhere.
+PARAMETERS: dict[str, tuple] = {
+    "model": (_as_str, "'gpt2', a local Hugging Face GPT-2 directory, 'toy', or 'auto' (gpt2 when reachable, else toy)"),
+    "corpus": (_as_str, "'openwebtext', a .jsonl/.txt file or folder, 'toy', or 'auto' (toy for the toy model, else openwebtext)"),
+    "calibration_text": (_as_opt_str, "a text file or the text itself; None: a corpus text outside the test set (toy: its calibration text)"),
+    "n_texts": (_as_int, "how many test texts"),
+    "n_tokens": (_as_int, "tokens per text, BOS included; 0: the model's n_ctx"),
+    "heads": (_as_int_list, "the contextual circuit's heads"),
+    "device": (_as_str, "'auto', 'cpu' or 'cuda'"),
+    "seed": (_as_int, "chooses the texts"),
+    "output_dir": (_as_str, "where tables and summaries go (a subfolder per notebook)"),
+    "C": (_as_float, "the constant C of the key decomposition"),
+    "C_values": (_as_float_list, "values of C for the sensitivity sweep"),
+    "query_position": (_as_int, "the query position n of the kernels; -1: n_ctx/2 - 12 (500 for GPT-2)"),
+    "threshold": (_as_float, "discovery threshold on top[j]"),
+    "thresholds": (_as_float_list, "thresholds for the count-vs-threshold curve"),
+    "max_neurons": (_as_int, "at most this many discovered neurons are evaluated"),
+    "n_examples": (_as_int, "texts shown as examples"),
+    "extra_calibration_texts": (_as_int, "how many other corpus texts to try as calibration texts"),
+}
+_IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
+
+
+def _env_overrides(params: dict) -> dict:
+    out = dict(params)
+    for name in params:
+        env = os.environ.get(f"CTXN_{name.upper()}")
+        if env is not None:
+            out[name] = env
+    return out
+
+
+def validate(raw: dict) -> dict:
+    """Coerce and check notebook parameters; unknown names are an error listing the known ones."""
+    unknown = sorted(set(raw) - set(PARAMETERS))
+    if unknown:
+        raise ParameterError(
+            f"unknown parameter(s) {', '.join(unknown)}; known parameters: {', '.join(PARAMETERS)}"
+        )
+    params = {name: PARAMETERS[name][0](name, value) for name, value in raw.items()}
+    for name in ("n_texts", "max_neurons", "n_examples"):
+        if name in params and params[name] < 1:
+            raise ParameterError(f"parameter {name}={params[name]} must be at least 1")
+    if "device" in params and params["device"] not in ("auto", "cpu", "cuda") and not params["device"].startswith("cuda:"):
+        raise ParameterError(f"parameter device={params['device']!r} must be 'auto', 'cpu' or 'cuda'")
+    return params
+
+
+def _notebook_parameters(namespace: dict) -> dict:
+    return {
+        k: v
+        for k, v in namespace.items()
+        if not k.startswith("_") and k not in _IPYTHON_NAMES and not callable(v) and not isinstance(v, type(os))
+    }
+
+
+def resolve_model_choice(model: str) -> tuple[str, bool]:
+    """'auto' -> ('gpt2', False) where GPT-2 can be had, else ('toy', True)."""
+    if model != "auto":
+        return model, False
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download("openai-community/gpt2", allow_patterns=["config.json"], local_files_only=True)
+        return "gpt2", False
+    except Exception:
+        pass
+    if _hub_reachable():
+        return "gpt2", False
+    log.warning("GPT-2 cannot be reached and is not cached: falling back to the offline toy model")
+    return "toy", True
+
+
+@dataclass
+class Run:
+    name: str
+    params: dict
+    w: Layer0
+    fallback: bool
+    model_label: str
+    output_dir: Path
+    tables: dict = field(default_factory=dict)
+
+    # -- data -----------------------------------------------------------------
+    @cached_property
+    def n_tokens(self) -> int:
+        n = self.params.get("n_tokens", 0)
+        return self.w.n_ctx if n in (0, None) else min(n, self.w.n_ctx)
+
+    @cached_property
+    def corpus(self) -> str:
+        c = self.params.get("corpus", "auto")
+        if c == "auto":
+            return "toy" if self.params["model"] == "toy" else "openwebtext"
+        return c
+
+    @cached_property
+    def calibration(self) -> corpus.CalibrationText:
+        given = self.params.get("calibration_text")
+        if given is not None:
+            return corpus.load_calibration_text(given)
+        if self.corpus == "toy":
+            from . import toy
+
+            return corpus.CalibrationText(text=toy.calibration_text(), name="toy-calibration", sha256=_sha(toy.calibration_text()))
+        # A corpus text drawn with another seed, kept out of the test set below.
+        pick = corpus.select_token_batch(self.corpus, self.w.tokenizer, 1, self.n_tokens, seed=self.params["seed"] + 7919)
+        text = pick.texts[0]
+        self._calibration_doc = pick.doc_ids[0]
+        return corpus.CalibrationText(text=text, name=f"{self.corpus}#{pick.doc_ids[0]}", sha256=_sha(text))
+
+    @cached_property
+    def calibration_position(self) -> int:
+        return self.w.n_ctx // 2
+
+    @cached_property
+    def calibration_tokens(self) -> torch.Tensor:
+        """Tokens 0..calibration_position of the calibration text: [n_cal + 1]."""
+        return corpus.calibration_tokens(self.calibration, self.w.tokenizer, self.calibration_position).to(self.w.device)
+
+    @cached_property
+    def texts(self) -> corpus.TokenBatch:
+        """The test texts: tokens [n_texts, n_tokens]. The calibration text is never among them."""
+        cal = self.calibration  # noqa: F841 - resolves _calibration_doc first
+        n = self.params["n_texts"]
+        excluded = getattr(self, "_calibration_doc", None)
+        batch = corpus.select_token_batch(self.corpus, self.w.tokenizer, n + (excluded is not None), self.n_tokens, seed=self.params["seed"])
+        keep = [i for i, d in enumerate(batch.doc_ids) if d != excluded][:n]
+        return corpus.TokenBatch(batch.tokens[keep], [batch.doc_ids[i] for i in keep], [batch.texts[i] for i in keep], batch.source)
+
+    @property
+    def heads(self) -> tuple[int, ...]:
+        return tuple(self.params.get("heads", PAPER_HEADS))
+
+    @property
+    def C(self) -> float:
+        return self.params.get("C", DEFAULT_C)
+
+    @property
+    def the(self) -> int:
+        return self.w.token_id(" the")
+
+    def token_str(self, ids) -> list[str]:
+        return [self.w.tokenizer.decode([int(i)]) for i in ids]
+
+    # -- cached intermediates -----------------------------------------------------
+    def _key(self, **extra) -> dict:
+        return {"model": cache.model_fingerprint(self.w), "C": self.C, **extra}
+
+    def kernels(self, n_positions: int | None = None) -> torch.Tensor:
+        """All heads' positional kernels with query ' the': [H, n, n], cached on disk."""
+        n = self.n_tokens if n_positions is None else n_positions
+        out = cache.cached(
+            "kernels",
+            self._key(n=n, query=self.the),
+            lambda: {"K": kernels.kernel_matrix(self.w, self.the, n, self.C)},
+        )
+        return out["K"].to(self.w.device)
+
+    def circuit(self, calibration_tokens: torch.Tensor | None = None, calibration_sha: str | None = None) -> Circuit:
+        """The circuit for this run's heads and calibration text (or the one given), cached on disk."""
+        cal = self.calibration_tokens if calibration_tokens is None else calibration_tokens
+        sha = self.calibration.sha256 if calibration_sha is None else calibration_sha
+        key = self._key(heads=list(self.heads), calibration=sha, n_cal=len(cal) - 1, n=self.n_tokens)
+        computed: dict = {}
+
+        def compute():
+            c = build_circuit(self.w, cal, heads=self.heads, C=self.C, n_positions=self.n_tokens)
+            computed["c"] = c
+            return {
+                "kernel": c.kernel, "log_denoms": c.log_denoms, "scores": c.scores,
+                "contribution": c.contribution, "offset": c.offset,
+                "meta": torch.tensor([c.ln2_scale, c.value_C, c.calibration_position, c.query_token], dtype=torch.float64),
+            }
+
+        t = cache.cached("circuit", key, compute)
+        if "c" in computed:
+            return computed["c"]
+        dev = self.w.device
+        ln2, value_C, n_cal, q = t["meta"].tolist()
+        return Circuit(
+            heads=self.heads, kernel=t["kernel"].to(dev), log_denoms=t["log_denoms"].to(dev), scores=t["scores"].to(dev),
+            contribution=t["contribution"].to(dev), offset=t["offset"].to(dev), ln2_scale=ln2, C=self.C,
+            value_C=value_C, calibration_position=int(n_cal), query_token=int(q),
+        )
+
+    # -- provenance and outputs -----------------------------------------------------
+    @property
+    def provenance(self) -> dict:
+        return {
+            "notebook": self.name,
+            "model": self.model_label,
+            "model_fallback_to_toy": self.fallback,
+            "corpus": self.corpus,
+            "calibration_text": {"name": self.calibration.name, "sha256": self.calibration.sha256},
+            "parameters": self.params,
+            "device": str(self.w.device),
+            "ctxneurons": __version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+
+    @property
+    def caption(self) -> str:
+        """One line saying where a figure's numbers came from."""
+        fb = " — offline fallback, not GPT-2" if self.fallback else ""
+        return (
+            f"Model: {self.model_label}{fb} · corpus: {self.corpus} · calibration: {self.calibration.name} "
+            f"(sha256 {self.calibration.sha256[:12]}) · {self.params['n_texts']} texts × {self.n_tokens} tokens · "
+            f"seed {self.params['seed']} · notebook {self.name}"
+        )
+
+    def save_table(self, table: str, df: pd.DataFrame, columns: dict[str, str]) -> Path:
+        """Write a tidy table as CSV, with its column meanings and provenance in ``<table>.meta.json``."""
+        missing = set(df.columns) - set(columns)
+        if missing:
+            raise ValueError(f"table {table}: document every column; missing {sorted(missing)}")
+        path = atomic_write_csv(self.output_dir / f"{table}.csv", df)
+        atomic_write_json(self.output_dir / f"{table}.meta.json", {"columns": columns, "rows": len(df), **self.provenance})
+        self.tables[table] = str(path.name)
+        return path
+
+    def save_summary(self, **headline) -> Path:
+        """The headline numbers, written last: its presence marks the notebook's outputs complete."""
+        return atomic_write_json(self.output_dir / "summary.json", {"headline": headline, "tables": self.tables, **self.provenance})
+
+    def show(self, fig, caption: str | None = None) -> None:
+        from . import figures
+
+        figures.show(fig, caption=caption or self.caption)
+
+
+def _sha(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def start(name: str, namespace: dict) -> Run:
+    """Validate the notebook's parameters (from its globals), load model and set up outputs."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    params = validate(_env_overrides(_notebook_parameters(namespace)))
+    for required in ("model", "n_texts", "seed", "device", "output_dir"):
+        if required not in params:
+            raise ParameterError(f"notebook {name}: parameter {required!r} is missing from its parameters cell")
+    device = resolve_device(params["device"])
+    model, fallback = resolve_model_choice(params["model"])
+    params["model"] = model
+    w = load_layer0(model, device=str(device))
+    if "heads" in params:
+        bad = [h for h in params["heads"] if not 0 <= h < w.n_heads]
+        if bad:
+            raise ParameterError(f"parameter heads={params['heads']}: {bad} outside 0..{w.n_heads - 1} (the model has {w.n_heads} heads)")
+    label = {"toy": "toy (planted-circuit GPT-2, offline)", "gpt2": "GPT-2 Small"}.get(model, model)
+    out = Path(params["output_dir"]) / name
+    out.mkdir(parents=True, exist_ok=True)
+    run = Run(name=name, params=params, w=w, fallback=fallback, model_label=label, output_dir=out)
+    atomic_write_json(out / "parameters.json", run.params)
+    return run
+
+
+def read_summaries(output_dir: str | os.PathLike) -> dict[str, dict]:
+    """Every notebook's summary.json under output_dir, by notebook name."""
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(Path(output_dir).glob("*/summary.json"))}

@@ -1,0 +1,92 @@
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from ctxneurons import cache, experiment
+from ctxneurons.experiment import ParameterError
+
+
+@pytest.fixture
+def corpus_file(tmp_path, webtext):
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in webtext[:200]))
+    return path
+
+
+def _params(tiny_dir, corpus_file, tmp_path, **kw):
+    return {"model": str(tiny_dir), "corpus": str(corpus_file), "calibration_text": None, "n_texts": 3,
+            "n_tokens": 0, "heads": [0, 2], "device": "cpu", "seed": 0, "output_dir": str(tmp_path / "out"), **kw}
+
+
+def test_run_loads_texts_calibration_and_writes_outputs(tiny_dir, corpus_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("CTXN_CACHE", str(tmp_path / "cache"))
+    ns = _params(tiny_dir, corpus_file, tmp_path, In=[], get_ipython=print)
+    run = experiment.start("demo", ns)
+    assert run.texts.tokens.shape == (3, 128) and run.heads == (0, 2)
+    assert run.calibration.name.startswith(str(corpus_file)) or "#" in run.calibration.name
+    assert run.texts.doc_ids.count(getattr(run, "_calibration_doc", -1)) == 0
+    c1 = run.circuit()
+    c2 = run.circuit()  # from the disk cache
+    torch.testing.assert_close(c1.contribution, c2.contribution)
+    assert c1.ln2_scale == pytest.approx(c2.ln2_scale)
+    run.save_table("numbers", pd.DataFrame({"x": [1, 2]}), columns={"x": "a number"})
+    run.save_summary(median=1.5)
+    summary = json.loads((run.output_dir / "summary.json").read_text())
+    assert summary["headline"] == {"median": 1.5} and summary["tables"] == {"numbers": "numbers.csv"}
+    assert summary["calibration_text"]["sha256"] == run.calibration.sha256
+    meta = json.loads((run.output_dir / "numbers.meta.json").read_text())
+    assert meta["columns"] == {"x": "a number"} and meta["parameters"]["n_texts"] == 3
+    with pytest.raises(ValueError, match="document every column"):
+        run.save_table("bad", pd.DataFrame({"y": [1]}), columns={})
+    assert "texts × 128 tokens" in run.caption
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"n_textz": 3}, "unknown parameter.*n_textz"),
+        ({"n_texts": "many"}, "n_texts='many' must be an integer"),
+        ({"n_texts": 0}, "n_texts=0 must be at least 1"),
+        ({"heads": [0, 0]}, "duplicates"),
+        ({"heads": "0, x"}, "'x' is not an integer"),
+        ({"heads": [0, 99]}, r"\[99\] outside 0..3"),
+        ({"device": "tpu"}, "device='tpu'"),
+        ({"seed": 1.5}, "seed=1.5 must be an integer"),
+    ],
+)
+def test_bad_parameters_are_reported_before_any_work(tiny_dir, corpus_file, tmp_path, override, message):
+    with pytest.raises(ParameterError, match=message):
+        experiment.start("demo", _params(tiny_dir, corpus_file, tmp_path, **override))
+    assert not (tmp_path / "out" / "demo" / "summary.json").exists()
+
+
+def test_papermill_style_strings_are_coerced(monkeypatch):
+    monkeypatch.setenv("CTXN_N_TEXTS", "7")
+    p = experiment.validate(experiment._env_overrides({"n_texts": 1000, "heads": "[0, 2, 6]", "C_values": "[1, 3.5]"}))
+    assert p == {"n_texts": 7, "heads": [0, 2, 6], "C_values": [1.0, 3.5]}
+
+
+def test_corrupt_or_old_cache_entries_are_recomputed(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"x": torch.arange(4.0)}
+
+    key = {"model": "m", "n": 4}
+    cache.cached("k", key, compute, root=tmp_path)
+    cache.cached("k", key, compute, root=tmp_path)
+    assert len(calls) == 1
+    entry = next(tmp_path.glob("k-*.pt"))
+    entry.write_bytes(entry.read_bytes()[:-10] + b"0123456789")  # corrupt
+    assert cache.cached("k", key, compute, root=tmp_path)["x"].tolist() == [0, 1, 2, 3]
+    assert len(calls) == 2
+    monkey_version = cache.CACHE_VERSION
+    try:
+        cache.CACHE_VERSION = monkey_version + 1  # an entry from an older version
+        cache.cached("k", key, compute, root=tmp_path)
+        assert len(calls) == 3
+    finally:
+        cache.CACHE_VERSION = monkey_version
