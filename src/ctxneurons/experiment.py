@@ -339,10 +339,14 @@ class Run:
         """The headline numbers, written last: its presence marks the notebook's outputs complete."""
         return atomic_write_json(self.output_dir / "summary.json", {"headline": headline, "tables": self.tables, **self.provenance})
 
-    def show(self, fig, caption: str | None = None) -> None:
+    def show(self, fig, name: str | None = None) -> None:
+        """Display a plotly figure in the book (see :func:`figures.show`) with the provenance line under it."""
+        from IPython.display import HTML, display
+
         from . import figures
 
-        figures.show(fig, caption=caption or self.caption)
+        figures.show(fig, name)
+        display(HTML(f'<p class="ctxn-provenance"><small>{figures.escape_text(self.caption)}</small></p>'))
 
 
 def _sha(text: str) -> str:
