@@ -1,0 +1,502 @@
+"""A planted-circuit GPT-2: ground truth for the method, and the offline edition of the book.
+
+The toy model has GPT-2 Small's layer-0 geometry (d_model 768, 12 heads of d_head 64,
+d_mlp 3072, n_ctx 1024) and one layer. Its vocabulary is synthetic words in topic
+groups plus English function words, and its layer 0 has by construction the structure
+the paper finds in GPT-2 Small:
+
+- every residual direction used is orthogonal to the all-ones vector, and token and
+  position embeddings live in orthogonal subspaces with fixed norms, so TransformerLens's
+  centring and LayerNorm folding leave the construction intact and LN1's scale is the
+  same at every position;
+- each row of W_pos carries a coordinate linear in the position i. A head whose query
+  (its bias) reads that coordinate through W_K with slope lambda scores key i as
+  lambda * i + const(n), so its positional kernel is exp(-lambda (n - i)): large lambda
+  gives local heads, lambda ~ 1/50 the slowly decaying heads, lambda ~ 0 uniform heads;
+- the slowly decaying heads' OV circuits map each topic's shared embedding direction
+  g_k to an output direction u_k, so their summed output is a decaying average of
+  "how much topic k is in the recent context";
+- context neurons read u_k (their bias sets how much topic k is needed); other neurons
+  read single tokens' embeddings directly, or random directions.
+
+:func:`documents` and :func:`calibration_text` generate text in the same vocabulary,
+which is fixed (it does not depend on the model seed), so they tokenise without
+unknown tokens under every toy model's tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+VERSION = "toy-v1"
+STAMP_FILE = "toy_version.txt"
+GROUND_TRUTH_FILE = "ground_truth.json"
+EOT = "<|endoftext|>"
+
+# Vocabulary and corpus; fixed so that documents() needs no model.
+VOCAB_SEED = 20251003
+N_TOPICS = 24
+WORDS_PER_TOPIC = 90
+N_GENERIC = 300
+N_GLITCH = 40
+FUNCTION_WORDS = (
+    "the of and to a in is that for it as with was on be by at this from or an are not but "
+    "which have has had were they their his her its one all we there can more also when who "
+    "will would been into than so some these other about"
+).split()
+THE_SHARE = 0.2  # of function-word tokens; ' the' is then ~8% of all tokens, as in English
+PUNCTUATION = (".", ",")
+CALIBRATION_TOPICS = (0, 3, 7, 12, 16)
+
+# Geometry (GPT-2 Small's layer 0).
+D_MODEL, N_HEADS, D_HEAD, D_MLP, N_CTX = 768, 12, 64, 3072, 1024
+SLOW_HEADS = (0, 2, 6, 8, 9, 10)
+LOCAL_HEADS = (1, 3, 4, 5)
+UNIFORM_HEADS = (7, 11)
+TOKEN_NORM = 3.5  # |W_E[t]| of every ordinary token (GPT-2 Small's typical value)
+GLITCH_NORM = 0.6  # under-trained tokens sit near the centroid, as in GPT-2
+POS_NORM = 2.5
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The toy vocabulary: token strings in id order ('Ġ' marks a leading space, as in
+    GPT-2's byte-level scheme) and the group of each word.
+
+    Every non-glitch word has a spaced and a bare form (the bare one starts a text);
+    glitch words only a spaced form, and the corpus never emits them. '<|endoftext|>' is
+    the last id.
+    """
+
+    tokens: tuple[str, ...]
+    function_words: tuple[str, ...]
+    generic_words: tuple[str, ...]
+    topic_words: tuple[tuple[str, ...], ...]  # [N_TOPICS][WORDS_PER_TOPIC], most frequent first
+    glitch_words: tuple[str, ...]
+
+    @property
+    def index(self) -> dict[str, int]:
+        return {t: i for i, t in enumerate(self.tokens)}
+
+    def ids(self, words, spaced: bool | None = None) -> list[int]:
+        """Token ids of ``words`` in both forms (or only spaced / only bare)."""
+        index = self.index
+        forms = {None: ("Ġ", ""), True: ("Ġ",), False: ("",)}[spaced]
+        return [index[p + w] for p in forms for w in words if p + w in index]
+
+
+def _make_words(rng: np.random.Generator, n: int, taken: set[str]) -> list[str]:
+    onsets = "b c d f g h j k l m n p r s t v w z br cr dr fl gr pl st tr sh ch th".split()
+    vowels = "a e i o u ai ea oo".split()
+    codas = ["", "", "n", "r", "s", "l", "m", "k"]
+    words: list[str] = []
+    while len(words) < n:
+        word = "".join(
+            onsets[rng.integers(len(onsets))] + vowels[rng.integers(len(vowels))] + codas[rng.integers(len(codas))]
+            for _ in range(rng.integers(2, 4))
+        )
+        if word not in taken:
+            taken.add(word)
+            words.append(word)
+    return words
+
+
+@lru_cache(maxsize=1)
+def vocabulary() -> Vocabulary:
+    rng = np.random.default_rng(VOCAB_SEED)
+    taken = set(FUNCTION_WORDS)
+    generic = _make_words(rng, N_GENERIC, taken)
+    topics = [tuple(_make_words(rng, WORDS_PER_TOPIC, taken)) for _ in range(N_TOPICS)]
+    # Glitch strings look like GPT-2's (' SolidGoldMagikarp'): capitalised, never in text.
+    glitch = [w[0].upper() + w[1:] + "Gold" for w in _make_words(rng, N_GLITCH, taken)]
+    words = list(FUNCTION_WORDS) + generic + [w for t in topics for w in t]
+    tokens = ["Ġ" + w for w in words] + ["Ġ" + w for w in glitch] + words + list(PUNCTUATION) + [EOT]
+    return Vocabulary(tuple(tokens), tuple(FUNCTION_WORDS), tuple(generic), tuple(topics), tuple(glitch))
+
+
+def tokenizer():
+    """The toy tokenizer: word-level over GPT-2's byte-level pre-tokenisation, so
+    ' the' is one token and decode(encode(text)) == text for corpus text."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = vocabulary()
+    tok = Tokenizer(models.WordLevel(vocab.index, unk_token=EOT))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(EOT, special=True, normalized=False)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=EOT, eos_token=EOT, unk_token=EOT, model_max_length=N_CTX
+    )
+
+
+# ---------------------------------------------------------------- corpus
+
+
+def _zipf(n: int) -> np.ndarray:
+    p = 1.0 / (np.arange(n) + 3.0)
+    return p / p.sum()
+
+
+def _function_probs() -> np.ndarray:
+    rest = _zipf(len(FUNCTION_WORDS) - 1) * (1 - THE_SHARE)
+    return np.concatenate([[THE_SHARE], rest])  # FUNCTION_WORDS[0] is 'the'
+
+
+def _generate(rng: np.random.Generator, n_tokens: int, topics: np.ndarray, weights: np.ndarray, p_function: float) -> str:
+    """One text of exactly ``n_tokens`` tokens: i.i.d. words from a topic mixture, with
+    function words and sentence punctuation."""
+    vocab = vocabulary()
+    p_generic = 0.2 * (1 - p_function)
+    p_topic = (1 - p_function - p_generic) * weights
+    kinds = rng.choice(2 + len(topics), size=n_tokens, p=np.concatenate([[p_function, p_generic], p_topic]))
+    function = rng.choice(len(FUNCTION_WORDS), size=n_tokens, p=_function_probs())
+    generic = rng.integers(N_GENERIC, size=n_tokens)
+    in_topic = rng.choice(WORDS_PER_TOPIC, size=n_tokens, p=_zipf(WORDS_PER_TOPIC))
+    sentence_gap = rng.integers(8, 25, size=n_tokens)
+    pieces, since_stop = [], 0
+    for i in range(n_tokens):
+        if since_stop >= sentence_gap[i] and i > 0:
+            pieces.append("." if rng.random() < 0.7 else ",")
+            since_stop = 0
+            continue
+        kind = kinds[i]
+        if kind == 0:
+            word = vocab.function_words[function[i]]
+        elif kind == 1:
+            word = vocab.generic_words[generic[i]]
+        else:
+            word = vocab.topic_words[topics[kind - 2]][in_topic[i]]
+        pieces.append(word if i == 0 else " " + word)
+        since_stop += 1
+    return "".join(pieces)
+
+
+def documents(n: int, seed: int = 0, min_tokens: int = 1100) -> list[str]:
+    """``n`` toy documents of exactly ``min_tokens`` tokens each (no BOS), deterministic.
+
+    Document k depends only on (seed, k), so a longer list extends a shorter one. Each
+    mixes 1-3 topics (Dirichlet weights) with words drawn i.i.d., and a function-word
+    rate that varies between documents (the paper's stop-word-density effect).
+    """
+    texts = []
+    for k in range(n):
+        rng = np.random.default_rng([seed, k, VOCAB_SEED])
+        n_topics = rng.choice([1, 2, 3], p=[0.35, 0.4, 0.25])
+        topics = rng.choice(N_TOPICS, size=n_topics, replace=False)
+        weights = rng.dirichlet(np.full(n_topics, 2.0))
+        texts.append(_generate(rng, min_tokens, topics, weights, p_function=rng.uniform(0.34, 0.5)))
+    return texts
+
+
+def calibration_text() -> str:
+    """The designated calibration text: 1100 tokens of mixed content over
+    CALIBRATION_TOPICS only, so neurons of the other topics never fire on it."""
+    rng = np.random.default_rng([VOCAB_SEED, 1])
+    topics = np.array(CALIBRATION_TOPICS)
+    weights = np.full(len(topics), 1.0 / len(topics))
+    return _generate(rng, 1100, topics, weights, p_function=0.42)
+
+
+# ---------------------------------------------------------------- weights
+
+
+def _token_groups(vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray]:
+    """Per token id: group (topic k, or one of the named groups below) and word index
+    within the vocabulary's word list (shared by a word's spaced and bare forms)."""
+    group = np.full(len(vocab.tokens), _NO_GROUP)
+    word = np.full(len(vocab.tokens), -1)
+    index = vocab.index
+    for k, words in enumerate(vocab.topic_words):
+        for i, ids in enumerate(zip(*(vocab.ids(words, spaced=s) for s in (True, False)))):
+            group[list(ids)] = k
+            word[list(ids)] = k * WORDS_PER_TOPIC + i
+    group[vocab.ids(vocab.function_words) + [index[p] for p in PUNCTUATION]] = _FUNCTION
+    group[vocab.ids(vocab.glitch_words)] = _GLITCH
+    return group, word
+
+
+_NO_GROUP, _FUNCTION, _GLITCH = -1, N_TOPICS, N_TOPICS + 1
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=0, keepdim=True)
+
+
+def _weights(seed: int) -> tuple[dict[str, torch.Tensor], dict]:
+    """Layer 0's weights in TransformerLens's layout (float64) and the ground truth.
+
+    Returns W_E [V, d], W_pos [N, d], W_Q/W_K/W_V [H, d, e], b_Q/b_K/b_V [H, e],
+    W_O [H, e, d], W_in [d, M], b_in [M], W_out [M, d].
+    """
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng([seed, VOCAB_SEED])
+    randn = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64)  # noqa: E731
+    vocab = vocabulary()
+    V, d, H, e, M, N = len(vocab.tokens), D_MODEL, N_HEADS, D_HEAD, D_MLP, N_CTX
+    K = N_TOPICS
+
+    # Orthonormal directions orthogonal to the all-ones vector, so that centring (by
+    # TransformerLens and by LayerNorm) changes none of them; split into subspaces.
+    seeded = randn(d, d)
+    seeded[:, 0] = 1.0
+    basis = torch.linalg.qr(seeded).Q[:, 1:]
+    sizes = {"pos": 16, "groups": K + 2, "topic_out": K + 1, "misc": 48}
+    sub, start = {}, 0
+    for name, size in sizes.items():
+        sub[name] = basis[:, start : start + size]
+        start += size
+    sub["token"] = basis[:, start:]  # each token's own direction
+    g, u, misc, own = sub["groups"], sub["topic_out"], sub["misc"], sub["token"]
+
+    # Token embeddings: a group direction (topic k, function words, glitch) with weight
+    # alpha, plus a token's own random direction; ordinary tokens all have norm TOKEN_NORM
+    # so LN1's scale is the same at every position.
+    group, word = _token_groups(vocab)
+    word_alpha = rng.uniform(0.35, 0.75, size=K * WORDS_PER_TOPIC)
+    alpha = np.where(group >= 0, word_alpha[word], 0.0)
+    alpha[group == _FUNCTION] = 0.5
+    alpha[group == _GLITCH] = 0.8
+    alpha = torch.from_numpy(alpha)
+    grouped = torch.from_numpy(group >= 0)
+    own_dir = _unit(own @ randn(own.shape[1], V)).T  # [V, d]
+    group_dir = torch.zeros(V, d, dtype=torch.float64)
+    group_dir[grouped] = g[:, torch.from_numpy(group[group >= 0])].T
+    norm = torch.full((V,), TOKEN_NORM, dtype=torch.float64)
+    norm[torch.from_numpy(group == _GLITCH)] = GLITCH_NORM
+    W_E = norm[:, None] * (alpha[:, None] * group_dir + (1 - alpha**2).sqrt()[:, None] * own_dir)
+
+    # Positions: (r_i, sqrt(1 - r_i^2)) with r_i linear in i, plus sinusoids; every row
+    # has norm POS_NORM. Heads read only r_i, which makes their scores linear in i.
+    P = sub["pos"]
+    r = torch.linspace(-1, 1, N, dtype=torch.float64)
+    periods = torch.tensor([7.0, 19, 50, 130, 340, 900, 2500], dtype=torch.float64)
+    angle = 2 * math.pi * torch.arange(N, dtype=torch.float64)[:, None] / periods
+    w_lin, w_sin = math.sqrt(0.5), math.sqrt(0.5 / len(periods))
+    W_pos = POS_NORM * (
+        w_lin * (r[:, None] * P[:, 0] + (1 - r**2).clamp(min=0).sqrt()[:, None] * P[:, 1])
+        + w_sin * (angle.cos() @ P[:, 2::2].T + angle.sin() @ P[:, 3::2].T)
+    )
+
+    # LN1 multiplies every ordinary token's residual by ln1; LN2's scale is ~1/ln1.
+    ln1 = 1 / math.sqrt((TOKEN_NORM**2 + POS_NORM**2) / d + 1e-5)
+
+    # Attention scores: query = bias (same for every query token); key dim 0 reads r_i
+    # (slope lambda per token), key dim 1 reads content (a function-word offset and a
+    # per-token jitter).
+    kind = ["slow" if h in SLOW_HEADS else "local" if h in LOCAL_HEADS else "uniform" for h in range(H)]
+    decay = {"slow": lambda: 1 / rng.uniform(35, 70), "local": lambda: rng.uniform(1.0, 2.5), "uniform": lambda: rng.uniform(0, 1 / 3000)}
+    function_offset = {"slow": -0.4, "local": 0.0, "uniform": 0.0}
+    jitter = {"slow": 0.15, "local": 0.5, "uniform": 0.1}
+    lam = [decay[kind[h]]() for h in range(H)]
+    W_Q, W_K, W_V = (torch.zeros(H, d, e, dtype=torch.float64) for _ in range(3))
+    b_Q, b_K, b_V = (torch.zeros(H, e, dtype=torch.float64) for _ in range(3))
+    W_O = torch.zeros(H, e, d, dtype=torch.float64)
+    b_Q[:, :2] = 1.0
+    ordinary = norm == TOKEN_NORM
+    for h in range(H):
+        slope_per_unit = ln1 * POS_NORM * w_lin * 2 / (N - 1) / math.sqrt(e)
+        W_K[h, :, 0] = lam[h] / slope_per_unit * P[:, 0]
+        v = _unit(own @ randn(own.shape[1]))
+        spread = (W_E[ordinary] @ v).std()
+        W_K[h, :, 1] = math.sqrt(e) / ln1 * (
+            jitter[kind[h]] / spread * v + function_offset[kind[h]] / (TOKEN_NORM * 0.5) * g[:, _FUNCTION]
+        )
+
+    # Values: the slow heads map topic k's direction to u_k (and the glitch direction to
+    # u_glitch), with per-head shares that sum to 1 over the slow heads; all else they
+    # read and every other head writes into the 'misc' subspace.
+    topic_write = 0.6  # |u_k component| written when all attention is on an alpha=0.75 word
+    v_scale = topic_write / (ln1 * TOKEN_NORM * 0.75)
+    share = torch.from_numpy(rng.dirichlet(np.full(len(SLOW_HEADS), 2.0), size=K + 1).T)  # [slow, K+1]
+    for s, h in enumerate(SLOW_HEADS):
+        W_V[h, :, : K + 1] = v_scale * g[:, list(range(K)) + [_GLITCH]]
+        W_O[h, : K + 1] = share[s][:, None] * u.T
+    for h in range(H):
+        rest = K + 1 if h in SLOW_HEADS else 0
+        W_V[h, :, rest:] = own @ randn(own.shape[1], e - rest) * (0.1 / ln1 / TOKEN_NORM)
+        W_O[h, rest:] = randn(e - rest, misc.shape[1]) @ misc.T * (0.3 / math.sqrt(misc.shape[1] * (e - rest) / e))
+
+    # Neurons. The method's contribution of an attended word of weight alpha to a neuron
+    # reading w * u_k is ~ alpha * per_alpha * w (slow-head shares sum to 1, LN2 ~ 1/ln1).
+    per_alpha = ln1 * TOKEN_NORM * v_scale * ln1
+    order = torch.randperm(M, generator=gen).tolist()
+    W_in = torch.zeros(d, M, dtype=torch.float64)
+    b_in = torch.zeros(M, dtype=torch.float64)
+    truth = {"context_neurons": [], "glitch_neurons": [], "topic_token_neurons": [], "token_neurons": []}
+
+    silent = rng.choice(sorted(set(range(K)) - set(CALIBRATION_TOPICS)), size=4, replace=False)
+    for k in sorted(set(range(K)) - set(silent.tolist())):
+        for _ in range(rng.integers(1, 5)):
+            top = float(np.exp(rng.uniform(np.log(2.0), np.log(16.0))))
+            need = float(rng.uniform(0.05, 0.15))  # attention share of alpha=0.75 topic words
+            j = order.pop()
+            # Plus a reading of one random token direction: a token-level pre-activation
+            # noise of std ~0.15 |bias| (its largest over the vocabulary ~0.6 |bias|), so
+            # the neuron stays silent (pre < 0) wherever its topic is absent.
+            noise = 0.15 * top * need * math.sqrt(own.shape[1]) / (ln1 * TOKEN_NORM)
+            W_in[:, j] = top / (0.75 * per_alpha) * u[:, k] + noise * _unit(own @ randn(own.shape[1]))
+            b_in[j] = -top * need
+            truth["context_neurons"].append({"neuron": j, "topic": k, "against": None, "top": top, "need": need})
+    for _ in range(3):  # contrast neurons: topic a present and topic b absent (cf. colour/color)
+        a, b = (int(x) for x in rng.choice(sorted(set(range(K)) - set(silent.tolist())), size=2, replace=False))
+        top, need = float(rng.uniform(6, 12)), float(rng.uniform(0.05, 0.15))
+        j = order.pop()
+        W_in[:, j] = top / (0.75 * per_alpha) * (u[:, a] - u[:, b])
+        b_in[j] = -top * need
+        truth["context_neurons"].append({"neuron": j, "topic": a, "against": b, "top": top, "need": need})
+    # A glitch token is short, so LN1 scales it up more than an ordinary token; in units
+    # of an ordinary token's alpha its glitch direction weighs:
+    glitch_alpha = 0.8 * GLITCH_NORM / TOKEN_NORM * math.hypot(TOKEN_NORM, POS_NORM) / math.hypot(GLITCH_NORM, POS_NORM)
+    for _ in range(2):  # fire only through glitch tokens, which text never contains
+        j = order.pop()
+        top = float(rng.uniform(8, 14))
+        W_in[:, j] = top / (glitch_alpha * per_alpha) * u[:, K] + 0.05 * _unit(own @ randn(own.shape[1]))
+        b_in[j] = -top / 2
+        truth["glitch_neurons"].append({"neuron": j, "top": top})
+    for k in rng.choice(K, size=12, replace=False).tolist():  # read the current token's topic directly
+        j = order.pop()
+        W_in[:, j] = 4.0 / (ln1 * TOKEN_NORM * 0.75) * g[:, k]
+        b_in[j] = -2.0
+        truth["topic_token_neurons"].append({"neuron": j, "topic": k})
+    candidates = torch.from_numpy(np.flatnonzero(group != _GLITCH)[: -1])
+    for t in candidates[torch.randperm(len(candidates), generator=gen)[:150]].tolist():
+        j = order.pop()
+        W_in[:, j] = 4.0 / (ln1 * TOKEN_NORM) * W_E[t] / TOKEN_NORM
+        b_in[j] = -2.0
+        truth["token_neurons"].append({"neuron": j, "token_id": t})
+    # Noise: a random direction (pre-activation std ~1) and a weak random reading of the
+    # topic outputs (largest contributions ~1-3: the low-threshold false positives).
+    noise = torch.tensor(sorted(order))
+    W_in[:, noise] = _unit(basis @ randn(d - 1, len(noise))) / ln1 + u @ randn(K + 1, len(noise)) * (0.6 / (0.75 * per_alpha))
+    b_in[noise] = torch.from_numpy(rng.normal(-1.0, 0.5, size=len(noise)))
+    truth["noise_neurons"] = noise.tolist()
+    W_out = randn(M, d) @ basis @ basis.T * 0.02
+
+    weights = dict(W_E=W_E, W_pos=W_pos, W_Q=W_Q, b_Q=b_Q, W_K=W_K, b_K=b_K, W_V=W_V, b_V=b_V, W_O=W_O, W_in=W_in, b_in=b_in, W_out=W_out)
+    truth.update(
+        heads={name: [h for h in range(H) if kind[h] == name] for name in ("slow", "local", "uniform")},
+        head_kind=kind,
+        decay_per_token=lam,
+        silent_topics=sorted(silent.tolist()),
+    )
+    return weights, truth
+
+
+# ---------------------------------------------------------------- the model directory
+
+
+def _hf_state(weights: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every tensor of the Hugging Face model's ``state``, as GPT-2 tensors (Conv1D layout: weight [in, out]) from TransformerLens-layout
+    weights; LayerNorms are identity (weight 1, bias 0), so folding changes nothing."""
+    w = {k: v.float() for k, v in weights.items()}
+    d, H, e = D_MODEL, N_HEADS, D_HEAD
+    heads_to_cols = lambda W: W.permute(1, 0, 2).reshape(d, H * e)  # noqa: E731
+    out = {name: torch.zeros(t.shape) for name, t in state.items()}
+    out.update({name: torch.ones(t.shape) for name, t in state.items() if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight"))})
+    p = "transformer.h.0."
+    out.update({
+        "transformer.wte.weight": w["W_E"],
+        "transformer.wpe.weight": w["W_pos"],
+        p + "attn.c_attn.weight": torch.cat([heads_to_cols(w[k]) for k in ("W_Q", "W_K", "W_V")], dim=1),
+        p + "attn.c_attn.bias": torch.cat([w[k].flatten() for k in ("b_Q", "b_K", "b_V")]),
+        p + "attn.c_proj.weight": w["W_O"].reshape(H * e, d),
+        p + "mlp.c_fc.weight": w["W_in"],
+        p + "mlp.c_fc.bias": w["b_in"],
+        p + "mlp.c_proj.weight": w["W_out"],
+    })
+    if "lm_head.weight" in out:
+        out["lm_head.weight"] = w["W_E"]
+    return out
+
+
+def build_model(path: Path, seed: int = 0) -> Path:
+    """Write the toy model (config, safetensors weights, tokenizer, ground truth) to ``path``.
+
+    Deterministic in ``seed``; the vocabulary is the same for every seed.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tok = tokenizer()
+    config = GPT2Config(
+        vocab_size=len(tok), n_positions=N_CTX, n_embd=D_MODEL, n_layer=1, n_head=N_HEADS,
+        activation_function="gelu_new", layer_norm_epsilon=1e-5,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+    )
+    weights, truth = _weights(seed)
+    model = GPT2LMHeadModel(config)
+    model.load_state_dict(_hf_state(weights, model.state_dict()))
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+
+    vocab = vocabulary()
+    truth.update(
+        version=VERSION,
+        seed=seed,
+        topics=[{"name": f"topic-{k:02d}", "words": list(words), "token_ids": vocab.ids(words)} for k, words in enumerate(vocab.topic_words)],
+        function_token_ids=vocab.ids(vocab.function_words) + [vocab.index[p] for p in PUNCTUATION],
+        generic_token_ids=vocab.ids(vocab.generic_words),
+        glitch_token_ids=vocab.ids(vocab.glitch_words),
+        the_token_id=vocab.index["Ġthe"],
+        calibration_topics=list(CALIBRATION_TOPICS),
+        token_norm=TOKEN_NORM,
+        pos_norm=POS_NORM,
+    )
+    (path / GROUND_TRUTH_FILE).write_text(json.dumps(truth, indent=1))
+    (path / STAMP_FILE).write_text(VERSION)
+    return path
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("CTXN_CACHE") or Path.home() / ".cache" / "ctxneurons")
+
+
+def _is_current(path: Path) -> bool:
+    stamp = path / STAMP_FILE
+    return stamp.is_file() and stamp.read_text().strip() == VERSION
+
+
+def ensure_model(root: Path | None = None) -> Path:
+    """The toy model's directory ``root/toy-v1`` (root: $CTXN_CACHE, else ~/.cache/ctxneurons),
+    built on first use or when its version stamp is stale.
+
+    The build happens in a temporary sibling that is renamed into place, so a reader
+    never sees a half-written model and concurrent builders agree on one result.
+    """
+    root = Path(root) if root is not None else default_root()
+    target = root / VERSION
+    if _is_current(target):
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{VERSION}-build-", dir=root))
+    try:
+        build_model(tmp)
+        if target.exists() and not _is_current(target):
+            stale = Path(tempfile.mkdtemp(prefix=f".{VERSION}-stale-", dir=root))
+            target.rename(stale / "old")
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not _is_current(target):  # another process won the race with a current build
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def ground_truth(model_dir: str | os.PathLike) -> dict:
+    """The planted structure saved with a toy model (see :func:`build_model`)."""
+    return json.loads((Path(model_dir) / GROUND_TRUTH_FILE).read_text())
