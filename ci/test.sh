@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Set up (ci/setup.sh, ci/install_browser.sh) and run the test suite on small models built
+# in the tests. Extra arguments go to pytest, e.g. `bash ci/test.sh -m slow`.
+#   CTXN_SKIP_SETUP=1   use the existing .venv and browser as they are
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -z "${CTXN_SKIP_SETUP:-}" ]; then
+  bash ci/setup.sh
+  bash ci/install_browser.sh
+fi
+# shellcheck disable=SC1091
+. .venv/bin/activate
+# The model-level cache and the toy model go to a scratch folder, never the user's ~/.cache.
+export CTXN_CACHE="${CTXN_CACHE:-$(pwd)/.cache-tests}"
+python -m pytest -q "$@"
