@@ -114,3 +114,19 @@ def concentration(
             )
         )
     return out
+
+
+def accumulate_log_sum(acc: torch.Tensor | None, log_denoms: torch.Tensor) -> torch.Tensor:
+    """Running log sum_texts denom, one batch at a time: acc [H, n] (None at first), log_denoms [B, H, n] -> [H, n].
+
+    After all N texts, ``acc - log N`` is :func:`log_normalising_constants` of all of them,
+    without keeping every text's denominators.
+    """
+    batch = log_denoms.double().logsumexp(0)
+    return batch if acc is None else torch.logaddexp(acc, batch)
+
+
+def relative_denominators(log_denoms: torch.Tensor, log_c: torch.Tensor) -> torch.Tensor:
+    """denom / c: log_denoms [..., H, n], log_c [H, n] -> [..., H, n]; 1 means the text's
+    denominator equals the corpus mean."""
+    return (log_denoms.double() - log_c.to(log_denoms.device).double()).exp()

@@ -7,7 +7,10 @@ refit (our reading of the paper). Positions before ``first_position`` are exclud
 (default 1: position 0 holds BOS and sees only itself).
 
 Texts stream through in batches; only the [texts, neurons] statistics and a few example
-traces are kept, so memory does not grow with the number of texts.
+traces are kept, so memory does not grow with the number of texts. A token tensor
+[N, n] is split into batches of :func:`layer0.auto_batch_size`. The circuit's columns
+for the evaluated neurons are gathered once, not per batch: a column gather from the
+[V, M] contribution matrix reads all of it.
 
 Shapes: B texts, n positions, J neurons.
 """
@@ -15,7 +18,7 @@ Shapes: B texts, n positions, J neurons.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -63,22 +66,57 @@ class Evaluation:
 def evaluate(
     w: Layer0,
     circuit: Circuit,
-    batches: Iterable[torch.Tensor],
+    batches: Iterable[torch.Tensor] | torch.Tensor,
     neurons: torch.Tensor,
     first_position: int = 1,
     n_traces: int = 0,
 ) -> Evaluation:
-    """Stream token batches [B, n] through layer 0 and the circuit; keep only statistics."""
+    """Stream token batches [B, n] (or one tensor [N, n], batched here) through layer 0 and
+    the circuit; keep only statistics."""
     neurons = torch.as_tensor(neurons, dtype=torch.long, device=w.device)
+    if isinstance(batches, torch.Tensor):
+        batches = batches.split(layer0.auto_batch_size(w, batches.shape[-1], mlp=False))
+    own = torch.arange(len(neurons), device=w.device)
     rs, fvus, traces, seen = [], [], [], 0
-    with torch.inference_mode():
+    with torch.inference_mode(), layer0.matmul_precision():
+        selected = replace(circuit, contribution=circuit.contribution[:, neurons], offset=circuit.offset[:, neurons])
         for tokens in batches:
             tokens = tokens.to(w.device)
             true = true_contributions(w, tokens, circuit.heads, neurons)[:, first_position:]
-            approx = circuit.approximate(tokens, neurons)[:, first_position:]
+            approx = selected.approximate(tokens, own)[:, first_position:]
             rs.append(pearson_r(true, approx, dim=1).cpu())
             fvus.append(fvu(true, approx, dim=1).cpu())
             for b in range(min(tokens.shape[0], n_traces - len(traces))):
                 traces.append((seen + b, true[b].cpu(), approx[b].cpu()))
             seen += tokens.shape[0]
     return Evaluation(neurons=neurons.cpu(), r=torch.cat(rs), fvu=torch.cat(fvus), traces=traces)
+
+
+def histogram(values: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """Counts of values [..., m] over the bins of edges [b+1], per leading index: -> [..., b].
+
+    Values outside the edges go to the first or last bin and NaNs are dropped, so counts
+    from batch after batch add up to the histogram of all texts at a fixed memory cost.
+    """
+    edges = edges.to(values.device, values.dtype)
+    b = len(edges) - 1
+    flat = values.reshape(-1, values.shape[-1]) if values.dim() > 0 else values.reshape(1, 1)
+    idx = (torch.bucketize(flat.contiguous(), edges, right=True) - 1).clamp(0, b - 1)
+    counts = torch.zeros(flat.shape[0], b, dtype=torch.float64, device=values.device)
+    counts.scatter_add_(1, idx, (~flat.isnan()).double())
+    return counts.reshape(*values.shape[:-1], b)
+
+
+def histogram_quantile(counts: torch.Tensor, edges: torch.Tensor, q: float = 0.5) -> torch.Tensor:
+    """The q-quantile read off histogram counts [..., b] with edges [b+1], interpolated
+    linearly inside its bin: -> [...]. Exact to within one bin width; NaN for empty rows."""
+    edges = edges.double().to(counts.device)
+    total = counts.sum(-1, keepdim=True)
+    cum = counts.cumsum(-1)
+    target = q * total
+    k = torch.searchsorted(cum.contiguous(), target.contiguous()).clamp(max=counts.shape[-1] - 1)  # [..., 1]
+    before = torch.where(k > 0, cum.gather(-1, (k - 1).clamp(min=0)), torch.zeros_like(target))
+    in_bin = counts.gather(-1, k)
+    frac = ((target - before) / in_bin.clamp_min(1e-300)).clamp(0, 1)
+    value = edges[k] + frac * (edges[k + 1] - edges[k])
+    return torch.where(total > 0, value, torch.full_like(value, float("nan")))[..., 0]

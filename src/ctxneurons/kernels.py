@@ -96,3 +96,21 @@ def shared_kernel(kernels: torch.Tensor, renormalise: bool = True) -> torch.Tens
     h = kernels.shape[0]
     med = 0.5 * (ranked[(h - 1) // 2] + ranked[h // 2])  # the midpoint for an even count
     return med / med.sum(-1, keepdim=True) if renormalise else med
+
+
+PAPER_QUERY_OFFSET = 12  # the paper's n = 500 is n_ctx/2 - 12 for GPT-2's n_ctx = 1024
+
+
+def resolve_query_position(query_position: int, n_ctx: int, n_tokens: int) -> int:
+    """The kernels' query position n: -1 means the paper's n_ctx/2 - 12 (500 for GPT-2);
+    any value is then clipped to 0..n_tokens-1 so that shorter runs still have a row."""
+    n = n_ctx // 2 - PAPER_QUERY_OFFSET if query_position == -1 else query_position
+    if n < -1:
+        raise ValueError(f"query position {query_position}: use -1 (the paper's) or a position >= 0")
+    return max(0, min(n, n_tokens - 1))
+
+
+def most_local_head(classes: list[HeadClass]) -> int:
+    """The head whose kernel sits closest to the query (smallest mean distance): a contrast
+    to the circuit's slow heads."""
+    return min(classes, key=lambda c: c.mean_distance).head

@@ -73,3 +73,30 @@ def max_preactivation(w: Layer0, tokens: torch.Tensor, neurons: torch.Tensor, fi
     with torch.inference_mode():
         pre = layer0.run(w, tokens, mlp=True).mlp_pre[:, first_position:, neurons]
     return pre.amax(dim=(0, 1))
+
+
+def select_capped(top: torch.Tensor, threshold: float, max_neurons: int) -> tuple[torch.Tensor, int]:
+    """The neurons to study: those passing ``threshold``, strongest first, at most ``max_neurons``.
+
+    top [M] -> (neurons [J] long, how many passed the threshold). When none passes (a
+    small or random model), the ``max_neurons`` highest top[j] stand in, so the pipeline
+    still has something to evaluate; the count of 0 says so.
+    """
+    passed = select(top, threshold)
+    if len(passed) > 0:
+        return passed[:max_neurons], len(passed)
+    return top.argsort(descending=True)[:max_neurons], 0
+
+
+def precision_recall(top: torch.Tensor, thresholds: torch.Tensor, true_neurons: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Discovery against a known answer: top [M], thresholds [T], true_neurons [K] -> (precision [T], recall [T]).
+
+    Precision is NaN where a threshold finds nothing.
+    """
+    is_true = torch.zeros_like(top, dtype=torch.bool)
+    is_true[true_neurons.to(top.device)] = True
+    found = top[None, :] >= thresholds.to(top.device)[:, None]  # [T, M]
+    hits = (found & is_true).sum(-1).double()
+    n_found = found.sum(-1).double()
+    precision = torch.where(n_found > 0, hits / n_found.clamp_min(1), torch.full_like(hits, float("nan")))
+    return precision, hits / max(int(is_true.sum()), 1)
