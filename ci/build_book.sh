@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Build the Jupyter Book with warnings as errors: set up the venv (ci/setup.sh), then
+# `jupyter-book build . -W -n --keep-going`. Exits non-zero when the build fails.
+#   CTXN_SKIP_SETUP=1        use the existing .venv as it is (no pip)
+#   CTXN_BOOK_ARGS="..."     extra arguments for jupyter-book build (e.g. --all)
+#   CTXN_BOOK_FRESH=1        delete _build first (pages and jupyter-cache): every
+#                            notebook runs again
+# Further hooks: export any CTXN_* setting the chapters read; the notebook kernels
+# inherit this script's environment.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -z "${CTXN_SKIP_SETUP:-}" ]; then
+  bash ci/setup.sh
+fi
+# shellcheck disable=SC1091
+. .venv/bin/activate
+if [ -n "${CTXN_BOOK_FRESH:-}" ]; then
+  rm -rf _build
+fi
+# shellcheck disable=SC2206
+extra=(${CTXN_BOOK_ARGS:-})
+jupyter-book build . -W -n --keep-going "${extra[@]}"
+echo "book: $(pwd)/_build/html/index.html"

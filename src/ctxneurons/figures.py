@@ -1,0 +1,141 @@
+"""Figures and corpus text for the book and for notebooks.
+
+Jupyter Book v1 drops plotly's own output (``application/vnd.plotly.v1+json``) and
+builds a page with nothing on it, so notebooks call :func:`show` instead of
+``fig.show()``. In the book build (the book's plotly_static extension sets
+``CTXN_BOOK_BUILD`` for the kernels it starts) :func:`show` emits HTML only; elsewhere it
+adds plotly's JSON, which JupyterLab and Notebook 7 draw natively, so the same notebook
+works live. Keeping the JSON out of the book build is what lets a stray ``fig.show()``
+fail a ``-W`` build (myst-nb warns on the unknown mime type) instead of vanishing.
+
+Corpus text (OpenWebText documents, decoded tokens) is untrusted data: it can hold
+``<script>`` or ``<img onerror=...>``. Anything from the corpus that goes into HTML or
+into plotly text (hover text, tick labels, titles: plotly reads a subset of HTML there)
+passes through :func:`escape_text`; :func:`token_heatmap_html` escapes every token.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Sequence
+
+__all__ = ["show", "escape_text", "token_heatmap_html", "show_html"]
+
+# Looked for by the book's plotly_static extension to decide which pages load plotly.js.
+FIGURE_CLASS = "ctxn-plotly-figure"
+_PLOTLY_MIME = "application/vnd.plotly.v1+json"
+BOOK_BUILD_ENV = "CTXN_BOOK_BUILD"
+
+
+def _div_id(name: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-")
+    if not slug:
+        raise ValueError(f"figure name {name!r} has no usable characters for an HTML id")
+    return f"fig-{slug}"
+
+
+def show(fig, name: str | None = None, *, config: dict | None = None) -> None:
+    """Display a plotly figure so that it appears in the built book.
+
+    ``name`` (optional) fixes the figure's HTML id to ``fig-<name>``: the page can link
+    to ``#fig-<name>`` and re-executions give identical outputs (plotly otherwise draws
+    a random id each time). Names must be unique within a page.
+
+    The book serves plotly.js itself (book/_ext/plotly_static.py); the HTML here does
+    not embed or fetch it. On Colab, which renders neither plotly's JSON nor a global
+    plotly.js, the figure goes through plotly's Colab renderer instead.
+    """
+    if "google.colab" in sys.modules:
+        fig.show(renderer="colab")
+        return
+    from IPython.display import display
+
+    opts = {"displaylogo": False, "responsive": True}
+    opts.update(config or {})
+    div = fig.to_html(
+        full_html=False,
+        include_plotlyjs=False,
+        div_id=_div_id(name) if name is not None else None,
+        # plotly's default is height 100%, which collapses to nothing inside the book's
+        # output cells; a figure's own layout.height still wins.
+        default_height="450px",
+        default_width="100%",
+        config=opts,
+    )
+    body = f'<div class="{FIGURE_CLASS}">{div}</div>'
+    # Through plotly's JSON encoder: the figure may hold numpy arrays, which the kernel's
+    # message serialiser rejects.
+    bundle = {"text/html": body}
+    if not os.environ.get(BOOK_BUILD_ENV):
+        bundle[_PLOTLY_MIME] = {**json.loads(fig.to_json()), "config": opts}
+    display(bundle, raw=True)
+
+
+def show_html(markup: str) -> None:
+    """Display trusted HTML (e.g. from :func:`token_heatmap_html`) in a notebook."""
+    from IPython.display import HTML, display
+
+    display(HTML(markup))
+
+
+def escape_text(s: object) -> str:
+    """``s`` as text that HTML, and plotly's text fields, show literally.
+
+    Quotes are escaped too, so the result is safe inside an attribute value.
+    """
+    return html.escape(str(s), quote=True)
+
+
+def _shade(value: float, vmax: float, positive: tuple[int, int, int],
+           negative: tuple[int, int, int]) -> str:
+    if not math.isfinite(value) or vmax <= 0:
+        return "transparent"
+    alpha = min(abs(value) / vmax, 1.0)
+    r, g, b = positive if value >= 0 else negative
+    return f"rgba({r},{g},{b},{alpha:.3f})"
+
+
+def token_heatmap_html(
+    tokens: Sequence[str],
+    values: Sequence[float],
+    *,
+    vmax: float | None = None,
+    title: str | None = None,
+    value_format: str = "{:.3g}",
+    positive_rgb: tuple[int, int, int] = (214, 39, 40),
+    negative_rgb: tuple[int, int, int] = (31, 119, 180),
+) -> str:
+    """HTML for a token sequence, each token shaded by its value.
+
+    Positive values shade toward ``positive_rgb`` (red), negative toward
+    ``negative_rgb`` (blue), with opacity |value| / ``vmax``; ``vmax`` defaults to the
+    largest finite |value|, so pass one shared ``vmax`` to compare several texts. Each
+    token's value shows on hover. Tokens are untrusted and escaped; whitespace and
+    newlines are kept as in the text. ``title`` is escaped as well.
+    """
+    if len(tokens) != len(values):
+        raise ValueError(f"{len(tokens)} tokens but {len(values)} values")
+    vals = [float(v) for v in values]
+    if vmax is None:
+        finite = [abs(v) for v in vals if math.isfinite(v)]
+        vmax = max(finite, default=0.0)
+    spans = []
+    for tok, v in zip(tokens, vals):
+        tip = escape_text(f"{tok!r}: {value_format.format(v)}")
+        spans.append(
+            f'<span title="{tip}" style="background:{_shade(v, vmax, positive_rgb, negative_rgb)}">'
+            f"{escape_text(tok)}</span>"
+        )
+    head = f'<div class="ctxn-heatmap-title"><b>{escape_text(title)}</b></div>' if title else ""
+    return (
+        '<div class="ctxn-token-heatmap">'
+        + head
+        + '<div style="white-space:pre-wrap;font-family:monospace;line-height:1.6">'
+        + "".join(spans)
+        + "</div></div>"
+    )

@@ -1,0 +1,189 @@
+"""Helpers for tests that look at the built book in a real browser.
+
+Debian's Chromium (ci/install_browser.sh) driven by Playwright for Python; Playwright's
+own browser download is never used (no network beyond the package registries).
+
+    with serve(book / "_build" / "html") as base, launch() as browser:
+        page, report = open_page(browser, base + "/book/intro.html")
+        report.assert_clean()
+
+Every request that would leave 127.0.0.1 is recorded and aborted, so a book that leans
+on a CDN fails the check instead of hanging on a sandboxed network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = os.environ.get("CTXN_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",  # CI runs as root, where Chromium's sandbox refuses to start
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+LOCAL_HOSTS = frozenset({"127.0.0.1"})
+# Schemes that never touch the network.
+_LOCAL_SCHEMES = frozenset({"data", "blob", "about"})
+
+
+def require_browser() -> None:
+    """Skip when Chromium or Playwright is missing, except in CI, where it is an error:
+    ci/install_browser.sh must have run there, and a skipped browser test hides that."""
+    missing = []
+    if not Path(CHROMIUM).is_file():
+        missing.append(f"{CHROMIUM} (run ci/install_browser.sh)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing.append("playwright (pip install -e '.[dev]')")
+    if missing:
+        msg = "browser test needs " + ", ".join(missing)
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - the base class's signature
+        pass
+
+
+@contextlib.contextmanager
+def serve(directory: Path) -> Iterator[str]:
+    """Serve ``directory`` over HTTP on 127.0.0.1, a free port; yields the base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@contextlib.contextmanager
+def launch():
+    """Headless Debian Chromium under Playwright; yields a playwright Browser."""
+    require_browser()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@dataclass
+class PageReport:
+    """What one page did while it loaded and while the test used it."""
+
+    url: str
+    page_errors: list[str] = field(default_factory=list)
+    console_errors: list[str] = field(default_factory=list)
+    external_requests: list[str] = field(default_factory=list)
+    failed_requests: list[str] = field(default_factory=list)
+
+    def assert_clean(self) -> None:
+        problems = {
+            "uncaught JavaScript errors": self.page_errors,
+            "console errors": self.console_errors,
+            "requests leaving 127.0.0.1": self.external_requests,
+            "failed local requests": self.failed_requests,
+        }
+        bad = {k: v for k, v in problems.items() if v}
+        assert not bad, f"{self.url}: {bad}"
+
+
+def _is_local(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in _LOCAL_SCHEMES or parts.hostname in LOCAL_HOSTS
+
+
+def open_page(browser, url: str, *, viewport=(1280, 900), timeout_ms: int = 30_000):
+    """Open ``url`` in a fresh context and wait until the network is idle.
+
+    Returns ``(page, report)``; the report keeps collecting until the page is closed.
+    """
+    context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
+    page = context.new_page()
+    page.set_default_timeout(timeout_ms)
+    report = PageReport(url)
+    page.on("pageerror", lambda exc: report.page_errors.append(str(exc)))
+    page.on("console", lambda msg: msg.type == "error" and report.console_errors.append(msg.text))
+
+    def route(r):
+        if _is_local(r.request.url):
+            r.continue_()
+        else:
+            report.external_requests.append(r.request.url)
+            r.abort()
+
+    page.route("**/*", route)
+    page.on(
+        "requestfailed",
+        lambda req: _is_local(req.url) and report.failed_requests.append(f"{req.url}: {req.failure}"),
+    )
+    page.on(
+        "response",
+        lambda resp: _is_local(resp.url) and resp.status >= 400
+        and report.failed_requests.append(f"{resp.url}: HTTP {resp.status}"),
+    )
+    # Waiting for networkidle in goto itself: a separate wait_for_load_state after
+    # "load" never returned with Debian's Chromium 156 under Playwright 1.65.
+    page.goto(url, wait_until="networkidle")
+    return page, report
+
+
+def plotly_figures_drawn(page) -> tuple[int, int]:
+    """(figures emitted by ctxneurons.figures.show, of those, how many plotly drew)."""
+    return tuple(page.evaluate(
+        """() => {
+            const figs = [...document.querySelectorAll('.ctxn-plotly-figure')];
+            const drawn = figs.filter(f => f.querySelector('.js-plotly-plot .main-svg'));
+            return [figs.length, drawn.length];
+        }"""
+    ))
+
+
+def screenshot(page, name: str) -> Path:
+    """Full-page PNG in test-artifacts/ (gitignored), for a person to look at."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def build_book(book: Path, *extra_args: str, timeout: int = 1800,
+               check: bool = True) -> subprocess.CompletedProcess:
+    """``jupyter-book build book -W -n --keep-going`` with this interpreter's install;
+    with ``check``, fails the test with the build log on a non-zero exit."""
+    exe = Path(sys.executable).parent / "jupyter-book"
+    cmd = [str(exe) if exe.exists() else shutil.which("jupyter-book") or "jupyter-book",
+           "build", str(book), "-W", "-n", "--keep-going", *extra_args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        pytest.fail(f"book build failed ({proc.returncode}):\n{proc.stdout[-8000:]}\n{proc.stderr[-8000:]}")
+    return proc
