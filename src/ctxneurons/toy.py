@@ -251,7 +251,7 @@ def _weights(seed: int) -> tuple[dict[str, torch.Tensor], dict]:
     seeded = randn(d, d)
     seeded[:, 0] = 1.0
     basis = torch.linalg.qr(seeded).Q[:, 1:]
-    sizes = {"pos": 16, "groups": K + 2, "topic_out": K + 1, "misc": 48}
+    sizes = {"pos": 16, "groups": K + 2, "topic_out": K + 1, "slow_misc": e - (K + 1), "misc": 48}
     sub, start = {}, 0
     for name, size in sizes.items():
         sub[name] = basis[:, start : start + size]
@@ -314,8 +314,8 @@ def _weights(seed: int) -> tuple[dict[str, torch.Tensor], dict]:
         )
 
     # Values: the slow heads map topic k's direction to u_k (and the glitch direction to
-    # u_glitch), with per-head shares that sum to 1 over the slow heads; all else they
-    # read and every other head writes into the 'misc' subspace.
+    # u_glitch), with per-head shares that sum to 1 over the slow heads; what else they
+    # read of a token goes to 'slow_misc', and every other head writes into 'misc'.
     topic_write = 0.6  # |u_k component| written when all attention is on an alpha=0.75 word
     v_scale = topic_write / (ln1 * TOKEN_NORM * 0.75)
     share = torch.from_numpy(rng.dirichlet(np.full(len(SLOW_HEADS), 2.0), size=K + 1).T)  # [slow, K+1]
@@ -324,8 +324,12 @@ def _weights(seed: int) -> tuple[dict[str, torch.Tensor], dict]:
         W_O[h, : K + 1] = share[s][:, None] * u.T
     for h in range(H):
         rest = K + 1 if h in SLOW_HEADS else 0
+        out = sub["slow_misc"] if h in SLOW_HEADS else misc
         W_V[h, :, rest:] = own @ randn(own.shape[1], e - rest) * (0.1 / ln1 / TOKEN_NORM)
-        W_O[h, rest:] = randn(e - rest, misc.shape[1]) @ misc.T * (0.3 / math.sqrt(misc.shape[1] * (e - rest) / e))
+        W_O[h, rest:] = randn(e - rest, out.shape[1]) @ out.T * (0.3 / math.sqrt(out.shape[1] * (e - rest) / e))
+    # Each token's write into slow_misc, in pre-activation units per unit of W_in
+    # (as if all attention were on it; LN2 ~ 1/ln1): [V, d].
+    slow_misc_write = ln1 * W_E[ordinary] @ sum(W_V[h] @ W_O[h] for h in SLOW_HEADS) * ln1
 
     # Neurons. The method's contribution of an attended word of weight alpha to a neuron
     # reading w * u_k is ~ alpha * per_alpha * w (slow-head shares sum to 1, LN2 ~ 1/ln1).
@@ -335,26 +339,31 @@ def _weights(seed: int) -> tuple[dict[str, torch.Tensor], dict]:
     b_in = torch.zeros(M, dtype=torch.float64)
     truth = {"context_neurons": [], "glitch_neurons": [], "topic_token_neurons": [], "token_neurons": []}
 
-    silent = rng.choice(sorted(set(range(K)) - set(CALIBRATION_TOPICS)), size=4, replace=False)
-    for k in sorted(set(range(K)) - set(silent.tolist())):
-        for _ in range(rng.integers(1, 5)):
-            top = float(np.exp(rng.uniform(np.log(2.0), np.log(16.0))))
-            need = float(rng.uniform(0.05, 0.15))  # attention share of alpha=0.75 topic words
-            j = order.pop()
-            # Plus a reading of one random token direction: a token-level pre-activation
-            # noise of std ~0.15 |bias| (its largest over the vocabulary ~0.6 |bias|), so
-            # the neuron stays silent (pre < 0) wherever its topic is absent.
-            noise = 0.15 * top * need * math.sqrt(own.shape[1]) / (ln1 * TOKEN_NORM)
-            W_in[:, j] = top / (0.75 * per_alpha) * u[:, k] + noise * _unit(own @ randn(own.shape[1]))
-            b_in[j] = -top * need
-            truth["context_neurons"].append({"neuron": j, "topic": k, "against": None, "top": top, "need": need})
-    for _ in range(3):  # contrast neurons: topic a present and topic b absent (cf. colour/color)
-        a, b = (int(x) for x in rng.choice(sorted(set(range(K)) - set(silent.tolist())), size=2, replace=False))
-        top, need = float(rng.uniform(6, 12)), float(rng.uniform(0.05, 0.15))
+    def plant_context_neuron(topic: int, against: int | None, top: float, need: float) -> None:
+        """A neuron reading u_topic (minus u_against) whose largest contribution is ~top
+        and which fires once ``need`` of the attention is on alpha=0.75 topic words."""
         j = order.pop()
-        W_in[:, j] = top / (0.75 * per_alpha) * (u[:, a] - u[:, b])
+        reads = u[:, topic] - (u[:, against] if against is not None else 0)
+        # Every token also contributes a little through slow_misc (std 2% of top), as in
+        # GPT-2 where no token's contribution is exactly zero; and the neuron reads one
+        # random token direction: token-level noise of std ~0.1 |bias| (largest over the
+        # vocabulary ~0.4 |bias|). Both stay below |bias| = top * need, so the neuron is
+        # silent (pre < 0) wherever its topic is absent.
+        spread = _unit(sub["slow_misc"] @ randn(sub["slow_misc"].shape[1]))
+        spread *= 0.02 * top / (slow_misc_write @ spread).std()
+        noise = 0.1 * top * need * math.sqrt(own.shape[1]) / (ln1 * TOKEN_NORM)
+        W_in[:, j] = top / (0.75 * per_alpha) * reads + spread + noise * _unit(own @ randn(own.shape[1]))
         b_in[j] = -top * need
-        truth["context_neurons"].append({"neuron": j, "topic": a, "against": b, "top": top, "need": need})
+        truth["context_neurons"].append({"neuron": j, "topic": topic, "against": against, "top": top, "need": need})
+
+    silent = rng.choice(sorted(set(range(K)) - set(CALIBRATION_TOPICS)), size=4, replace=False)
+    voiced = sorted(set(range(K)) - set(silent.tolist()))
+    for k in voiced:
+        for _ in range(rng.integers(1, 5)):
+            plant_context_neuron(k, None, float(np.exp(rng.uniform(np.log(2.0), np.log(16.0)))), float(rng.uniform(0.08, 0.2)))
+    for _ in range(3):  # contrast neurons: topic a present and topic b absent (cf. colour/color)
+        a, b = (int(x) for x in rng.choice(voiced, size=2, replace=False))
+        plant_context_neuron(a, b, float(rng.uniform(6, 12)), float(rng.uniform(0.08, 0.2)))
     # A glitch token is short, so LN1 scales it up more than an ordinary token; in units
     # of an ordinary token's alpha its glitch direction weighs:
     glitch_alpha = 0.8 * GLITCH_NORM / TOKEN_NORM * math.hypot(TOKEN_NORM, POS_NORM) / math.hypot(GLITCH_NORM, POS_NORM)
