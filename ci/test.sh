@@ -12,4 +12,5 @@ fi
 . .venv/bin/activate
 # The model-level cache and the toy model go to a scratch folder, never the user's ~/.cache.
 export CTXN_CACHE="${CTXN_CACHE:-$(pwd)/.cache-tests}"
-python -m pytest -q "$@"
+# The whole suite, slow tests (the full book build) included; plain `pytest` skips them.
+python -m pytest -q -m "" "$@"

@@ -14,10 +14,12 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import re
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,10 +95,11 @@ def run_job(job: Job, kernel_name: str = "python3") -> dict:
     params = {**job.params, "output_dir": str(partial / "outputs")}
     start = time.time()
     try:
-        papermill.execute_notebook(
-            str(job.notebook), str(partial / job.notebook.name), parameters=params,
-            kernel_name=kernel_name, progress_bar=False, cwd=str(job.notebook.parent),
-        )
+        with _without_env_overrides(params):
+            papermill.execute_notebook(
+                str(job.notebook), str(partial / job.notebook.name), parameters=params,
+                kernel_name=kernel_name, progress_bar=False, cwd=str(job.notebook.parent),
+            )
     except Exception as err:
         atomic_write_json(partial / "error.json", {"notebook": job.notebook.name, "parameters": params, **_failing_cell(err)})
         partial.rename(failed)
@@ -106,6 +109,16 @@ def run_job(job: Job, kernel_name: str = "python3") -> dict:
     shutil.rmtree(job.folder, ignore_errors=True)
     partial.rename(job.folder)
     return {"status": "done", "seconds": round(time.time() - start, 1)}
+
+
+@contextmanager
+def _without_env_overrides(params: dict):
+    """A run's explicit parameters beat CTXN_<NAME> variables (which the kernel would inherit)."""
+    saved = {k: os.environ.pop(k) for k in [f"CTXN_{name.upper()}" for name in params] if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def _fix_output_dir(partial: Path, final: Path) -> None:
