@@ -4,14 +4,14 @@ real WebText documents from ../shared/data (tests may read it; the library never
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-if not SHARED.exists():  # a clone whose shared/ sits beside the repo root
-    SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# ../shared/data beside the checkout; CTXN_SHARED_DATA points elsewhere (e.g. on a GPU box).
+SHARED = Path(os.environ.get("CTXN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def gpt2_tokenizer():
