@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ast
 import datetime as _dt
-import json
 import logging
 import os
 import platform
@@ -376,8 +375,3 @@ def start(name: str, namespace: dict) -> Run:
     run = Run(name=name, params=params, w=w, fallback=fallback, model_label=label, output_dir=out)
     atomic_write_json(out / "parameters.json", run.params)
     return run
-
-
-def read_summaries(output_dir: str | os.PathLike) -> dict[str, dict]:
-    """Every notebook's summary.json under output_dir, by notebook name."""
-    return {p.parent.name: json.loads(p.read_text()) for p in sorted(Path(output_dir).glob("*/summary.json"))}
