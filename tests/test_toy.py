@@ -128,8 +128,8 @@ def test_attention_heads_have_the_planted_kinds(w, truth, docs):
 
 
 def test_context_neurons_fire_on_their_topic(w, truth, docs):
-    tokens = _tokens(w, docs)
-    pre = torch.cat([layer0.run(w, tokens[i : i + 8], mlp=True).mlp_pre for i in range(0, len(docs), 8)])
+    tokens = _tokens(w, docs, n_ctx=400)  # a few slow-head windows suffice, and keep this fast
+    pre = layer0.run(w, tokens, mlp=True).mlp_pre
     fraction = _topic_fraction(tokens, truth)
     compared = 0
     for c in truth["context_neurons"]:
@@ -147,3 +147,9 @@ def test_neurons_of_absent_topics_never_fire_on_the_calibration_text(w, truth):
     pre = layer0.run(w, _tokens(w, [toy.calibration_text()]), mlp=True).mlp_pre[0]
     absent = [c["neuron"] for c in truth["context_neurons"] if c["topic"] not in truth["calibration_topics"]]
     assert absent and (pre[:, absent] < 0).all()
+
+
+def test_model_toy_resolves_to_the_cached_build(toy_dir, monkeypatch):
+    monkeypatch.setenv("CTXN_CACHE", str(toy_dir.parent))
+    w = load_layer0("toy", device="cpu")
+    assert w.d_vocab == len(toy.vocabulary().tokens) and w.token_id(" the") == toy.ground_truth(toy_dir)["the_token_id"]

@@ -60,12 +60,12 @@ CALIBRATION_TOPICS = (0, 3, 7, 12, 16)
 
 # Geometry (GPT-2 Small's layer 0).
 D_MODEL, N_HEADS, D_HEAD, D_MLP, N_CTX = 768, 12, 64, 3072, 1024
-SLOW_HEADS = (0, 2, 6, 8, 9, 10)
-LOCAL_HEADS = (1, 3, 4, 5)
-UNIFORM_HEADS = (7, 11)
+# The slowly decaying heads sit where the paper found them in GPT-2 Small.
+HEAD_KINDS = {"slow": (0, 2, 6, 8, 9, 10), "local": (1, 3, 4, 5), "uniform": (7, 11)}
+SLOW_HEADS = HEAD_KINDS["slow"]
 TOKEN_NORM = 3.5  # |W_E[t]| of every ordinary token (GPT-2 Small's typical value)
 GLITCH_NORM = 0.6  # under-trained tokens sit near the centroid, as in GPT-2
-POS_NORM = 2.5
+POS_NORM = 2.5  # |W_pos[i]|, every i: LN1's scale is then the same for all ordinary tokens
 
 
 @dataclass(frozen=True)
@@ -211,9 +211,12 @@ def calibration_text() -> str:
 # ---------------------------------------------------------------- weights
 
 
+_NO_GROUP, _FUNCTION, _GLITCH = -1, N_TOPICS, N_TOPICS + 1  # groups besides topics 0..K-1
+
+
 def _token_groups(vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray]:
-    """Per token id: group (topic k, or one of the named groups below) and word index
-    within the vocabulary's word list (shared by a word's spaced and bare forms)."""
+    """Per token id [V]: its group (topic k or one of the above), and its topic word's
+    index k * WORDS_PER_TOPIC + i (shared by the spaced and bare forms; -1 if none)."""
     group = np.full(len(vocab.tokens), _NO_GROUP)
     word = np.full(len(vocab.tokens), -1)
     index = vocab.index
@@ -224,9 +227,6 @@ def _token_groups(vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray]:
     group[vocab.ids(vocab.function_words) + [index[p] for p in PUNCTUATION]] = _FUNCTION
     group[vocab.ids(vocab.glitch_words)] = _GLITCH
     return group, word
-
-
-_NO_GROUP, _FUNCTION, _GLITCH = -1, N_TOPICS, N_TOPICS + 1
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -294,7 +294,7 @@ def _weights(seed: int) -> tuple[dict[str, torch.Tensor], dict]:
     # Attention scores: query = bias (same for every query token); key dim 0 reads r_i
     # (slope lambda per token), key dim 1 reads content (a function-word offset and a
     # per-token jitter).
-    kind = ["slow" if h in SLOW_HEADS else "local" if h in LOCAL_HEADS else "uniform" for h in range(H)]
+    kind = [name for h in range(H) for name, heads in HEAD_KINDS.items() if h in heads]
     decay = {"slow": lambda: 1 / rng.uniform(35, 70), "local": lambda: rng.uniform(1.0, 2.5), "uniform": lambda: rng.uniform(0, 1 / 3000)}
     function_offset = {"slow": -0.4, "local": 0.0, "uniform": 0.0}
     jitter = {"slow": 0.15, "local": 0.5, "uniform": 0.1}
@@ -394,7 +394,7 @@ def _weights(seed: int) -> tuple[dict[str, torch.Tensor], dict]:
 
     weights = dict(W_E=W_E, W_pos=W_pos, W_Q=W_Q, b_Q=b_Q, W_K=W_K, b_K=b_K, W_V=W_V, b_V=b_V, W_O=W_O, W_in=W_in, b_in=b_in, W_out=W_out)
     truth.update(
-        heads={name: [h for h in range(H) if kind[h] == name] for name in ("slow", "local", "uniform")},
+        heads={name: list(heads) for name, heads in HEAD_KINDS.items()},
         head_kind=kind,
         decay_per_token=lam,
         silent_topics=sorted(silent.tolist()),
@@ -432,7 +432,23 @@ def _hf_state(weights: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) 
 def build_model(path: Path, seed: int = 0) -> Path:
     """Write the toy model (config, safetensors weights, tokenizer, ground truth) to ``path``.
 
-    Deterministic in ``seed``; the vocabulary is the same for every seed.
+    Deterministic in ``seed``; the vocabulary is the same for every seed. The ground
+    truth (ground_truth.json) holds:
+
+    - heads: {'slow', 'local', 'uniform'} -> head indices; head_kind [H];
+      decay_per_token [H]: lambda, the kernel is exp(-lambda (n - i)) up to content;
+    - topics [K]: name, words, token_ids (spaced and bare forms); silent_topics: topics
+      no neuron reads; calibration_topics: the only topics in :func:`calibration_text`;
+    - context_neurons: neuron, topic, against (a topic whose presence it subtracts, or
+      None), top (its designed largest contribution, for an alpha=0.75 word taking all
+      the attention with exp(s)/D = 1; the method's statistic comes out somewhat higher
+      because function words take less attention), need (the attention share of such
+      words needed to fire);
+    - glitch_neurons (neuron, top), driven only by glitch_token_ids, which no text holds;
+      topic_token_neurons (neuron, topic) and token_neurons (neuron, token_id): read the
+      current token directly, so the contextual circuit gives them nothing;
+      noise_neurons: the rest;
+    - function_token_ids, generic_token_ids, the_token_id, token_norm, pos_norm.
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
