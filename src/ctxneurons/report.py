@@ -1,0 +1,159 @@
+"""The book's summary pages, built from the notebooks' output files (never typed in).
+
+- :func:`edition` / :func:`edition_banner`: which model, corpus and calibration text this
+  build uses, resolved exactly as the chapters resolve them;
+- :func:`scorecard`: the paper's numbers next to this build's, with where each came from;
+- :func:`neuron_browser_html`: one searchable page of discovered neurons, every piece of
+  corpus text escaped.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from . import figures
+from .experiment import resolve_model_choice
+
+PAPER = {
+    "median_tv": 0.05,
+    "slow_heads": [0, 2, 6, 8, 9, 10],
+    "n_found": 100,
+    "threshold": 5.0,
+    "median_r": 0.9485,
+    "median_fvu": 0.1426,
+}
+
+
+def output_dir() -> Path:
+    """Where the chapters wrote their outputs in this build: CTXN_OUTPUT_DIR, else ../outputs,
+    which is the repository's outputs/ from both notebooks/ and reports/ (the book runs each
+    notebook in its own folder)."""
+    return Path(os.environ.get("CTXN_OUTPUT_DIR", "../outputs"))
+
+
+def read_summaries(root: str | os.PathLike | None = None) -> dict[str, dict]:
+    """Every notebook's summary.json under ``root``, by notebook name."""
+    root = output_dir() if root is None else Path(root)
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(root.glob("*/summary.json"))}
+
+
+def edition() -> dict:
+    """The model and corpus a build with the current environment uses, and whether that is the offline fallback."""
+    model, fallback = resolve_model_choice(os.environ.get("CTXN_MODEL", "auto"))
+    corpus = os.environ.get("CTXN_CORPUS", "auto")
+    if corpus == "auto":
+        corpus = "toy" if model == "toy" else "openwebtext"
+    calibration = os.environ.get("CTXN_CALIBRATION_TEXT") or (
+        "the toy corpus's calibration text" if corpus == "toy" else f"a {corpus} text outside the test set, chosen by seed"
+    )
+    return {"model": model, "fallback": fallback, "corpus": corpus, "calibration": calibration,
+            "n_texts": os.environ.get("CTXN_N_TEXTS", "1000"), "device": os.environ.get("CTXN_DEVICE", "auto")}
+
+
+def edition_banner(info: dict | None = None) -> str:
+    """HTML for the front page: what this build ran on, with a warning box for the toy fallback."""
+    info = edition() if info is None else info
+    e = {k: html.escape(str(v)) for k, v in info.items()}
+    facts = (f"<b>Model:</b> {e['model']} · <b>corpus:</b> {e['corpus']} · <b>calibration text:</b> {e['calibration']} · "
+             f"<b>texts per chapter:</b> {e['n_texts']} · <b>device:</b> {e['device']}")
+    if info["model"] == "toy":
+        why = "GPT-2 could not be reached from the build machine, so " if info["fallback"] else ""
+        return (
+            '<div class="admonition warning"><p class="admonition-title">Offline edition: not GPT-2</p>'
+            f"<p>{why}this build ran every chapter on the <b>toy model</b>, a GPT-2-shaped model with a planted "
+            "contextual circuit, and on its synthetic corpus. Its numbers show that the method recovers a structure "
+            "known by construction; they are <b>not</b> GPT-2's numbers and must not be compared with the paper's. "
+            "Rebuild with a network (or <code>CTXN_MODEL=/path/to/gpt2</code>) for the GPT-2 edition.</p>"
+            f"<p>{facts}</p></div>"
+        )
+    return f'<div class="admonition note"><p class="admonition-title">This build</p><p>{facts}</p></div>'
+
+
+def _source(summary: dict) -> str:
+    p = summary.get("parameters", {})
+    cal = summary.get("calibration_text", {})
+    return (f"{summary.get('notebook')} · model {summary.get('model')} · {p.get('n_texts')} texts · seed {p.get('seed')} · "
+            f"calibration {cal.get('name')} ({str(cal.get('sha256', ''))[:12]})")
+
+
+def _fmt(x) -> str:
+    if isinstance(x, float):
+        return f"{x:.4g}"
+    return "—" if x is None else str(x)
+
+
+def scorecard(summaries: dict[str, dict]) -> pd.DataFrame:
+    """The paper's numbers and this build's, side by side. A missing chapter shows as 'not run'."""
+    rows = []
+
+    def add(quantity, paper, notebook, value_of):
+        s = summaries.get(notebook)
+        value = value_of(s["headline"]) if s else None
+        rows.append({"quantity": quantity, "paper": paper, "this build": _fmt(value) if s else "not run",
+                     "from": _source(s) if s else notebook})
+
+    add("median TV, true vs decomposed pattern (circuit heads)", f"≈ {PAPER['median_tv']}", "tv_distance",
+        lambda h: h.get("median_tv"))
+    add("slowly decaying heads", ", ".join(map(str, PAPER["slow_heads"])), "positional_kernels",
+        lambda h: ", ".join(map(str, h.get("heads_slow", []))))
+    add("circuit heads all slowly decaying", "yes", "positional_kernels",
+        lambda h: "yes" if h.get("circuit_heads_all_slow") else "no")
+    add("denominator spread across texts at n_ctx/2 (largest CV over circuit heads)", "nearly flat (Fig. 4)",
+        "denominator_stability", lambda h: max(h.get("cv_by_head", {}).values(), default=None))
+    add("  … the same for the most local head, for contrast", "—", "denominator_stability",
+        lambda h: h.get("local_head_cv"))
+    add(f"neurons found at threshold {PAPER['threshold']}", f"≈ {PAPER['n_found']}", "context_neurons",
+        lambda h: h.get("n_found"))
+    add("median Pearson r, approximate vs true (neuron, text)", PAPER["median_r"], "contextual_circuit",
+        lambda h: h.get("median_r"))
+    add("median FVU, approximate vs true (neuron, text)", PAPER["median_fvu"], "contextual_circuit",
+        lambda h: h.get("median_fvu"))
+    return pd.DataFrame(rows)
+
+
+def neuron_card_html(neuron: int, stats: dict, top: list[tuple[str, float]], bottom: list[tuple[str, float]],
+                     examples: list[dict]) -> str:
+    """One neuron: its extreme tokens, r and FVU, and example texts shaded by approximate and true values.
+
+    examples: dicts with 'title', 'tokens' (strings), 'approx' and 'true' (floats per token).
+    """
+    def token_list(items):
+        return ", ".join(f"<code>{figures.escape_text(repr(t))}</code>&nbsp;{v:+.2f}" for t, v in items)
+
+    stat = " · ".join(f"{html.escape(k)} {_fmt(v)}" for k, v in stats.items())
+    parts = [f'<details class="ctxn-neuron" data-neuron="{int(neuron)}"><summary><b>neuron {int(neuron)}</b> · {stat}</summary>',
+             f"<p><b>most positive tokens:</b> {token_list(top)}</p>",
+             f"<p><b>most negative tokens:</b> {token_list(bottom)}</p>"]
+    for ex in examples:
+        vmax = max([abs(v) for v in ex["approx"] + ex["true"]] + [1e-9])
+        parts.append(figures.token_heatmap_html(ex["tokens"], ex["approx"], vmax=vmax, title=f"{ex['title']} — approximation"))
+        parts.append(figures.token_heatmap_html(ex["tokens"], ex["true"], vmax=vmax, title=f"{ex['title']} — true"))
+    parts.append("</details>")
+    return "\n".join(parts)
+
+
+_SEARCH_SCRIPT = """
+<script>
+(function () {
+  var box = document.getElementById('ctxn-neuron-search');
+  box.addEventListener('input', function () {
+    var q = box.value.toLowerCase();
+    document.querySelectorAll('details.ctxn-neuron').forEach(function (d) {
+      d.style.display = d.textContent.toLowerCase().indexOf(q) >= 0 ? '' : 'none';
+    });
+  });
+})();
+</script>
+"""
+
+
+def neuron_browser_html(cards: list[str]) -> str:
+    """A search box over the neuron cards (matching neuron ids and tokens) and the cards."""
+    search = ('<p><input id="ctxn-neuron-search" type="search" placeholder="filter by neuron or token, e.g. colour" '
+              'style="width:100%;padding:4px"></p>')
+    return search + "\n".join(cards) + _SEARCH_SCRIPT

@@ -1,0 +1,41 @@
+import pandas as pd
+
+from ctxneurons import report
+
+
+def _summary(notebook, **headline):
+    return {"notebook": notebook, "model": "toy (planted-circuit GPT-2, offline)", "headline": headline,
+            "parameters": {"n_texts": 4, "seed": 0}, "calibration_text": {"name": "cal.txt", "sha256": "ab" * 32}}
+
+
+def test_scorecard_reads_the_summaries_and_marks_missing_chapters():
+    card = report.scorecard({
+        "tv_distance": _summary("tv_distance", median_tv=0.0312),
+        "contextual_circuit": _summary("contextual_circuit", median_r=0.91, median_fvu=0.2),
+    })
+    assert isinstance(card, pd.DataFrame) and list(card.columns) == ["quantity", "paper", "this build", "from"]
+    by_q = card.set_index("quantity")["this build"]
+    assert by_q["median TV, true vs decomposed pattern (circuit heads)"] == "0.0312"
+    assert by_q["median Pearson r, approximate vs true (neuron, text)"] == "0.91"
+    assert (card["this build"] == "not run").sum() == 5
+    assert "tv_distance · model toy" in card.set_index("quantity").loc["median TV, true vs decomposed pattern (circuit heads)", "from"]
+
+
+def test_banner_flags_the_toy_fallback_and_escapes():
+    toy = report.edition_banner({"model": "toy", "fallback": True, "corpus": "toy", "calibration": "<b>x</b>",
+                                 "n_texts": "8", "device": "cpu"})
+    assert "Offline edition: not GPT-2" in toy and "could not be reached" in toy
+    assert "&lt;b&gt;x&lt;/b&gt;" in toy and "<b>x</b>" not in toy
+    gpt2 = report.edition_banner({"model": "gpt2", "fallback": False, "corpus": "openwebtext", "calibration": "c",
+                                  "n_texts": "1000", "device": "cuda"})
+    assert "Offline" not in gpt2 and "openwebtext" in gpt2
+
+
+def test_neuron_cards_escape_corpus_text():
+    card = report.neuron_card_html(
+        7, {"median r": 0.9}, [("<script>alert(1)</script>", 5.0)], [("<img src=x onerror=alert(1)>", -2.0)],
+        [{"title": "doc <i>", "tokens": ["<script>", "ok"], "approx": [1.0, 0.0], "true": [0.5, 0.1]}])
+    page = report.neuron_browser_html([card])
+    assert "<script>alert" not in page and "<img src=x" not in page and "<i>" not in page
+    assert "&lt;script&gt;" in page and 'data-neuron="7"' in page
+    assert page.count("<script>") == 1  # only the search box's own script
