@@ -63,3 +63,10 @@ def test_streamed_histogram_quantiles_match_the_exact_ones_within_a_bin():
     c = evaluation.histogram(torch.tensor([[-1.0, 2.0, float("nan")]]), edges)
     assert c[0, 0] == 1 and c[0, -1] == 1 and c.sum() == 2
     assert evaluation.histogram_quantile(torch.zeros(1, 1000), edges).isnan().all()
+
+
+def test_preactivations_agree_with_their_maximum(tiny, tiny_tokens):
+    J = torch.tensor([5, 17, 200])
+    pre = neurons.preactivations(tiny, tiny_tokens[:2], J)
+    assert pre.shape == (2, tiny_tokens.shape[1], 3)
+    torch.testing.assert_close(pre[:, 1:].amax(dim=(0, 1)), neurons.max_preactivation(tiny, tiny_tokens[:2], J))

@@ -100,3 +100,9 @@ def precision_recall(top: torch.Tensor, thresholds: torch.Tensor, true_neurons: 
     n_found = found.sum(-1).double()
     precision = torch.where(n_found > 0, hits / n_found.clamp_min(1), torch.full_like(hits, float("nan")))
     return precision, hits / max(int(is_true.sum()), 1)
+
+
+def preactivations(w: Layer0, tokens: torch.Tensor, neurons: torch.Tensor) -> torch.Tensor:
+    """The true pre-activations of ``neurons`` along tokens [B, n]: -> [B, n, J]."""
+    with torch.inference_mode():
+        return layer0.run(w, tokens, mlp=True).mlp_pre[:, :, neurons]
