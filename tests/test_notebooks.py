@@ -4,6 +4,7 @@ writes the tables and headline numbers it documents, with sane values."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -65,7 +66,7 @@ def _common(nb_env, out: Path, **kw) -> dict:
 def _execute(name: str, params: dict, nb_env, tmp_path: Path, monkeypatch):
     monkeypatch.setenv("CTXN_CACHE", str(nb_env["root"] / "cache"))
     # The kernel inherits this process's environment: no CTXN_* override from outside may leak in.
-    for var in [v for v in __import__("os").environ if v.startswith("CTXN_") and v != "CTXN_CACHE"]:
+    for var in [v for v in os.environ if v.startswith("CTXN_") and v != "CTXN_CACHE"]:
         monkeypatch.delenv(var)
     src = NOTEBOOKS / CASES[name][0]
     return papermill.execute_notebook(str(src), str(tmp_path / src.name), parameters=params,
