@@ -164,8 +164,10 @@ def test_notebooks_are_committed_without_outputs():
 
     for file, *_ in CASES.values():
         nb = nbformat.read(NOTEBOOKS / file, as_version=4)
-        assert "parameters" in nb.cells[0].metadata.get("tags", []), file
-        assert "experiment.start(" in nb.cells[1].source, file
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# "), file  # the page title
+        assert "parameters" in code[0].metadata.get("tags", []), file
+        assert "experiment.start(" in code[1].source, file
         for cell in nb.cells:
             if cell.cell_type == "code":
                 assert not cell.outputs and cell.execution_count is None, file

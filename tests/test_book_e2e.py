@@ -1,0 +1,105 @@
+"""The real book, built the way the GPU job builds it (ci/gpu_job.sh with its GPU settings
+swapped for CPU ones), on a small model and a corpus salted with hostile HTML, then read
+in Chromium as a reader would. Slow: `bash ci/test.sh` runs it, plain `pytest` does not."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from browser import launch, open_page, plotly_figures_drawn, require_browser, screenshot, serve
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+HOSTILE = [
+    '<script>window.__xss = 1</script>',
+    '<img src=x onerror="window.__xss = 1">',
+    '<div><b>unbalanced <i>tags</table>',
+]
+PAGES = ["book/intro", "notebooks/01_positional_kernels", "notebooks/02_tv_distance", "notebooks/03_denominator_stability",
+         "notebooks/04_contextual_circuit", "notebooks/05_context_neurons", "reports/scorecard", "reports/neuron_browser",
+         "book/reproduction_notes", "book/rerun"]
+
+
+def _copy_repo(dst: Path) -> Path:
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if (REPO / f).is_file():
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / f, dst / f)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def built_book(tmp_path_factory, tiny_dir, webtext):
+    require_browser()
+    root = tmp_path_factory.mktemp("book")
+    repo = _copy_repo(root / "repo")
+    corpus = root / "hostile.jsonl"
+    with corpus.open("w") as f:
+        for i, text in enumerate(webtext[:300]):
+            f.write(json.dumps({"text": HOSTILE[i % 3] + " " + text + " " + HOSTILE[(i + 1) % 3]}) + "\n")
+    env = {**os.environ, "CTXN_MODEL": str(tiny_dir), "CTXN_CORPUS": str(corpus), "CTXN_DEVICE": "cpu",
+           "CTXN_N_TEXTS": "4", "CTXN_HEADS": "[0, 2]", "CTXN_MAX_NEURONS": "6", "CTXN_THRESHOLD": "0.5",
+           "CTXN_RUNS_DIR": str(root / "runs"), "CTXN_BATCH_NOTEBOOKS": "04", "CTXN_SKIP_SETUP": "1",
+           "CTXN_CACHE": str(root / "cache"), "CTXN_OUTPUT_DIR": str(root / "outputs")}
+    proc = subprocess.run(["bash", "ci/gpu_job.sh"], cwd=repo, env=env, capture_output=True, text=True, timeout=1800)
+    log = proc.stdout[-8000:] + proc.stderr[-8000:]
+    assert proc.returncode == 0, log
+    return {"html": repo / "_build" / "html", "runs": root / "runs", "outputs": root / "outputs", "log": log}
+
+
+def test_gpu_job_batch_ran_on_cpu(built_book):
+    summary = pd.read_csv(built_book["runs"] / "summary.csv")
+    assert len(summary) == 1 and summary.loc[0, "notebook"] == "04_contextual_circuit"
+    assert -1 <= summary.loc[0, "median_r"] <= 1 and summary.loc[0, "param.device"] == "cpu"
+
+
+def test_every_page_loads_clean_and_draws_its_figures(built_book):
+    with serve(built_book["html"]) as base, launch() as browser:
+        for name in PAGES:
+            page, report = open_page(browser, f"{base}/{name}.html")
+            report.assert_clean()
+            total, drawn = plotly_figures_drawn(page)
+            if name.startswith("notebooks/"):
+                assert total >= 1, f"{name} shows no figure"
+            assert drawn == total, f"{name}: {drawn} of {total} figures drawn"
+            assert page.evaluate("window.__xss") is None, f"{name}: corpus HTML executed"
+            if name == "book/intro":
+                screenshot(page, "book-front-page")
+                assert "This build" in page.inner_text("body")
+            if name == "notebooks/02_tv_distance":
+                screenshot(page, "book-tv-distance")
+            page.close()
+
+
+def test_scorecard_is_filled_from_the_outputs(built_book):
+    with serve(built_book["html"]) as base, launch() as browser:
+        page, report = open_page(browser, f"{base}/reports/scorecard.html")
+        rows = page.query_selector_all("table.ctxn-scorecard tbody tr")
+        assert len(rows) >= 8
+        cells = [r.query_selector_all("td")[2].inner_text() for r in rows]
+        assert "not run" not in cells, cells
+        assert "0.9485" in page.inner_text("table.ctxn-scorecard")
+
+
+def test_neuron_browser_shows_hostile_text_as_text(built_book):
+    with serve(built_book["html"]) as base, launch() as browser:
+        page, report = open_page(browser, f"{base}/reports/neuron_browser.html")
+        report.assert_clean()
+        cards = page.query_selector_all("details.ctxn-neuron")
+        assert len(cards) >= 1
+        for card in cards:
+            card.evaluate("d => d.open = true")
+        text = page.inner_text("body")
+        assert "script" in text and page.evaluate("window.__xss") is None
+        assert not page.query_selector("article img[src='x']")
+        page.fill("#ctxn-neuron-search", "no-such-token-anywhere")
+        assert all(not c.is_visible() for c in cards)
+        screenshot(page, "book-neuron-browser")
