@@ -62,6 +62,26 @@ def test_bad_parameters_are_reported_before_any_work(tiny_dir, corpus_file, tmp_
     assert not (tmp_path / "out" / "demo" / "summary.json").exists()
 
 
+def test_a_failed_run_leaves_earlier_results_intact(tiny_dir, corpus_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("CTXN_CACHE", str(tmp_path / "cache"))
+    first = experiment.start("demo", _params(tiny_dir, corpus_file, tmp_path))
+    first.save_table("numbers", pd.DataFrame({"x": [1]}), columns={"x": "a number"})
+    first.save_summary(value=1)
+    before = {p.name: p.read_bytes() for p in first.output_dir.iterdir()}
+    second = experiment.start("demo", _params(tiny_dir, corpus_file, tmp_path, seed=1))
+    second.save_table("numbers", pd.DataFrame({"x": [2]}), columns={"x": "a number"})
+    # ... and dies before save_summary: the finished results are the first run's
+    assert {p.name: p.read_bytes() for p in first.output_dir.iterdir()} == before
+    with pytest.raises(ParameterError):
+        experiment.start("demo", _params(tiny_dir, corpus_file, tmp_path, n_texts=-1))
+    assert {p.name: p.read_bytes() for p in first.output_dir.iterdir()} == before
+    third = experiment.start("demo", _params(tiny_dir, corpus_file, tmp_path, seed=2))
+    third.save_table("numbers", pd.DataFrame({"x": [3]}), columns={"x": "a number"})
+    third.save_summary(value=3)
+    assert json.loads((first.output_dir / "summary.json").read_text())["headline"] == {"value": 3}
+    assert not third.staging.exists()
+
+
 def test_papermill_style_strings_are_coerced(monkeypatch):
     monkeypatch.setenv("CTXN_N_TEXTS", "7")
     p = experiment.validate(experiment._env_overrides({"n_texts": 1000, "heads": "[0, 2, 6]", "C_values": "[1, 3.5]"}))

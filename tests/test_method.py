@@ -201,3 +201,15 @@ def test_evaluation_streams_and_reports_r_and_fvu(tiny, tiny_tokens):
     assert torch.allclose(evaluation.pearson_r(x, 2 * x + 1, dim=1), torch.ones(4, 3))
     assert evaluation.fvu(x, x, dim=1).abs().max() == 0
     assert torch.allclose(evaluation.fvu(x, x.mean(1, keepdim=True).expand_as(x), dim=1), torch.ones(4, 3))
+
+
+@pytest.mark.parametrize("bad, message", [([0, 0], "duplicates"), ([0, 9], r"\[9\] outside 0..3"), ([0, 1.5], "not integers")])
+def test_bad_head_indices_name_the_problem(tiny, tiny_tokens, bad, message):
+    with pytest.raises(ValueError, match=message):
+        circuit.build_circuit(tiny, tiny_tokens[0], heads=bad, n_positions=128)
+
+
+def test_bad_neuron_indices_name_the_problem(tiny, tiny_tokens):
+    c = circuit.build_circuit(tiny, tiny_tokens[0], heads=(0, 2), n_positions=128)
+    with pytest.raises(ValueError, match=r"neurons: \[5000\] outside 0..255"):
+        evaluation.evaluate(tiny, c, tiny_tokens[1:], [1, 5000])

@@ -28,7 +28,7 @@ import torch
 
 from . import decomposition, denominators, kernels, layer0
 from .decomposition import DEFAULT_C
-from .model import Layer0
+from .model import Layer0, check_indices
 
 PAPER_HEADS = (0, 2, 6, 8, 9, 10)
 
@@ -111,7 +111,7 @@ def build_circuit(
     ``query_token`` defaults to ' the'; ``calibration_position`` to n_ctx/2 (the paper's),
     clipped to the calibration text's last position when the text is shorter.
     """
-    heads = tuple(int(h) for h in heads)
+    heads = tuple(check_indices("heads", heads, w.n_heads))
     query_token = w.token_id(" the") if query_token is None else query_token
     N = w.n_ctx if n_positions is None else n_positions
     n_cal = min(w.n_ctx // 2, len(cal_tokens) - 1) if calibration_position is None else calibration_position

@@ -24,7 +24,7 @@ import torch
 
 from . import layer0
 from .circuit import Circuit
-from .model import Layer0
+from .model import Layer0, check_indices
 
 
 def true_contributions(w: Layer0, tokens: torch.Tensor, heads: tuple[int, ...], neurons: torch.Tensor) -> torch.Tensor:
@@ -73,7 +73,7 @@ def evaluate(
 ) -> Evaluation:
     """Stream token batches [B, n] (or one tensor [N, n], batched here) through layer 0 and
     the circuit; keep only statistics."""
-    neurons = torch.as_tensor(neurons, dtype=torch.long, device=w.device)
+    neurons = torch.as_tensor(check_indices("neurons", neurons, w.d_mlp), dtype=torch.long, device=w.device)
     if isinstance(batches, torch.Tensor):
         batches = batches.split(layer0.auto_batch_size(w, batches.shape[-1], mlp=False))
     own = torch.arange(len(neurons), device=w.device)

@@ -9,7 +9,10 @@ texts once, and gives the notebook:
   ``run.calibration`` and ``run.calibration_tokens``;
 - ``run.kernels()`` and ``run.circuit()``, cached on disk by model and parameters;
 - ``run.save_table`` / ``run.save_summary``: tidy CSVs and a JSON of headline numbers in
-  ``output_dir/<name>/``, written atomically, each carrying the provenance;
+  ``output_dir/<name>/``, each carrying the provenance. They are staged in
+  ``output_dir/.<name>.partial/`` and replace the previous results only when
+  ``save_summary`` (the notebook's last step) runs, so a failed or interrupted run leaves
+  the earlier results intact;
 - ``run.caption``: the provenance line printed under every figure.
 
 Environment variables ``CTXN_<PARAMETER>`` (e.g. ``CTXN_N_TEXTS=32``) override a
@@ -23,6 +26,7 @@ import datetime as _dt
 import logging
 import os
 import platform
+import shutil
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -191,8 +195,12 @@ class Run:
     w: Layer0
     fallback: bool
     model_label: str
-    output_dir: Path
+    output_dir: Path  # the finished results; written through ``staging``
     tables: dict = field(default_factory=dict)
+
+    @property
+    def staging(self) -> Path:
+        return self.output_dir.with_name(f".{self.output_dir.name}.partial")
 
     # -- data -----------------------------------------------------------------
     @cached_property
@@ -329,14 +337,21 @@ class Run:
         missing = set(df.columns) - set(columns)
         if missing:
             raise ValueError(f"table {table}: document every column; missing {sorted(missing)}")
-        path = atomic_write_csv(self.output_dir / f"{table}.csv", df)
-        atomic_write_json(self.output_dir / f"{table}.meta.json", {"columns": columns, "rows": len(df), **self.provenance})
+        path = atomic_write_csv(self.staging / f"{table}.csv", df)
+        atomic_write_json(self.staging / f"{table}.meta.json", {"columns": columns, "rows": len(df), **self.provenance})
         self.tables[table] = str(path.name)
-        return path
+        return self.output_dir / path.name
 
     def save_summary(self, **headline) -> Path:
-        """The headline numbers, written last: its presence marks the notebook's outputs complete."""
-        return atomic_write_json(self.output_dir / "summary.json", {"headline": headline, "tables": self.tables, **self.provenance})
+        """The headline numbers, written last; then the staged outputs replace the previous ones."""
+        atomic_write_json(self.staging / "summary.json", {"headline": headline, "tables": self.tables, **self.provenance})
+        previous = self.output_dir.with_name(f".{self.output_dir.name}.previous")
+        shutil.rmtree(previous, ignore_errors=True)
+        if self.output_dir.exists():
+            self.output_dir.rename(previous)
+        self.staging.rename(self.output_dir)
+        shutil.rmtree(previous, ignore_errors=True)
+        return self.output_dir / "summary.json"
 
     def show(self, fig, name: str | None = None) -> None:
         """Display a plotly figure in the book (see :func:`figures.show`) with the provenance line under it."""
@@ -370,8 +385,7 @@ def start(name: str, namespace: dict) -> Run:
         if bad:
             raise ParameterError(f"parameter heads={params['heads']}: {bad} outside 0..{w.n_heads - 1} (the model has {w.n_heads} heads)")
     label = {"toy": "toy (planted-circuit GPT-2, offline)", "gpt2": "GPT-2 Small"}.get(model, model)
-    out = Path(params["output_dir"]) / name
-    out.mkdir(parents=True, exist_ok=True)
-    run = Run(name=name, params=params, w=w, fallback=fallback, model_label=label, output_dir=out)
-    atomic_write_json(out / "parameters.json", run.params)
+    run = Run(name=name, params=params, w=w, fallback=fallback, model_label=label, output_dir=Path(params["output_dir"]) / name)
+    shutil.rmtree(run.staging, ignore_errors=True)  # what an interrupted run left
+    run.staging.mkdir(parents=True)
     return run

@@ -113,6 +113,23 @@ class Layer0:
         return ids[0]
 
 
+def check_indices(name: str, values, size: int) -> list[int]:
+    """``values`` as a list of distinct integers in 0..size-1, or a ValueError that says which are not."""
+    try:
+        items = [v.item() if hasattr(v, "item") else v for v in values]
+    except TypeError:
+        raise ValueError(f"{name}={values!r} must be a list of integers") from None
+    bad_type = [v for v in items if isinstance(v, bool) or not isinstance(v, int)]
+    if bad_type:
+        raise ValueError(f"{name}: {bad_type} are not integers; pass integer indices")
+    out_of_range = [v for v in items if not 0 <= v < size]
+    if out_of_range:
+        raise ValueError(f"{name}: {out_of_range} outside 0..{size - 1} (the model has {size})")
+    if len(set(items)) != len(items):
+        raise ValueError(f"{name}={items} has duplicates; list each once")
+    return items
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """'auto' picks cuda when present (and logs it); 'cuda' without a GPU is an error."""
     if device == "auto":
