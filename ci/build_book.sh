@@ -12,8 +12,9 @@ cd "$(dirname "$0")/.."
 if [ -z "${CTXN_SKIP_SETUP:-}" ]; then
   bash ci/setup.sh
 fi
+# ci/setup.sh's venv, when there is one (a conda env or an activated venv serves as well).
 # shellcheck disable=SC1091
-. .venv/bin/activate
+if [ -f .venv/bin/activate ]; then . .venv/bin/activate; fi
 if [ -n "${CTXN_BOOK_FRESH:-}" ]; then
   rm -rf _build
 fi

@@ -16,8 +16,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CTXN_MODEL="${CTXN_MODEL:-gpt2}" CTXN_DEVICE="${CTXN_DEVICE:-cuda}" CTXN_N_TEXTS="${CTXN_N_TEXTS:-1000}"
+# ci/setup.sh's venv, when there is one (a conda env or an activated venv serves as well).
 # shellcheck disable=SC1091
-[ -f .venv/bin/activate ] && . .venv/bin/activate
+if [ -f .venv/bin/activate ]; then . .venv/bin/activate; fi
 python - <<'PY'
 import os, torch
 dev = os.environ["CTXN_DEVICE"]
