@@ -3,6 +3,8 @@
 # `jupyter-book build . -W -n --keep-going`. Exits non-zero when the build fails.
 #   CTXN_SKIP_SETUP=1        use the existing .venv as it is (no pip)
 #   CTXN_BOOK_ARGS="..."     extra arguments for jupyter-book build (e.g. --all)
+#   CTXN_MODEL=...           the model for every chapter (default: gpt2 where reachable,
+#                            else the offline toy edition, 100 texts per chapter)
 #   CTXN_BOOK_FRESH=1        delete _build first (pages and jupyter-cache): every
 #                            notebook runs again
 # Further hooks: export any CTXN_* setting the chapters read; the notebook kernels
@@ -15,6 +17,16 @@ fi
 # ci/setup.sh's venv, when there is one (a conda env or an activated venv serves as well).
 # shellcheck disable=SC1091
 if [ -f .venv/bin/activate ]; then . .venv/bin/activate; fi
+# Resolve the model once for every chapter; offline, build the toy edition at a scale that
+# takes minutes on a laptop (CTXN_N_TEXTS overrides it).
+if [ -z "${CTXN_MODEL:-}" ]; then
+  read -r CTXN_MODEL fallback < <(ctxneurons edition 2>/dev/null)
+  export CTXN_MODEL
+  if [ "${fallback:-}" = fallback ]; then
+    export CTXN_OFFLINE_FALLBACK=1 CTXN_N_TEXTS="${CTXN_N_TEXTS:-100}"
+    echo "GPT-2 cannot be reached: building the offline toy edition (${CTXN_N_TEXTS} texts per chapter)"
+  fi
+fi
 if [ -n "${CTXN_BOOK_FRESH:-}" ]; then
   rm -rf _build
 fi

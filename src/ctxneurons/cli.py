@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from . import batch
-from .experiment import ParameterError
+from .experiment import ParameterError, resolve_model_choice
 
 
 def _split_assignment(text: str) -> tuple[str, str]:
@@ -38,7 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", type=Path, default=Path("runs"), help="root folder of the runs (default: runs)")
     b.add_argument("--notebook-dir", type=Path, default=batch.NOTEBOOK_DIR, help="where the notebooks are")
     b.add_argument("--kernel", default="python3", help="Jupyter kernel name")
+    e = sub.add_parser("edition", help="print the model a build uses: 'gpt2' (or CTXN_MODEL), or 'toy fallback' offline")
+    e.add_argument("model", nargs="?", default="auto")
     args = parser.parse_args(argv)
+    if args.command == "edition":
+        model, fallback = resolve_model_choice(args.model)
+        print(model, "fallback" if fallback else "")
+        return 0
 
     notebooks = batch.find_notebooks(args.notebooks, args.notebook_dir)
     fixed = dict(args.set)

@@ -172,9 +172,14 @@ def _notebook_parameters(namespace: dict) -> dict:
 
 
 def resolve_model_choice(model: str) -> tuple[str, bool]:
-    """'auto' -> ('gpt2', False) where GPT-2 can be had, else ('toy', True)."""
+    """'auto' -> ('gpt2', False) where GPT-2 can be had, else ('toy', True).
+
+    A book build resolves 'auto' once and passes the answer to every chapter as
+    CTXN_MODEL (and CTXN_OFFLINE_FALLBACK=1 for the fallback), so that all chapters of
+    one build use the same model even if the network comes and goes.
+    """
     if model != "auto":
-        return model, False
+        return model, model == "toy" and os.environ.get("CTXN_OFFLINE_FALLBACK") == "1"
     try:
         from huggingface_hub import snapshot_download
 
