@@ -48,9 +48,15 @@ def test_loads_like_gpt2_small_layer0(w, truth):
     assert w.tokenizer.convert_ids_to_tokens(w.d_vocab - 1) == "<|endoftext|>"
     ordinary = torch.ones(w.d_vocab, dtype=torch.bool)
     ordinary[truth["glitch_token_ids"] + [w.d_vocab - 1]] = False
-    torch.testing.assert_close(w.W_E[ordinary].norm(dim=-1), torch.full((int(ordinary.sum()),), 3.5), atol=1e-4, rtol=0)
-    cos = (w.W_E / w.W_E.norm(dim=-1, keepdim=True)) @ (w.W_pos / w.W_pos.norm(dim=-1, keepdim=True)).T
-    assert cos.abs().max() < 1e-4  # token and position subspaces are orthogonal
+    # GPT-2 Small's embeddings, not an idealisation of them: token norms spread around 3.5,
+    # and tokens overlap positions a little, so the decomposition is approximate.
+    norms = w.W_E[ordinary].norm(dim=-1)
+    low, median, high = norms.quantile(torch.tensor([0.05, 0.5, 0.95])).tolist()
+    assert abs(median - 3.5) < 0.05 and 0.1 < 1 - low / median < 0.25 and 0.1 < high / median - 1 < 0.25
+    assert w.W_E[truth["the_token_id"]].norm() == pytest.approx(3.5, abs=1e-4)  # the kernels' query: the median
+    cos = (w.W_E[ordinary] / norms[:, None]) @ (w.W_pos / w.W_pos.norm(dim=-1, keepdim=True)).T
+    assert 0.02 < cos.abs().mean() < 0.06 and cos.abs().max() < 0.25
+    assert cos.abs().mean() == pytest.approx(truth["realism"]["mean_abs_cos_token_pos"], rel=1e-3)
     assert truth["heads"] == {"slow": [0, 2, 6, 8, 9, 10], "local": [1, 3, 4, 5], "uniform": [7, 11]}
 
 

@@ -5,19 +5,29 @@ d_mlp 3072, n_ctx 1024) and one layer. Its vocabulary is synthetic words in topi
 groups plus English function words, and its layer 0 has by construction the structure
 the paper finds in GPT-2 Small:
 
-- every residual direction used is orthogonal to the all-ones vector, and token and
-  position embeddings live in orthogonal subspaces with fixed norms, so TransformerLens's
-  centring and LayerNorm folding leave the construction intact and LN1's scale is the
-  same at every position;
-- each row of W_pos carries a coordinate linear in the position i. A head whose query
-  (its bias) reads that coordinate through W_K with slope lambda scores key i as
-  lambda * i + const(n), so its positional kernel is exp(-lambda (n - i)): large lambda
-  gives local heads, lambda ~ 1/50 the slowly decaying heads, lambda ~ 0 uniform heads;
+- every residual direction used is orthogonal to the all-ones vector, so TransformerLens's
+  centring and LayerNorm folding leave the construction intact;
+- each row of W_pos carries a constant coordinate and one linear in the position i. A
+  head's query reads both at n, its key both at i, so that it scores key i as
+  -lambda (n - i) (times the two LayerNorm scales relative to a typical token's), and its
+  positional kernel is exp(-lambda (n - i)): large lambda gives local heads, lambda ~ 1/50
+  the slowly decaying heads, lambda ~ 0 uniform heads;
 - the slowly decaying heads' OV circuits map each topic's shared embedding direction
   g_k to an output direction u_k, so their summed output is a decaying average of
   "how much topic k is in the recent context";
 - context neurons read u_k (their bias sets how much topic k is needed); other neurons
   read single tokens' embeddings directly, or random directions.
+
+The decomposition of METHOD.md section 1 is not exact on this model, for the reasons it is
+not exact on GPT-2 Small. Token-embedding norms spread around TOKEN_NORM (log-normal,
+sigma NORM_SPREAD: about 95% within +-20%), and each token embedding has a POS_OVERLAP
+share of its norm in the positional subspace (mean |cos(W_E[t], W_pos[i])| ~ 0.04; GPT-2
+Small: ~0.05). LN1's scale then varies from token to token (std ~7%) and a little with
+position, and the decomposition's single C stands in for it. Its error in a score is
+~ (relative LN error) x lambda (n - i): small for nearby keys, where the mass is. The
+overlap stays out of the two coordinates the heads read: it changes LN's scale, the
+non-linearity the decomposition approximates, without giving a token a position of its
+own (which would shift every local head's kernel).
 
 :func:`documents` and :func:`calibration_text` generate text in the same vocabulary,
 which is fixed (it does not depend on the model seed), so they tokenise without
@@ -38,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-VERSION = "toy-v1"
+VERSION = "toy-v2"
 STAMP_FILE = "toy_version.txt"
 GROUND_TRUTH_FILE = "ground_truth.json"
 EOT = "<|endoftext|>"
@@ -58,14 +68,22 @@ THE_SHARE = 0.2  # of function-word tokens; ' the' is then ~8% of all tokens, as
 PUNCTUATION = (".", ",")
 CALIBRATION_TOPICS = (0, 3, 7, 12, 16)
 
+# Discovery's ground truth: context neurons' designed largest contributions are
+# log-uniform in [CONTEXT_TOP_MIN, 16]; noise neurons read every topic output weakly.
+CONTEXT_TOP_MIN = 3.0
+NOISE_TOPIC_READ = 0.6
+NOISE_TOP_CEILING = NOISE_TOPIC_READ * 4.3  # NOISE_TOPIC_READ x the largest of ~3000 x 25 standard normals
+
 # Geometry (GPT-2 Small's layer 0).
 D_MODEL, N_HEADS, D_HEAD, D_MLP, N_CTX = 768, 12, 64, 3072, 1024
 # The slowly decaying heads sit where the paper found them in GPT-2 Small.
 HEAD_KINDS = {"slow": (0, 2, 6, 8, 9, 10), "local": (1, 3, 4, 5), "uniform": (7, 11)}
 SLOW_HEADS = HEAD_KINDS["slow"]
-TOKEN_NORM = 3.5  # |W_E[t]| of every ordinary token (GPT-2 Small's typical value)
+TOKEN_NORM = 3.5  # median |W_E[t]| of ordinary tokens (GPT-2 Small's typical value)
+NORM_SPREAD = 0.1  # sigma of log |W_E[t]|: GPT-2 Small's common tokens spread by ~+-20% around 3.5
+POS_OVERLAP = 0.25  # share of |W_E[t]| in the positional subspace: mean |cos(W_E, W_pos)| ~ 0.04
 GLITCH_NORM = 0.6  # under-trained tokens sit near the centroid, as in GPT-2
-POS_NORM = 2.5  # |W_pos[i]|, every i: LN1's scale is then the same for all ordinary tokens
+POS_NORM = 2.5  # |W_pos[i]|, every i
 
 
 @dataclass(frozen=True)
@@ -251,7 +269,7 @@ def _weights(seed: int) -> tuple[dict[str, torch.Tensor], dict]:
     seeded = randn(d, d)
     seeded[:, 0] = 1.0
     basis = torch.linalg.qr(seeded).Q[:, 1:]
-    sizes = {"pos": 16, "groups": K + 2, "topic_out": K + 1, "slow_misc": e - (K + 1), "misc": 48}
+    sizes = {"pos": 17, "groups": K + 2, "topic_out": K + 1, "slow_misc": e - (K + 1), "misc": 48}
     sub, start = {}, 0
     for name, size in sizes.items():
         sub[name] = basis[:, start : start + size]
@@ -259,9 +277,25 @@ def _weights(seed: int) -> tuple[dict[str, torch.Tensor], dict]:
     sub["token"] = basis[:, start:]  # each token's own direction
     g, u, misc, own = sub["groups"], sub["topic_out"], sub["misc"], sub["token"]
 
+    # Positions: a constant m, (r_i, sqrt(1 - r_i^2)) with r_i linear in i, and sinusoids;
+    # every row has norm POS_NORM. Heads read only m and r_i, which makes their scores
+    # linear in n - i. P[:, 0] is r's direction, P[:, 1] sqrt(1 - r^2)'s, P[:, 2] m's.
+    P = sub["pos"]
+    r = torch.linspace(-1, 1, N, dtype=torch.float64)
+    periods = torch.tensor([7.0, 19, 50, 130, 340, 900, 2500], dtype=torch.float64)
+    angle = 2 * math.pi * torch.arange(N, dtype=torch.float64)[:, None] / periods
+    w_m, w_lin, w_sin = math.sqrt(0.2), math.sqrt(0.5), math.sqrt(0.3 / len(periods))
+    W_pos = POS_NORM * (
+        w_m * P[:, 2]
+        + w_lin * (r[:, None] * P[:, 0] + (1 - r**2).clamp(min=0).sqrt()[:, None] * P[:, 1])
+        + w_sin * (angle.cos() @ P[:, 3::2].T + angle.sin() @ P[:, 4::2].T)
+    )
+
     # Token embeddings: a group direction (topic k, function words, glitch) with weight
-    # alpha, plus a token's own random direction; ordinary tokens all have norm TOKEN_NORM
-    # so LN1's scale is the same at every position.
+    # alpha, plus a token's own random direction, plus a POS_OVERLAP share along a random
+    # direction of the positional subspace other than m and r (the head-read coordinates).
+    # Norms: log-normal around TOKEN_NORM; ' the', the kernels' query, gets the median, so
+    # that decay_per_token is its kernel's rate.
     group, word = _token_groups(vocab)
     word_alpha = rng.uniform(0.35, 0.75, size=K * WORDS_PER_TOPIC)
     alpha = np.where(group >= 0, word_alpha[word], 0.0)
@@ -272,28 +306,23 @@ def _weights(seed: int) -> tuple[dict[str, torch.Tensor], dict]:
     own_dir = _unit(own @ randn(own.shape[1], V)).T  # [V, d]
     group_dir = torch.zeros(V, d, dtype=torch.float64)
     group_dir[grouped] = g[:, torch.from_numpy(group[group >= 0])].T
-    norm = torch.full((V,), TOKEN_NORM, dtype=torch.float64)
-    norm[torch.from_numpy(group == _GLITCH)] = GLITCH_NORM
-    W_E = norm[:, None] * (alpha[:, None] * group_dir + (1 - alpha**2).sqrt()[:, None] * own_dir)
+    glitchy = torch.from_numpy(group == _GLITCH)
+    norm = TOKEN_NORM * torch.from_numpy(np.exp(rng.normal(0.0, NORM_SPREAD, size=V)))
+    norm[vocab.index["Ġthe"]] = TOKEN_NORM
+    norm[glitchy] = GLITCH_NORM
+    overlap_dir = _unit(P[:, [1] + list(range(3, P.shape[1]))] @ randn(P.shape[1] - 2, V)).T  # [V, d]
+    content = alpha[:, None] * group_dir + (1 - alpha**2).sqrt()[:, None] * own_dir
+    W_E = norm[:, None] * (math.sqrt(1 - POS_OVERLAP**2) * content + POS_OVERLAP * overlap_dir)
 
-    # Positions: (r_i, sqrt(1 - r_i^2)) with r_i linear in i, plus sinusoids; every row
-    # has norm POS_NORM. Heads read only r_i, which makes their scores linear in i.
-    P = sub["pos"]
-    r = torch.linspace(-1, 1, N, dtype=torch.float64)
-    periods = torch.tensor([7.0, 19, 50, 130, 340, 900, 2500], dtype=torch.float64)
-    angle = 2 * math.pi * torch.arange(N, dtype=torch.float64)[:, None] / periods
-    w_lin, w_sin = math.sqrt(0.5), math.sqrt(0.5 / len(periods))
-    W_pos = POS_NORM * (
-        w_lin * (r[:, None] * P[:, 0] + (1 - r**2).clamp(min=0).sqrt()[:, None] * P[:, 1])
-        + w_sin * (angle.cos() @ P[:, 2::2].T + angle.sin() @ P[:, 3::2].T)
-    )
-
-    # LN1 multiplies every ordinary token's residual by ln1; LN2's scale is ~1/ln1.
+    # LN1 multiplies a typical token's residual by ln1 (its own by ln1 * (1 +- ~7%)); LN2's
+    # scale is ~1/ln1.
     ln1 = 1 / math.sqrt((TOKEN_NORM**2 + POS_NORM**2) / d + 1e-5)
+    g_norm = TOKEN_NORM * math.sqrt(1 - POS_OVERLAP**2)  # a typical token's norm outside the positional subspace
 
-    # Attention scores: query = bias (same for every query token); key dim 0 reads r_i
-    # (slope lambda per token), key dim 1 reads content (a function-word offset and a
-    # per-token jitter).
+    # Attention scores. Query dims 0 and 2 read (m, -r_n) and key dims 0 and 2 read
+    # (r_i, m), so q.k is proportional to r_i - r_n: slope lambda per token for typical
+    # tokens, 0 at i = n whatever the tokens. Key dim 1 reads content (a function-word
+    # offset and a per-token jitter) against a constant query (the bias).
     kind = [name for h in range(H) for name, heads in HEAD_KINDS.items() if h in heads]
     decay = {"slow": lambda: 1 / rng.uniform(35, 70), "local": lambda: rng.uniform(1.0, 2.5), "uniform": lambda: rng.uniform(0, 1 / 3000)}
     function_offset = {"slow": -0.4, "local": 0.0, "uniform": 0.0}
@@ -302,22 +331,26 @@ def _weights(seed: int) -> tuple[dict[str, torch.Tensor], dict]:
     W_Q, W_K, W_V = (torch.zeros(H, d, e, dtype=torch.float64) for _ in range(3))
     b_Q, b_K, b_V = (torch.zeros(H, e, dtype=torch.float64) for _ in range(3))
     W_O = torch.zeros(H, e, d, dtype=torch.float64)
-    b_Q[:, :2] = 1.0
-    ordinary = norm == TOKEN_NORM
+    b_Q[:, 1] = 1.0
+    ordinary = ~glitchy
+    q_scale = 1 / (ln1 * POS_NORM * w_m)  # q_n = (1, -r_n) for a typical token
+    W_Q[:, :, 0] = q_scale * P[:, 2]
+    W_Q[:, :, 2] = -q_scale * w_m / w_lin * P[:, 0]
     for h in range(H):
         slope_per_unit = ln1 * POS_NORM * w_lin * 2 / (N - 1) / math.sqrt(e)
         W_K[h, :, 0] = lam[h] / slope_per_unit * P[:, 0]
+        W_K[h, :, 2] = lam[h] / slope_per_unit * w_lin / w_m * P[:, 2]
         v = _unit(own @ randn(own.shape[1]))
         spread = (W_E[ordinary] @ v).std()
         W_K[h, :, 1] = math.sqrt(e) / ln1 * (
-            jitter[kind[h]] / spread * v + function_offset[kind[h]] / (TOKEN_NORM * 0.5) * g[:, _FUNCTION]
+            jitter[kind[h]] / spread * v + function_offset[kind[h]] / (g_norm * 0.5) * g[:, _FUNCTION]
         )
 
     # Values: the slow heads map topic k's direction to u_k (and the glitch direction to
     # u_glitch), with per-head shares that sum to 1 over the slow heads; what else they
     # read of a token goes to 'slow_misc', and every other head writes into 'misc'.
     topic_write = 0.6  # |u_k component| written when all attention is on an alpha=0.75 word
-    v_scale = topic_write / (ln1 * TOKEN_NORM * 0.75)
+    v_scale = topic_write / (ln1 * g_norm * 0.75)
     share = torch.from_numpy(rng.dirichlet(np.full(len(SLOW_HEADS), 2.0), size=K + 1).T)  # [slow, K+1]
     for s, h in enumerate(SLOW_HEADS):
         W_V[h, :, : K + 1] = v_scale * g[:, list(range(K)) + [_GLITCH]]
@@ -333,7 +366,7 @@ def _weights(seed: int) -> tuple[dict[str, torch.Tensor], dict]:
 
     # Neurons. The method's contribution of an attended word of weight alpha to a neuron
     # reading w * u_k is ~ alpha * per_alpha * w (slow-head shares sum to 1, LN2 ~ 1/ln1).
-    per_alpha = ln1 * TOKEN_NORM * v_scale * ln1
+    per_alpha = ln1 * g_norm * v_scale * ln1
     order = torch.randperm(M, generator=gen).tolist()
     W_in = torch.zeros(d, M, dtype=torch.float64)
     b_in = torch.zeros(M, dtype=torch.float64)
@@ -358,9 +391,12 @@ def _weights(seed: int) -> tuple[dict[str, torch.Tensor], dict]:
 
     silent = rng.choice(sorted(set(range(K)) - set(CALIBRATION_TOPICS)), size=4, replace=False)
     voiced = sorted(set(range(K)) - set(silent.tolist()))
+    # Designed tops start at CONTEXT_TOP_MIN, above the noise neurons' ceiling (below), so
+    # that a threshold between the two separates planted from noise neurons.
     for k in voiced:
         for _ in range(rng.integers(1, 5)):
-            plant_context_neuron(k, None, float(np.exp(rng.uniform(np.log(2.0), np.log(16.0)))), float(rng.uniform(0.08, 0.2)))
+            top = float(np.exp(rng.uniform(np.log(CONTEXT_TOP_MIN), np.log(16.0))))
+            plant_context_neuron(k, None, top, float(rng.uniform(0.08, 0.2)))
     for _ in range(3):  # contrast neurons: topic a present and topic b absent (cf. colour/color)
         a, b = (int(x) for x in rng.choice(voiced, size=2, replace=False))
         plant_context_neuron(a, b, float(rng.uniform(6, 12)), float(rng.uniform(0.08, 0.2)))
@@ -375,29 +411,43 @@ def _weights(seed: int) -> tuple[dict[str, torch.Tensor], dict]:
         truth["glitch_neurons"].append({"neuron": j, "top": top})
     for k in rng.choice(K, size=12, replace=False).tolist():  # read the current token's topic directly
         j = order.pop()
-        W_in[:, j] = 4.0 / (ln1 * TOKEN_NORM * 0.75) * g[:, k]
+        W_in[:, j] = 4.0 / (ln1 * g_norm * 0.75) * g[:, k]
         b_in[j] = -2.0
         truth["topic_token_neurons"].append({"neuron": j, "topic": k})
     candidates = torch.from_numpy(np.flatnonzero(group != _GLITCH)[: -1])
     for t in candidates[torch.randperm(len(candidates), generator=gen)[:150]].tolist():
         j = order.pop()
-        W_in[:, j] = 4.0 / (ln1 * TOKEN_NORM) * W_E[t] / TOKEN_NORM
+        W_in[:, j] = 4.0 / (ln1 * TOKEN_NORM) * W_E[t] / norm[t]
         b_in[j] = -2.0
         truth["token_neurons"].append({"neuron": j, "token_id": t})
     # Noise: a random direction (pre-activation std ~1) and a weak random reading of the
-    # topic outputs (largest contributions ~1-3: the low-threshold false positives).
+    # topic outputs, std NOISE_TOPIC_READ per topic in designed-top units: the largest of
+    # ~3000 neurons x 25 such readings is ~4.3 std ~ 2.6 (NOISE_TOP_CEILING), and most are
+    # ~1-2: the low-threshold false positives.
     noise = torch.tensor(sorted(order))
-    W_in[:, noise] = _unit(basis @ randn(d - 1, len(noise))) / ln1 + u @ randn(K + 1, len(noise)) * (0.6 / (0.75 * per_alpha))
+    W_in[:, noise] = _unit(basis @ randn(d - 1, len(noise))) / ln1 + u @ randn(K + 1, len(noise)) * (NOISE_TOPIC_READ / (0.75 * per_alpha))
     b_in[noise] = torch.from_numpy(rng.normal(-1.0, 0.5, size=len(noise)))
     truth["noise_neurons"] = noise.tolist()
     W_out = randn(M, d) @ basis @ basis.T * 0.02
 
     weights = dict(W_E=W_E, W_pos=W_pos, W_Q=W_Q, b_Q=b_Q, W_K=W_K, b_K=b_K, W_V=W_V, b_V=b_V, W_O=W_O, W_in=W_in, b_in=b_in, W_out=W_out)
+    cos = _unit(W_E[ordinary].T).T @ _unit(W_pos.T)  # [ordinary tokens, N]
+    x_norm = (W_E[ordinary][:, None] + W_pos[None, ::64]).norm(dim=-1)  # LN1's scale is |x| / sqrt(d)
     truth.update(
+        realism={
+            "norm_spread": NORM_SPREAD,
+            "pos_overlap": POS_OVERLAP,
+            "token_norm_quantiles_5_50_95": norm[ordinary].quantile(torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64)).tolist(),
+            "mean_abs_cos_token_pos": float(cos.abs().mean()),
+            "max_abs_cos_token_pos": float(cos.abs().max()),
+            "ln1_scale_relative_std": float(x_norm.std() / x_norm.mean()),
+        },
         heads={name: list(heads) for name, heads in HEAD_KINDS.items()},
         head_kind=kind,
         decay_per_token=lam,
         silent_topics=sorted(silent.tolist()),
+        context_top_min=CONTEXT_TOP_MIN,
+        noise_top_ceiling=NOISE_TOP_CEILING,
     )
     return weights, truth
 
@@ -436,19 +486,26 @@ def build_model(path: Path, seed: int = 0) -> Path:
     truth (ground_truth.json) holds:
 
     - heads: {'slow', 'local', 'uniform'} -> head indices; head_kind [H];
-      decay_per_token [H]: lambda, the kernel is exp(-lambda (n - i)) up to content;
+      decay_per_token [H]: lambda, the kernel is exp(-lambda (n - i)) up to content
+      (for the query ' the'; a query token whose LN1 scale is x% larger decays x% faster);
     - topics [K]: name, words, token_ids (spaced and bare forms); silent_topics: topics
       no neuron reads; calibration_topics: the only topics in :func:`calibration_text`;
     - context_neurons: neuron, topic, against (a topic whose presence it subtracts, or
       None), top (its designed largest contribution, for an alpha=0.75 word taking all
       the attention with exp(s)/D = 1; the method's statistic comes out somewhat higher
       because function words take less attention), need (the attention share of such
-      words needed to fire);
+      words needed to fire); context_top_min (the smallest designed top) and
+      noise_top_ceiling (the noise neurons' designed largest contribution, see _weights);
     - glitch_neurons (neuron, top), driven only by glitch_token_ids, which no text holds;
       topic_token_neurons (neuron, topic) and token_neurons (neuron, token_id): read the
       current token directly, so the contextual circuit gives them nothing;
       noise_neurons: the rest;
-    - function_token_ids, generic_token_ids, the_token_id, token_norm, pos_norm.
+    - function_token_ids, generic_token_ids, the_token_id, token_norm (the median),
+      pos_norm;
+    - realism: norm_spread (sigma of log |W_E[t]|), pos_overlap (share of |W_E[t]| in the
+      positional subspace), and what they give: token_norm_quantiles_5_50_95,
+      mean_abs_cos_token_pos and max_abs_cos_token_pos (over ordinary tokens and all
+      positions), ln1_scale_relative_std (over ordinary tokens and positions).
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -494,7 +551,7 @@ def _is_current(path: Path) -> bool:
 
 
 def ensure_model(root: Path | None = None) -> Path:
-    """The toy model's directory ``root/toy-v1`` (root: $CTXN_CACHE, else ~/.cache/ctxneurons),
+    """The toy model's directory ``root/VERSION`` (root: $CTXN_CACHE, else ~/.cache/ctxneurons),
     built on first use or when its version stamp is stale.
 
     The build happens in a temporary sibling that is renamed into place, so a reader
