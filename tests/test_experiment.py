@@ -82,6 +82,13 @@ def test_a_failed_run_leaves_earlier_results_intact(tiny_dir, corpus_file, tmp_p
     assert not third.staging.exists()
 
 
+def test_a_parameter_shadowed_by_an_import_is_reported(tiny_dir, corpus_file, tmp_path):
+    import ctxneurons.corpus
+
+    with pytest.raises(ParameterError, match="corpus were replaced by a module"):
+        experiment.start("demo", _params(tiny_dir, ctxneurons.corpus, tmp_path) | {"corpus": ctxneurons.corpus})
+
+
 def test_papermill_style_strings_are_coerced(monkeypatch):
     monkeypatch.setenv("CTXN_N_TEXTS", "7")
     p = experiment.validate(experiment._env_overrides({"n_texts": 1000, "heads": "[0, 2, 6]", "C_values": "[1, 3.5]"}))

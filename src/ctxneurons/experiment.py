@@ -164,6 +164,12 @@ def validate(raw: dict) -> dict:
 
 
 def _notebook_parameters(namespace: dict) -> dict:
+    shadowed = [k for k in PARAMETERS if isinstance(namespace.get(k), type(os))]
+    if shadowed:
+        raise ParameterError(
+            f"parameter(s) {', '.join(shadowed)} were replaced by a module of the same name "
+            f"(e.g. `from ctxneurons import {shadowed[0]}`); import it under another name"
+        )
     return {
         k: v
         for k, v in namespace.items()
