@@ -16,12 +16,15 @@ import json
 import logging
 import os
 import socket
+import warnings
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
 
 log = logging.getLogger(__name__)
+# tqdm.auto warns on import wherever ipywidgets is absent (a papermill kernel, the book build).
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 SUPPORTED_MODEL_TYPES = ("gpt2",)
 HUB_ALIASES = {"gpt2": "openai-community/gpt2", "gpt2-small": "openai-community/gpt2"}
@@ -220,7 +223,9 @@ def _check_architecture(model_dir: Path) -> dict:
 def load_bridge(model: str | os.PathLike = "gpt2", device: str = "auto"):
     """The TransformerLens bridge in compatibility mode (folded LN, centred weights)."""
     from transformer_lens.model_bridge import TransformerBridge
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a weight-loading bar is noise in an executed notebook
     model_dir = resolve_model_dir(model)
     _check_architecture(model_dir)
     dev = resolve_device(device)
