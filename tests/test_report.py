@@ -5,19 +5,21 @@ from ctxneurons import report
 
 def _summary(notebook, **headline):
     return {"notebook": notebook, "model": "toy (planted-circuit GPT-2, offline)", "headline": headline,
-            "parameters": {"n_texts": 4, "seed": 0}, "calibration_text": {"name": "cal.txt", "sha256": "ab" * 32}}
+            "parameters": {"n_texts": 4, "seed": 0, "heads": [0, 2]}, "calibration_text": {"name": "cal.txt", "sha256": "ab" * 32}}
 
 
 def test_scorecard_reads_the_summaries_and_marks_missing_chapters():
     card = report.scorecard({
         "tv_distance": _summary("tv_distance", median_tv=0.0312),
         "contextual_circuit": _summary("contextual_circuit", median_r=0.91, median_fvu=0.2),
+        "denominator_stability": _summary("denominator_stability", cv_by_head={"0": 0.03, "2": 0.05, "4": 0.4}, local_head_cv=0.4),
     })
     assert isinstance(card, pd.DataFrame) and list(card.columns) == ["quantity", "paper", "this build", "from"]
     by_q = card.set_index("quantity")["this build"]
     assert by_q["median TV, true vs decomposed pattern (circuit heads)"] == "0.0312"
     assert by_q["median Pearson r, approximate vs true (neuron, text)"] == "0.91"
-    assert (card["this build"] == "not run").sum() == 5
+    assert (card["this build"] == "not run").sum() == 3
+    assert by_q["denominator spread across texts at n_ctx/2 (largest CV over circuit heads)"] == "0.05"  # head 4 is not in the circuit
     assert "tv_distance · model toy" in card.set_index("quantity").loc["median TV, true vs decomposed pattern (circuit heads)", "from"]
 
 

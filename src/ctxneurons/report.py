@@ -93,26 +93,27 @@ def scorecard(summaries: dict[str, dict]) -> pd.DataFrame:
 
     def add(quantity, paper, notebook, value_of):
         s = summaries.get(notebook)
-        value = value_of(s["headline"]) if s else None
+        value = value_of(s["headline"], s.get("parameters", {})) if s else None
         rows.append({"quantity": quantity, "paper": paper, "this build": _fmt(value) if s else "not run",
                      "from": _source(s) if s else notebook})
 
     add("median TV, true vs decomposed pattern (circuit heads)", f"≈ {PAPER['median_tv']}", "tv_distance",
-        lambda h: h.get("median_tv"))
+        lambda h, p: h.get("median_tv"))
     add("slowly decaying heads", ", ".join(map(str, PAPER["slow_heads"])), "positional_kernels",
-        lambda h: ", ".join(map(str, h.get("heads_slow", []))))
+        lambda h, p: ", ".join(map(str, h.get("heads_slow", []))))
     add("circuit heads all slowly decaying", "yes", "positional_kernels",
-        lambda h: "yes" if h.get("circuit_heads_all_slow") else "no")
+        lambda h, p: "yes" if h.get("circuit_heads_all_slow") else "no")
     add("denominator spread across texts at n_ctx/2 (largest CV over circuit heads)", "nearly flat (Fig. 4)",
-        "denominator_stability", lambda h: max(h.get("cv_by_head", {}).values(), default=None))
-    add("  … the same for the most local head, for contrast", "—", "denominator_stability",
-        lambda h: h.get("local_head_cv"))
+        "denominator_stability",
+        lambda h, p: max((v for k, v in h.get("cv_by_head", {}).items() if int(k) in p.get("heads", [])), default=None))
+    add("  … the same for the most local head, for contrast", "large", "denominator_stability",
+        lambda h, p: h.get("local_head_cv"))
     add(f"neurons found at threshold {PAPER['threshold']}", f"≈ {PAPER['n_found']}", "context_neurons",
-        lambda h: h.get("n_found"))
+        lambda h, p: h.get("n_found"))
     add("median Pearson r, approximate vs true (neuron, text)", PAPER["median_r"], "contextual_circuit",
-        lambda h: h.get("median_r"))
+        lambda h, p: h.get("median_r"))
     add("median FVU, approximate vs true (neuron, text)", PAPER["median_fvu"], "contextual_circuit",
-        lambda h: h.get("median_fvu"))
+        lambda h, p: h.get("median_fvu"))
     return pd.DataFrame(rows)
 
 
