@@ -83,3 +83,18 @@ def tiny_tokens(tiny, webtext) -> torch.Tensor:
         if len(rows) == 4:
             break
     return torch.tensor(rows)
+
+
+@pytest.fixture(scope="session")
+def toy_dir(tmp_path_factory) -> Path:
+    """The toy model, built once per test session in a scratch folder."""
+    from ctxneurons import toy
+
+    return toy.ensure_model(tmp_path_factory.mktemp("toy-cache"))
+
+
+@pytest.fixture(scope="session")
+def truth(toy_dir) -> dict:
+    from ctxneurons import toy
+
+    return toy.ground_truth(toy_dir)

@@ -12,18 +12,8 @@ from ctxneurons.model import load_layer0
 
 
 @pytest.fixture(scope="module")
-def toy_dir(tmp_path_factory):
-    return toy.ensure_model(tmp_path_factory.mktemp("cache"))
-
-
-@pytest.fixture(scope="module")
 def w(toy_dir):
     return load_layer0(toy_dir, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def truth(toy_dir):
-    return toy.ground_truth(toy_dir)
 
 
 @pytest.fixture(scope="module")

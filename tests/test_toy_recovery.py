@@ -30,18 +30,8 @@ THRESHOLDS = torch.tensor([1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0])
 
 
 @pytest.fixture(scope="module")
-def toy_dir(tmp_path_factory):
-    return toy.ensure_model(tmp_path_factory.mktemp("cache"))
-
-
-@pytest.fixture(scope="module")
 def w(toy_dir):
     return load_layer0(toy_dir, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def truth(toy_dir):
-    return toy.ground_truth(toy_dir)
 
 
 def _tokens(w, texts, n_tokens: int = 1024) -> torch.Tensor:
