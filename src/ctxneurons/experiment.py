@@ -227,19 +227,24 @@ class Run:
         return c
 
     @cached_property
-    def calibration(self) -> corpus.CalibrationText:
+    def _calibration_and_doc(self) -> tuple[corpus.CalibrationText, int | None]:
+        """The calibration text, and its document id when it was drawn from the test corpus."""
         given = self.params.get("calibration_text")
         if given is not None:
-            return corpus.load_calibration_text(given)
+            return corpus.load_calibration_text(given), None
         if self.corpus == "toy":
             from . import toy
 
-            return corpus.CalibrationText(text=toy.calibration_text(), name="toy-calibration", sha256=_sha(toy.calibration_text()))
-        # A corpus text drawn with another seed, kept out of the test set below.
+            text = toy.calibration_text()
+            return corpus.CalibrationText(text=text, name="toy-calibration", sha256=_sha(text)), None
+        # A corpus text drawn with another seed; ``texts`` keeps it out of the test set.
         pick = corpus.select_token_batch(self.corpus, self.w.tokenizer, 1, self.n_tokens, seed=self.params["seed"] + 7919)
         text = pick.texts[0]
-        self._calibration_doc = pick.doc_ids[0]
-        return corpus.CalibrationText(text=text, name=f"{self.corpus}#{pick.doc_ids[0]}", sha256=_sha(text))
+        return corpus.CalibrationText(text=text, name=f"{self.corpus}#{pick.doc_ids[0]}", sha256=_sha(text)), pick.doc_ids[0]
+
+    @property
+    def calibration(self) -> corpus.CalibrationText:
+        return self._calibration_and_doc[0]
 
     @cached_property
     def calibration_position(self) -> int:
@@ -253,9 +258,8 @@ class Run:
     @cached_property
     def texts(self) -> corpus.TokenBatch:
         """The test texts: tokens [n_texts, n_tokens]. The calibration text is never among them."""
-        cal = self.calibration  # noqa: F841 - resolves _calibration_doc first
         n = self.params["n_texts"]
-        excluded = getattr(self, "_calibration_doc", None)
+        excluded = self._calibration_and_doc[1]
         batch = corpus.select_token_batch(self.corpus, self.w.tokenizer, n + (excluded is not None), self.n_tokens, seed=self.params["seed"])
         keep = [i for i, d in enumerate(batch.doc_ids) if d != excluded][:n]
         return corpus.TokenBatch(batch.tokens[keep], [batch.doc_ids[i] for i in keep], [batch.texts[i] for i in keep], batch.source)
