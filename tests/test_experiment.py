@@ -26,7 +26,7 @@ def test_run_loads_texts_calibration_and_writes_outputs(tiny_dir, corpus_file, t
     run = experiment.start("demo", ns)
     assert run.texts.tokens.shape == (3, 128) and run.heads == (0, 2)
     assert run.calibration.name.startswith(str(corpus_file)) or "#" in run.calibration.name
-    cal_doc = run._calibration_and_doc[1]
+    cal_doc = run.calibration_doc
     assert cal_doc is not None and cal_doc not in run.texts.doc_ids
     c1 = run.circuit()
     c2 = run.circuit()  # from the disk cache

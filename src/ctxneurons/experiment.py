@@ -246,6 +246,11 @@ class Run:
     def calibration(self) -> corpus.CalibrationText:
         return self._calibration_and_doc[0]
 
+    @property
+    def calibration_doc(self) -> int | None:
+        """The calibration text's document id in the corpus, when it was drawn from it."""
+        return self._calibration_and_doc[1]
+
     @cached_property
     def calibration_position(self) -> int:
         return self.w.n_ctx // 2
@@ -259,7 +264,7 @@ class Run:
     def texts(self) -> corpus.TokenBatch:
         """The test texts: tokens [n_texts, n_tokens]. The calibration text is never among them."""
         n = self.params["n_texts"]
-        excluded = self._calibration_and_doc[1]
+        excluded = self.calibration_doc
         batch = corpus.select_token_batch(self.corpus, self.w.tokenizer, n + (excluded is not None), self.n_tokens, seed=self.params["seed"])
         keep = [i for i, d in enumerate(batch.doc_ids) if d != excluded][:n]
         return corpus.TokenBatch(batch.tokens[keep], [batch.doc_ids[i] for i in keep], [batch.texts[i] for i in keep], batch.source)
