@@ -91,12 +91,6 @@ def true_queries_keys(w: Layer0, tokens: torch.Tensor) -> tuple[torch.Tensor, to
     return layer0.project(x_hat, w.W_Q, w.b_Q), layer0.project(x_hat, w.W_K, w.b_K)
 
 
-def true_pattern(w: Layer0, tokens: torch.Tensor) -> torch.Tensor:
-    """A[n, i]: [B, H, n, n]."""
-    q, k = true_queries_keys(w, tokens)
-    return layer0.causal_scores(q, k).softmax(-1)
-
-
 def approximate_pattern(w: Layer0, tokens: torch.Tensor, C: float = DEFAULT_C) -> torch.Tensor:
     """A'[n, i] = softmax_i(q_n . (E[n, t_i] + P[n, i]) / sqrt(e)) with the true q_n: [B, H, n, n]."""
     q, _ = true_queries_keys(w, tokens)
