@@ -105,3 +105,12 @@ def test_interrupted_batch_keeps_finished_runs_and_resumes(notebook_dir, tmp_pat
     assert "seed=1__" in resumed.stdout and "skipped" in resumed.stdout
     assert (finished[0] / "outputs" / "demo" / "summary.json").read_text() == first  # untouched
     assert sorted(p.name.split("__")[0] for p in demo.iterdir()) == ["seed=1", "seed=3", "seed=99"]
+
+
+def test_files_named_relative_to_the_shell_reach_the_notebook_as_absolute_paths(tmp_path, monkeypatch, notebook_dir):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "legal.txt").write_text("text")
+    jobs = batch.plan(batch.find_notebooks([], notebook_dir), [{"calibration_text": "legal.txt", "model": "gpt2"}], Path("runs"))
+    assert jobs[0].params["calibration_text"] == str(tmp_path / "legal.txt")
+    assert jobs[0].params["model"] == "gpt2"  # a hub name, not a file here
+    assert Path(jobs[0].params["output_dir"]).is_absolute()

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -118,3 +119,13 @@ def test_corrupt_or_old_cache_entries_are_recomputed(tmp_path):
         assert len(calls) == 3
     finally:
         cache.CACHE_VERSION = monkey_version
+
+
+def test_relative_output_dir_is_taken_from_the_book_root(tmp_path, monkeypatch):
+    (tmp_path / "_toc.yml").write_text("root: x\n")
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")  # where the book runs a chapter
+    assert experiment.resolve_output_dir("outputs") == tmp_path / "outputs"
+    monkeypatch.chdir(tmp_path)  # where a user runs papermill
+    assert experiment.resolve_output_dir("outputs") == tmp_path / "outputs"
+    assert experiment.resolve_output_dir("/abs/out") == Path("/abs/out")

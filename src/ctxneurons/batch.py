@@ -63,13 +63,27 @@ def expand_grid(fixed: dict, grid: dict[str, list]) -> list[dict]:
     return [validate(s) for s in sets]
 
 
+PATH_PARAMETERS = ("model", "corpus", "calibration_text")
+
+
+def _absolute_paths(params: dict) -> dict:
+    """Papermill runs each notebook in its own folder, so a file named relative to where the
+    batch was started is made absolute before it is handed over."""
+    out = dict(params)
+    for name in PATH_PARAMETERS:
+        value = out.get(name)
+        if isinstance(value, str) and value and Path(value).expanduser().exists():
+            out[name] = str(Path(value).expanduser().resolve())
+    return out
+
+
 def plan(notebooks: list[Path], param_sets: list[dict], root: Path) -> list[Job]:
     varying = sorted({k for s in param_sets for k in s if len({json.dumps(p.get(k), default=str) for p in param_sets}) > 1})
     jobs = []
     for nb in notebooks:
         for params in param_sets:
-            folder = root / nb.stem / run_slug(params, varying)
-            jobs.append(Job(nb, {**params, "output_dir": str(folder / "outputs")}, folder))
+            folder = root.resolve() / nb.stem / run_slug(params, varying)
+            jobs.append(Job(nb, {**_absolute_paths(params), "output_dir": str(folder / "outputs")}, folder))
     return jobs
 
 

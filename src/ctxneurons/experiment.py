@@ -125,7 +125,7 @@ PARAMETERS: dict[str, tuple] = {
     "heads": (_as_int_list, "the contextual circuit's heads"),
     "device": (_as_str, "'auto', 'cpu' or 'cuda'"),
     "seed": (_as_int, "chooses the texts"),
-    "output_dir": (_as_str, "where tables and summaries go (a subfolder per notebook)"),
+    "output_dir": (_as_str, "where tables and summaries go (a subfolder per notebook); a relative path is taken from the book's root"),
     "C": (_as_float, "the constant C of the key decomposition"),
     "C_values": (_as_float_list, "values of C for the sensitivity sweep"),
     "query_position": (_as_int, "the query position n of the kernels; -1: n_ctx/2 - 12 (500 for GPT-2)"),
@@ -175,6 +175,21 @@ def _notebook_parameters(namespace: dict) -> dict:
         for k, v in namespace.items()
         if not k.startswith("_") and k not in _IPYTHON_NAMES and not callable(v) and not isinstance(v, type(os))
     }
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The nearest folder at or above ``start`` (default: the working directory) that holds
+    the book's _toc.yml; the working directory itself outside a checkout."""
+    start = Path.cwd() if start is None else start
+    return next((p for p in (start, *start.parents) if (p / "_toc.yml").is_file()), start)
+
+
+def resolve_output_dir(path: str | os.PathLike) -> Path:
+    """A relative output_dir is taken from the project root, so a notebook writes to the same
+    place whether the book runs it (from notebooks/) or papermill does (from anywhere in the
+    checkout)."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else project_root() / path
 
 
 def resolve_model_choice(model: str) -> tuple[str, bool]:
@@ -405,7 +420,7 @@ def start(name: str, namespace: dict) -> Run:
         if bad:
             raise ParameterError(f"parameter heads={params['heads']}: {bad} outside 0..{w.n_heads - 1} (the model has {w.n_heads} heads)")
     label = {"toy": "toy (planted-circuit GPT-2, offline)", "gpt2": "GPT-2 Small"}.get(model, model)
-    run = Run(name=name, params=params, w=w, fallback=fallback, model_label=label, output_dir=Path(params["output_dir"]) / name)
+    run = Run(name=name, params=params, w=w, fallback=fallback, model_label=label, output_dir=resolve_output_dir(params["output_dir"]) / name)
     shutil.rmtree(run.staging, ignore_errors=True)  # what an interrupted run left
     run.staging.mkdir(parents=True)
     return run

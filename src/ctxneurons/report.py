@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import figures
-from .experiment import resolve_model_choice
+from .experiment import resolve_model_choice, resolve_output_dir
 
 PAPER = {
     "median_tv": 0.05,
@@ -30,10 +30,9 @@ PAPER = {
 
 
 def output_dir() -> Path:
-    """Where the chapters wrote their outputs in this build: CTXN_OUTPUT_DIR, else ../outputs,
-    which is the repository's outputs/ from both notebooks/ and reports/ (the book runs each
-    notebook in its own folder)."""
-    return Path(os.environ.get("CTXN_OUTPUT_DIR", "../outputs"))
+    """Where the chapters wrote their outputs in this build: CTXN_OUTPUT_DIR, else outputs/
+    at the project root (the chapters' default)."""
+    return resolve_output_dir(os.environ.get("CTXN_OUTPUT_DIR", "outputs"))
 
 
 def read_summaries(root: str | os.PathLike | None = None) -> dict[str, dict]:
