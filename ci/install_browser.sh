@@ -2,7 +2,8 @@
 # Debian's Chromium for the browser tests (tests/browser.py). Playwright's own browser
 # download cannot be used: only the package registries are reachable.
 set -euo pipefail
-if [ -x /usr/bin/chromium ]; then
+# GitHub's hosted Ubuntu runners already have Google Chrome (tests/browser.py uses either).
+if [ -x /usr/bin/chromium ] || [ -x /usr/bin/google-chrome ]; then
   exit 0
 fi
 SUDO=""

@@ -30,7 +30,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM = os.environ.get("CTXN_CHROMIUM", "/usr/bin/chromium")
+# Debian's Chromium here; GitHub's hosted Ubuntu runners ship Google Chrome instead.
+CHROMIUM = os.environ.get("CTXN_CHROMIUM") or next(
+    (p for p in ("/usr/bin/chromium", "/usr/bin/google-chrome") if Path(p).is_file()), "/usr/bin/chromium"
+)
 CHROMIUM_ARGS = [
     "--no-sandbox",  # CI runs as root, where Chromium's sandbox refuses to start
     "--disable-gpu",
