@@ -14,6 +14,15 @@ import torch
 SHARED = Path(os.environ.get("CTXN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
+def pytest_configure(config):
+    if not (SHARED / "webtext-sample.jsonl").is_file() or not (SHARED / "gpt2-tokenizer" / "vocab.json").is_file():
+        raise pytest.UsageError(
+            f"test data not found at {SHARED}: the tests need the GPT-2 tokenizer files "
+            "(gpt2-tokenizer/vocab.json, merges.txt) and webtext-sample.jsonl. Put them in "
+            "../shared/data beside the checkout or point CTXN_SHARED_DATA at their folder."
+        )
+
+
 def gpt2_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
