@@ -18,10 +18,13 @@ All scores are q.k / sqrt(d_head), causal entries (i > n) are -inf.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
+import pandas as pd
 import torch
 
 from . import layer0
+from .stats import histogram, histogram_medians
 from .model import Layer0
 
 DEFAULT_C = 3.5  # a typical |W_E[t]| of GPT-2 Small after centring (METHOD.md)
@@ -109,6 +112,70 @@ def tv_by_position(w: Layer0, tokens: torch.Tensor, heads: list[int] | None = No
     A = layer0.causal_scores(q, k).softmax(-1)
     A_approx = (content_scores(w, q, tokens) + positional_scores(w, q, C)).softmax(-1)
     return tv_distance(A, A_approx)
+
+
+def tv_statistics(
+    w: Layer0, batches: Iterable[torch.Tensor], heads: list[int], C: float, edges: torch.Tensor, first_position: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stream token batches [B, n] through :func:`tv_by_position`, keeping only statistics
+    over query positions >= ``first_position``.
+
+    edges [b+1]: histogram bins for TV. Returns (median [N, h] and mean [N, h] over each
+    text's positions, counts [h, b] of all (text, position) TV values per head).
+    """
+    medians, means = [], []
+    counts = torch.zeros(len(heads), len(edges) - 1, dtype=torch.float64)
+    with torch.inference_mode():
+        for tokens in batches:
+            tv = tv_by_position(w, tokens.to(w.device), heads, C)[:, :, first_position:].cpu()  # [B, h, n-f]
+            counts += histogram(tv.transpose(0, 1).reshape(len(heads), -1), edges)
+            medians.append(tv.median(-1).values)
+            means.append(tv.mean(-1))
+    return torch.cat(medians), torch.cat(means), counts
+
+
+def tv_over_texts(
+    w: Layer0, batches: Iterable[torch.Tensor], heads: list[int], C: float, edges: torch.Tensor,
+    doc_ids: list, first_position: int = 1,
+) -> tuple[pd.DataFrame, torch.Tensor]:
+    """:func:`tv_statistics` as a tidy table, one row per (text, head): text, doc_id (from
+    doc_ids [N]), head, median_tv, mean_tv; with the histogram counts [h, b]."""
+    med, mean, counts = tv_statistics(w, batches, heads, C, edges, first_position)
+    per_text = pd.DataFrame([
+        {"text": t, "doc_id": doc_ids[t], "head": h, "median_tv": float(med[t, k]), "mean_tv": float(mean[t, k])}
+        for t in range(med.shape[0]) for k, h in enumerate(heads)
+    ])
+    return per_text, counts
+
+
+def tv_along_text(w: Layer0, tokens: torch.Tensor, heads: list[int], C: float, token_str: list[str],
+                  first_position: int = 1) -> pd.DataFrame:
+    """TV position by position on one text tokens [n] (decoded as token_str [n]): a tidy
+    table head, position, token, tv for positions >= ``first_position``."""
+    with torch.inference_mode():
+        tv = tv_by_position(w, tokens[None].to(w.device), heads, C)[0].cpu()  # [h, n]
+    return pd.DataFrame([
+        {"head": h, "position": i, "token": token_str[i], "tv": float(tv[k, i])}
+        for k, h in enumerate(heads) for i in range(first_position, tv.shape[1])
+    ])
+
+
+def tv_by_C(
+    w: Layer0, tokens: torch.Tensor, heads: list[int], C_values: list[float], edges: torch.Tensor,
+    batch_size: int = 8, first_position: int = 1,
+) -> pd.DataFrame:
+    """Median TV for each C in ``C_values`` over texts tokens [N, n] (positions >= ``first_position``).
+
+    Returns a tidy table: C, head (as text, plus "all circuit heads" for the pooled
+    median), median_tv, n_texts.
+    """
+    rows = []
+    for C in C_values:
+        _, _, counts = tv_statistics(w, tokens.split(batch_size), heads, C, edges, first_position)
+        per_head, pooled = histogram_medians(counts, edges)
+        rows += [{"C": C, "head": str(h), "median_tv": float(per_head[k]), "n_texts": len(tokens)} for k, h in enumerate(heads)]
+        rows.append({"C": C, "head": "all circuit heads", "median_tv": pooled, "n_texts": len(tokens)})
+    return pd.DataFrame(rows)
 
 
 def _mask_causal(scores: torch.Tensor) -> torch.Tensor:

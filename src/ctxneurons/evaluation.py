@@ -25,6 +25,7 @@ import torch
 from . import layer0
 from .circuit import Circuit
 from .model import Layer0, check_indices
+from .stats import histogram, histogram_quantile  # noqa: F401  (their home before stats.py)
 
 
 def true_contributions(w: Layer0, tokens: torch.Tensor, heads: tuple[int, ...], neurons: torch.Tensor) -> torch.Tensor:
@@ -90,33 +91,3 @@ def evaluate(
                 traces.append((seen + b, true[b].cpu(), approx[b].cpu()))
             seen += tokens.shape[0]
     return Evaluation(neurons=neurons.cpu(), r=torch.cat(rs), fvu=torch.cat(fvus), traces=traces)
-
-
-def histogram(values: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-    """Counts of values [..., m] over the bins of edges [b+1], per leading index: -> [..., b].
-
-    Values outside the edges go to the first or last bin and NaNs are dropped, so counts
-    from batch after batch add up to the histogram of all texts at a fixed memory cost.
-    """
-    edges = edges.to(values.device, values.dtype)
-    b = len(edges) - 1
-    flat = values.reshape(-1, values.shape[-1]) if values.dim() > 0 else values.reshape(1, 1)
-    idx = (torch.bucketize(flat.contiguous(), edges, right=True) - 1).clamp(0, b - 1)
-    counts = torch.zeros(flat.shape[0], b, dtype=torch.float64, device=values.device)
-    counts.scatter_add_(1, idx, (~flat.isnan()).double())
-    return counts.reshape(*values.shape[:-1], b)
-
-
-def histogram_quantile(counts: torch.Tensor, edges: torch.Tensor, q: float = 0.5) -> torch.Tensor:
-    """The q-quantile read off histogram counts [..., b] with edges [b+1], interpolated
-    linearly inside its bin: -> [...]. Exact to within one bin width; NaN for empty rows."""
-    edges = edges.double().to(counts.device)
-    total = counts.sum(-1, keepdim=True)
-    cum = counts.cumsum(-1)
-    target = q * total
-    k = torch.searchsorted(cum.contiguous(), target.contiguous()).clamp(max=counts.shape[-1] - 1)  # [..., 1]
-    before = torch.where(k > 0, cum.gather(-1, (k - 1).clamp(min=0)), torch.zeros_like(target))
-    in_bin = counts.gather(-1, k)
-    frac = ((target - before) / in_bin.clamp_min(1e-300)).clamp(0, 1)
-    value = edges[k] + frac * (edges[k + 1] - edges[k])
-    return torch.where(total > 0, value, torch.full_like(value, float("nan")))[..., 0]

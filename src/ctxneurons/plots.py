@@ -1,0 +1,247 @@
+"""The book's figures: one function per figure, each taking the tidy table its notebook
+saves (plus labels) and returning a plotly Figure for ``run.show``.
+
+Corpus text is untrusted (see :mod:`figures`): every token or corpus name that reaches
+hover text or labels passes through :func:`figures.escape_text` here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+
+from .figures import escape_text
+
+__all__ = [
+    "kernels_by_distance", "head_classes", "tv_one_text", "tv_per_text_box", "tv_cdf", "tv_vs_C",
+    "denominators_along_sequence", "denominators_at_mid", "denominators_cv",
+    "r_histogram", "fvu_histogram", "circuit_scatter", "circuit_trace", "r_by_calibration",
+    "neurons_by_threshold", "toy_precision_recall", "extreme_tokens_table_html",
+]
+
+
+def _shown_tokens(tokens: pd.Series) -> list[str]:
+    return [escape_text(repr(t)) for t in tokens]
+
+
+def _head_label(head, kind, flag: bool, flag_text: str, else_text: str = "") -> str:
+    return f"head {head} ({kind}{flag_text if flag else else_text})"
+
+
+def _add_unit_line(fig: go.Figure) -> go.Figure:
+    fig.add_hline(y=1.0, line_dash="dot", line_color="grey")
+    return fig
+
+
+def kernels_by_distance(kernel_df: pd.DataFrame, n: int) -> go.Figure:
+    """Every head's kernel against distance n - i, log y by default with a linear/log toggle.
+
+    kernel_df: the ``kernels`` table (head, kind, in_circuit, key_position, distance, weight).
+    """
+    plot_df = kernel_df.assign(label=[_head_label(h, k, c, ", circuit") for h, k, c in
+                                      zip(kernel_df["head"], kernel_df["kind"], kernel_df["in_circuit"])])
+    fig = px.line(
+        plot_df, x="distance", y="weight", color="label", line_dash="kind",
+        hover_data={"head": True, "key_position": True, "distance": True, "weight": ":.3g", "label": False, "kind": True},
+        labels={"distance": "distance n − i (tokens)", "weight": "kernel weight pos[n, i]", "label": "head"},
+        title=f"Positional kernels of all heads at n = {n}, query ' the'",
+    )
+    fig.update_layout(updatemenus=[{
+        "type": "buttons", "direction": "right", "x": 0.0, "y": 1.12, "xanchor": "left",
+        "buttons": [
+            {"label": "log y", "method": "relayout", "args": [{"yaxis.type": "log"}]},
+            {"label": "linear y", "method": "relayout", "args": [{"yaxis.type": "linear"}]},
+        ],
+    }])
+    fig.update_yaxes(type="log")
+    return fig
+
+
+def head_classes(class_df: pd.DataFrame, n: int) -> go.Figure:
+    """Mean distance against effective window per head, by kind. class_df: the ``head_classes`` table."""
+    fig = px.scatter(
+        class_df.assign(name=[f"head {h}" for h in class_df["head"]]),
+        x="mean_distance", y="effective_window", color="kind", symbol="in_circuit", text="name",
+        hover_data={"head": True, "effective_window": ":.1f", "mean_distance": ":.1f", "weight_on_first": ":.3f", "name": False},
+        labels={"mean_distance": "mean distance (tokens)", "effective_window": "effective window (tokens)"},
+        title=f"Head kinds at n = {n}",
+    )
+    fig.update_traces(textposition="top center")
+    return fig
+
+
+def tv_one_text(example_df: pd.DataFrame, doc_id) -> go.Figure:
+    """TV against position per head on one text. example_df: the ``tv_example_text`` table."""
+    return px.line(
+        example_df.assign(token_shown=_shown_tokens(example_df["token"]), head=example_df["head"].astype(str)),
+        x="position", y="tv", color="head",
+        hover_data={"token_shown": True, "tv": ":.4f", "position": True},
+        labels={"position": "query position n", "tv": "TV(n)", "token_shown": "token"},
+        title=f"TV distance along text 0 (doc {doc_id})",
+    )
+
+
+def tv_per_text_box(per_text_df: pd.DataFrame) -> go.Figure:
+    """Per-text median TV per head. per_text_df: the ``tv_by_text`` table."""
+    return px.box(
+        per_text_df.assign(head=per_text_df["head"].astype(str)), x="head", y="median_tv", points="all",
+        hover_data={"text": True, "doc_id": True, "median_tv": ":.4f", "mean_tv": ":.4f"},
+        labels={"head": "head", "median_tv": "median TV over positions, per text"},
+        title=f"Per-text median TV over {per_text_df['text'].nunique()} texts",
+    )
+
+
+def tv_cdf(hist_df: pd.DataFrame) -> go.Figure:
+    """The fraction of positions with TV <= x per head. hist_df: the ``tv_histogram`` table."""
+    cdf = hist_df.sort_values(["head", "tv_high"]).assign(
+        fraction=lambda d: d.groupby("head")["count"].cumsum() / d.groupby("head")["count"].transform("sum"),
+        head=lambda d: d["head"].astype(str),
+    )
+    return px.line(
+        cdf, x="tv_high", y="fraction", color="head", log_x=True,
+        hover_data={"tv_high": ":.4f", "fraction": ":.3f"},
+        labels={"tv_high": "TV x", "fraction": "fraction of positions with TV ≤ x"},
+        title="Distribution of TV over all texts and positions",
+    )
+
+
+def tv_vs_C(sweep_df: pd.DataFrame) -> go.Figure:
+    """Median TV against C per head and pooled. sweep_df: the ``tv_by_C`` table."""
+    return px.line(
+        sweep_df, x="C", y="median_tv", color="head", markers=True,
+        hover_data={"C": True, "median_tv": ":.4f", "n_texts": True},
+        labels={"C": "C", "median_tv": "median TV"},
+        title=f"Median TV against C ({int(sweep_df['n_texts'].iloc[0])} texts)",
+    )
+
+
+def denominators_along_sequence(ex_df: pd.DataFrame) -> go.Figure:
+    """denom / c along each example text, one panel per head. ex_df: the ``denominators_examples`` table."""
+    fig = px.line(
+        ex_df.assign(token_shown=_shown_tokens(ex_df["token"]), text=ex_df["text"].astype(str)),
+        x="position", y="denom_over_c", color="text", facet_col="head", facet_col_wrap=3,
+        hover_data={"doc_id": True, "token_shown": True, "denom_over_c": ":.3f"},
+        labels={"position": "position i", "denom_over_c": "denom / c", "token_shown": "token"},
+        title=f"denom / c along {ex_df['text'].nunique()} texts, query ' the'",
+        height=300 * math.ceil(ex_df["head"].nunique() / 3),
+    )
+    return _add_unit_line(fig)
+
+
+def denominators_at_mid(mid_df: pd.DataFrame, mid: int) -> go.Figure:
+    """denom / c at position ``mid`` text by text. mid_df: the ``denominators_at_mid`` table."""
+    fig = px.scatter(
+        mid_df.assign(label=[_head_label(h, k, c, ", circuit", ", contrast") for h, k, c in
+                             zip(mid_df["head"], mid_df["kind"], mid_df["in_circuit"])]),
+        x="text", y="denom_over_c", color="label",
+        hover_data={"doc_id": True, "log_denom": ":.3f", "denom_over_c": ":.3f", "label": False},
+        labels={"text": "text index", "denom_over_c": f"denom / c at n = {mid}", "label": "head"},
+        title=f"Denominators at n = {mid} across {mid_df['text'].nunique()} texts",
+    )
+    return _add_unit_line(fig)
+
+
+def denominators_cv(conc_df: pd.DataFrame, mid: int) -> go.Figure:
+    """Measured against i.i.d. coefficient of variation per head. conc_df: the ``concentration`` table."""
+    cv_df = conc_df.drop_duplicates("head")
+    fig = px.scatter(
+        cv_df.assign(name=[f"head {h}" for h in cv_df["head"]]), x="cv_iid", y="cv_empirical", color="kind", symbol="in_circuit",
+        text="name", log_x=True, log_y=True,
+        hover_data={"head": True, "cv_iid": ":.3g", "cv_empirical": ":.3g", "name": False},
+        labels={"cv_iid": "CV predicted for i.i.d. tokens", "cv_empirical": "CV measured across texts"},
+        title=f"Spread of the denominators at n = {mid}: measured against i.i.d.",
+    )
+    lo = float(min(cv_df["cv_iid"].min(), cv_df["cv_empirical"].min()))
+    hi = float(max(cv_df["cv_iid"].max(), cv_df["cv_empirical"].max()))
+    fig.add_shape(type="line", x0=lo, y0=lo, x1=hi, y1=hi, line={"dash": "dot", "color": "grey"})
+    fig.update_traces(textposition="top center")
+    return fig
+
+
+def r_histogram(scores_df: pd.DataFrame, median_r: float) -> go.Figure:
+    """r over (neuron, text) pairs with its median marked. scores_df: the ``scores`` table."""
+    fig = px.histogram(scores_df, x="r", nbins=60, hover_data=["neuron"], labels={"r": "Pearson r per (neuron, text)"},
+                       title=f"r over {len(scores_df)} (neuron, text) pairs")
+    fig.add_vline(x=median_r, line_dash="dot", annotation_text=f"median {median_r:.3f}")
+    return fig
+
+
+def fvu_histogram(scores_df: pd.DataFrame, median_fvu: float) -> go.Figure:
+    """log10 FVU over (neuron, text) pairs with FVU > 0, median marked. scores_df: the ``scores`` table."""
+    fvu_pos = scores_df[scores_df["fvu"] > 0].assign(log10_fvu=lambda d: np.log10(d["fvu"]))
+    fig = px.histogram(fvu_pos, x="log10_fvu", nbins=60, hover_data=["neuron"],
+                       labels={"log10_fvu": "log10 FVU per (neuron, text)"}, title=f"FVU over {len(scores_df)} (neuron, text) pairs")
+    fig.add_vline(x=float(np.log10(median_fvu)) if median_fvu > 0 else 0.0, line_dash="dot", annotation_text=f"median {median_fvu:.3f}")
+    return fig
+
+
+def circuit_scatter(traces_df: pd.DataFrame) -> go.Figure:
+    """Approximation against truth, one panel per neuron. traces_df: the ``traces`` table."""
+    sel = traces_df.assign(token_shown=lambda d: _shown_tokens(d["token"]), text=lambda d: d["text"].astype(str))
+    fig = px.scatter(sel, x="true", y="approx", color="text", facet_col="neuron", facet_col_wrap=2, opacity=0.6,
+                     hover_data={"position": True, "token_shown": True, "true": ":.3f", "approx": ":.3f"},
+                     labels={"true": "true contribution", "approx": "approximation", "token_shown": "token"},
+                     title="Approximation against truth for the strongest neurons", height=700)
+    fig.update_xaxes(matches=None)
+    fig.update_yaxes(matches=None)
+    return fig
+
+
+def circuit_trace(one: pd.DataFrame, neuron: int) -> go.Figure:
+    """True and approximate contribution along one text. one: the ``traces`` rows of one (text, neuron)."""
+    long = one.melt(id_vars=["position", "token"], value_vars=["true", "approx"], var_name="series", value_name="value")
+    return px.line(long.assign(token_shown=_shown_tokens(long["token"])),
+                   x="position", y="value", color="series", hover_data={"token_shown": True, "value": ":.3f"},
+                   labels={"position": "position n", "value": f"contribution to neuron {neuron}", "token_shown": "token"},
+                   title=f"Neuron {neuron} along text {int(one['text'].iloc[0])}: true and approximate")
+
+
+def r_by_calibration(cal_scores: pd.DataFrame, n_texts: int, n_neurons: int) -> go.Figure:
+    """r per (neuron, text) for each calibration text. cal_scores: columns calibration, r."""
+    return px.box(cal_scores.assign(calibration=lambda d: d["calibration"].map(escape_text)),
+                  x="calibration", y="r", points="outliers",
+                  labels={"calibration": "calibration text", "r": "Pearson r per (neuron, text)"},
+                  title=f"r by calibration text ({n_texts} texts, {n_neurons} neurons)")
+
+
+def neurons_by_threshold(count_df: pd.DataFrame, threshold: float) -> go.Figure:
+    """Neurons found against threshold. count_df: the ``counts_by_threshold`` table."""
+    fig = px.line(count_df, x="threshold", y="n_found", markers=True,
+                  hover_data={"threshold": True, "n_found": True},
+                  labels={"threshold": "threshold on top[j]", "n_found": "neurons found"},
+                  title="Neurons found against threshold")
+    fig.add_vline(x=threshold, line_dash="dot", annotation_text=f"threshold {threshold}")
+    return fig
+
+
+def toy_precision_recall(pr_df: pd.DataFrame, n_planted: int) -> go.Figure:
+    """Precision and recall against threshold. pr_df: the ``toy_precision_recall`` table."""
+    return px.line(pr_df.melt(id_vars=["threshold", "n_found"], value_vars=["precision", "recall"]),
+                   x="threshold", y="value", color="variable", markers=True, hover_data={"n_found": True, "value": ":.3f"},
+                   labels={"threshold": "threshold on top[j]", "value": "", "variable": ""},
+                   title=f"Discovery against the {n_planted} planted context neurons")
+
+
+def _token_list(extreme_df: pd.DataFrame, neuron: int, sign: str, k: int) -> str:
+    df = extreme_df[(extreme_df.neuron == neuron) & (extreme_df.sign == sign)].head(k)
+    return ", ".join(f"<code>{escape_text(repr(t))}</code> {v:+.2f}" for t, v in zip(df["token"], df["contribution"]))
+
+
+def extreme_tokens_table_html(extreme_df: pd.DataFrame, rows: list[tuple[int, str]], headers: list[str],
+                              k: int = 6, negative: bool = True) -> str:
+    """An HTML table, one row per neuron: the given leading cells, then its k most positive
+    tokens (and k most negative with ``negative``) from the ``extreme_tokens`` table.
+
+    rows: (neuron, its leading cells' HTML); headers: every column's header, in order.
+    """
+    body = "".join(
+        f"<tr>{cells}<td>{_token_list(extreme_df, j, '+', k)}</td>"
+        + (f"<td>{_token_list(extreme_df, j, '-', k)}</td>" if negative else "") + "</tr>"
+        for j, cells in rows
+    )
+    head = "".join(f"<th>{h}</th>" for h in headers)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
