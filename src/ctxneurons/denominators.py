@@ -12,12 +12,15 @@ Shapes: B texts, H heads, n positions, V vocabulary.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+import pandas as pd
 import torch
 
 from . import decomposition, layer0
 from .model import Layer0
+from .stats import histogram
 
 
 def log_denominators(w: Layer0, tokens: torch.Tensor, query_token: int) -> torch.Tensor:
@@ -130,3 +133,69 @@ def relative_denominators(log_denoms: torch.Tensor, log_c: torch.Tensor) -> torc
     """denom / c: log_denoms [..., H, n], log_c [H, n] -> [..., H, n]; 1 means the text's
     denominator equals the corpus mean."""
     return (log_denoms.double() - log_c.to(log_denoms.device).double()).exp()
+
+
+def stream_denominators(
+    w: Layer0, batches: Iterable[torch.Tensor], query_token: int, position: int, n_examples: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One pass over token batches [B, n] without keeping every text's denominators.
+
+    Returns (log_c [H, n], the log-denominators at ``position`` [N, H], the first
+    ``n_examples`` texts' log-denominators [n_examples, H, n]).
+    """
+    acc, examples, at_position, N = None, [], [], 0
+    with torch.inference_mode():
+        for tokens in batches:
+            log_d = log_denominators(w, tokens.to(w.device), query_token).cpu()  # [B, H, n]
+            acc = accumulate_log_sum(acc, log_d)
+            at_position.append(log_d[:, :, position])
+            examples.extend(log_d[: max(0, n_examples - len(examples))])
+            N += log_d.shape[0]
+    ex = torch.stack(examples) if examples else torch.empty(0, *acc.shape)
+    return acc - math.log(N), torch.cat(at_position), ex
+
+
+def deviation_histogram(
+    w: Layer0, batches: Iterable[torch.Tensor], query_token: int, log_c: torch.Tensor, edges: torch.Tensor,
+    first_position: int = 1,
+) -> torch.Tensor:
+    """Histogram counts [H, b] over edges [b+1] of |denom / c - 1| for every text of the
+    token batches [B, n] and position >= ``first_position``; log_c [H, n]."""
+    counts = torch.zeros(log_c.shape[0], len(edges) - 1, dtype=torch.float64)
+    with torch.inference_mode():
+        for tokens in batches:
+            ratio = relative_denominators(log_denominators(w, tokens.to(w.device), query_token).cpu(), log_c)
+            counts += histogram((ratio[:, :, first_position:] - 1).abs().transpose(0, 1).reshape(log_c.shape[0], -1), edges)
+    return counts
+
+
+def examples_frame(ratio: torch.Tensor, heads: list[int], token_strs: list[list[str]], doc_ids: list,
+                   first_position: int = 1) -> pd.DataFrame:
+    """denom / c along example texts, ratio [T, H, n] with token_strs [T][n]: a tidy table
+    text, doc_id, head, position, token, denom_over_c for ``heads`` and positions >= first_position."""
+    return pd.DataFrame([
+        {"text": t, "doc_id": doc_ids[t], "head": h, "position": i, "token": token_strs[t][i], "denom_over_c": float(ratio[t, h, i])}
+        for t in range(ratio.shape[0]) for h in heads for i in range(first_position, ratio.shape[-1])
+    ])
+
+
+def at_position_frame(log_at: torch.Tensor, log_c_at: torch.Tensor, heads: list[int], kind: dict[int, str],
+                      circuit_heads: list[int], doc_ids: list) -> pd.DataFrame:
+    """Each text's denominator at one position, log_at [N, H] with log_c_at [H]: a tidy
+    table text, doc_id, head, kind, in_circuit, log_denom, denom_over_c for ``heads``."""
+    ratio = relative_denominators(log_at, log_c_at)  # [N, H]
+    return pd.DataFrame([
+        {"text": t, "doc_id": doc_ids[t], "head": h, "kind": kind[h], "in_circuit": h in circuit_heads,
+         "log_denom": float(log_at[t, h]), "denom_over_c": float(ratio[t, h])}
+        for t in range(log_at.shape[0]) for h in heads
+    ])
+
+
+def concentration_frame(conc: list[Concentration], kind: dict[int, str], circuit_heads: list[int]) -> pd.DataFrame:
+    """:func:`concentration` as a tidy table, one row per (head, eps): head, kind,
+    in_circuit, cv_empirical, cv_iid, eps, frac_empirical, chebyshev, hoeffding."""
+    return pd.DataFrame([
+        {"head": c.head, "kind": kind[c.head], "in_circuit": c.head in circuit_heads, "cv_empirical": c.cv_empirical,
+         "cv_iid": c.cv_iid, "eps": e, "frac_empirical": fe, "chebyshev": ch, "hoeffding": ho}
+        for c in conc for e, fe, ch, ho in zip(c.eps, c.frac_empirical, c.chebyshev, c.hoeffding)
+    ])
