@@ -21,6 +21,7 @@ Shapes: h circuit heads, V vocabulary, N positions, d d_model, e d_head, M d_mlp
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -149,3 +150,12 @@ def build_circuit(
         calibration_position=n_cal,
         query_token=query_token,
     )
+
+
+def other_calibrations(candidates, exclude: set, k: int) -> list[tuple[str, torch.Tensor, str]]:
+    """Up to k calibration texts from ``candidates`` (a corpus.TokenBatch) whose documents
+    are not in ``exclude`` (the test texts' and the run's calibration's ids): a list of
+    (name "source#doc", tokens [n], sha256 of the tokens, the circuit cache's key)."""
+    picks = [i for i, d in enumerate(candidates.doc_ids) if d not in exclude][:k]
+    return [(f"{candidates.source}#{candidates.doc_ids[i]}", candidates.tokens[i],
+             hashlib.sha256(candidates.tokens[i].numpy().tobytes()).hexdigest()) for i in picks]

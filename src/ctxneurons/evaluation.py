@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
+import pandas as pd
 import torch
 
 from . import layer0
@@ -91,3 +92,53 @@ def evaluate(
                 traces.append((seen + b, true[b].cpu(), approx[b].cpu()))
             seen += tokens.shape[0]
     return Evaluation(neurons=neurons.cpu(), r=torch.cat(rs), fvu=torch.cat(fvus), traces=traces)
+
+
+def scores_frame(ev: Evaluation, top: torch.Tensor, doc_ids: list) -> pd.DataFrame:
+    """One row per (text, neuron) of an evaluation, top [M] the discovery statistic:
+    neuron, top, text, doc_id, r, fvu."""
+    return pd.DataFrame([
+        {"neuron": int(j), "top": float(top[j]), "text": t, "doc_id": doc_ids[t], "r": float(ev.r[t, k]), "fvu": float(ev.fvu[t, k])}
+        for t in range(ev.r.shape[0]) for k, j in enumerate(ev.neurons.tolist())
+    ])
+
+
+def scores_by_neuron(scores: pd.DataFrame) -> pd.DataFrame:
+    """:func:`scores_frame` summarised per neuron: neuron, top, median_r, median_fvu."""
+    return scores.groupby("neuron").agg(top=("top", "first"), median_r=("r", "median"), median_fvu=("fvu", "median")).reset_index()
+
+
+def traces_frame(ev: Evaluation, neurons: list[int], token_str, first_position: int = 1) -> pd.DataFrame:
+    """The evaluation's example traces for ``neurons`` (a few: every neuron's trace would
+    make 10^5+ rows) as a tidy table text, neuron, position, token, true, approx.
+    token_str(text index) gives that text's decoded tokens [n]."""
+    rows = []
+    for t, true, approx in ev.traces:
+        toks = token_str(t)
+        for k, j in enumerate(ev.neurons.tolist()):
+            if j in neurons:
+                rows += [{"text": t, "neuron": j, "position": p + first_position, "token": toks[p + first_position],
+                          "true": float(true[p, k]), "approx": float(approx[p, k])} for p in range(true.shape[0])]
+    return pd.DataFrame(rows)
+
+
+def compare_calibrations(
+    w: Layer0, circuits: Iterable[tuple[str, bool, Circuit]], tokens: torch.Tensor, neurons: torch.Tensor,
+    batch_size: int = 8, first_position: int = 1,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Score the same texts tokens [N, n] and neurons [J] under circuits built from different
+    calibration texts, given as (name, whether it is the run's own, circuit); a generator
+    keeps one circuit in memory at a time.
+
+    Returns three tidy tables: per calibration (calibration, is_run_calibration, median_r,
+    median_fvu, n_texts, n_neurons); per calibration and head (calibration, head,
+    log_denom); and every (neuron, text) r (calibration, r).
+    """
+    by_cal, denoms, scores = [], [], []
+    for name, is_run, circuit in circuits:
+        ev = evaluate(w, circuit, tokens.split(batch_size), neurons, first_position=first_position)
+        by_cal.append({"calibration": name, "is_run_calibration": is_run, "median_r": ev.median_r,
+                       "median_fvu": ev.median_fvu, "n_texts": len(tokens), "n_neurons": len(neurons)})
+        denoms += [{"calibration": name, "head": h, "log_denom": float(ld)} for h, ld in zip(circuit.heads, circuit.log_denoms.tolist())]
+        scores += [{"calibration": name, "r": float(r)} for r in ev.r.flatten()]
+    return pd.DataFrame(by_cal), pd.DataFrame(denoms), pd.DataFrame(scores)
