@@ -10,6 +10,9 @@ Shapes: V vocabulary, M neurons, J selected neurons.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import pandas as pd
 import torch
 
 from . import layer0
@@ -106,3 +109,33 @@ def preactivations(w: Layer0, tokens: torch.Tensor, neurons: torch.Tensor) -> to
     """The true pre-activations of ``neurons`` along tokens [B, n]: -> [B, n, J]."""
     with torch.inference_mode():
         return layer0.run(w, tokens, mlp=True).mlp_pre[:, :, neurons]
+
+
+def extreme_tokens_frame(contribution: torch.Tensor, neurons: list[int], glitch: torch.Tensor,
+                         token_str: Callable[[torch.Tensor], list[str]], k: int = 10, first_rank: int = 1) -> pd.DataFrame:
+    """:func:`extreme_tokens` of each of ``neurons`` as a tidy table: neuron, sign ('+' most
+    positive, '-' most negative), rank (``first_rank`` = most extreme), token (decoded by
+    token_str from ids [k]), contribution."""
+    rows = []
+    for j in neurons:
+        ids, vals, bids, bvals = extreme_tokens(contribution, j, glitch, k=k)
+        for sign, tok_ids, tok_vals in (("+", ids, vals), ("-", bids, bvals)):
+            rows += [{"neuron": j, "sign": sign, "rank": rank, "token": t, "contribution": v}
+                     for rank, (t, v) in enumerate(zip(token_str(tok_ids), tok_vals.tolist()), start=first_rank)]
+    return pd.DataFrame(rows)
+
+
+def calibration_firing(w: Layer0, tokens: torch.Tensor, neurons: torch.Tensor, top: torch.Tensor) -> pd.DataFrame:
+    """Whether each of neurons [J] fired on the calibration tokens [n] (positions >= 1):
+    neuron, top (from top [M]), max_preactivation_on_calibration, fired_on_calibration."""
+    max_pre = max_preactivation(w, tokens[None], neurons).cpu()
+    return pd.DataFrame({"neuron": neurons.tolist(), "top": top[neurons].tolist(), "max_preactivation_on_calibration": max_pre.tolist(),
+                         "fired_on_calibration": (max_pre >= 0).tolist()})
+
+
+def precision_recall_frame(top: torch.Tensor, thresholds: torch.Tensor, true_neurons: torch.Tensor) -> pd.DataFrame:
+    """:func:`precision_recall` with :func:`count_by_threshold` as a tidy table: threshold,
+    n_found, precision, recall."""
+    precision, recall = precision_recall(top, thresholds, true_neurons)
+    return pd.DataFrame({"threshold": thresholds.tolist(), "n_found": count_by_threshold(top, thresholds).tolist(),
+                         "precision": precision.tolist(), "recall": recall.tolist()})
