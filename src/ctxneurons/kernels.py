@@ -9,8 +9,9 @@ n positions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
+import pandas as pd
 import torch
 
 from . import decomposition
@@ -114,3 +115,22 @@ def most_local_head(classes: list[HeadClass]) -> int:
     """The head whose kernel sits closest to the query (smallest mean distance): a contrast
     to the circuit's slow heads."""
     return min(classes, key=lambda c: c.mean_distance).head
+
+
+def kernel_frame(kernel: torch.Tensor, classes: list[HeadClass], circuit_heads: list[int]) -> pd.DataFrame:
+    """Kernels at one query position n, kernel [H, n+1], as a tidy table: head, kind,
+    in_circuit, key_position, distance (n - i), weight."""
+    n = kernel.shape[-1] - 1
+    return pd.DataFrame([
+        {"head": c.head, "kind": c.kind, "in_circuit": c.head in circuit_heads,
+         "key_position": i, "distance": n - i, "weight": float(kernel[c.head, i])}
+        for c in classes for i in range(n + 1)
+    ])
+
+
+def classes_frame(classes: list[HeadClass], circuit_heads: list[int]) -> pd.DataFrame:
+    """:func:`classify_heads` as a tidy table: head, kind, in_circuit, effective_window,
+    mean_distance, weight_on_first."""
+    df = pd.DataFrame([asdict(c) for c in classes])
+    df.insert(2, "in_circuit", df["head"].isin(circuit_heads))
+    return df
