@@ -26,7 +26,6 @@ import torch
 from . import layer0
 from .circuit import Circuit
 from .model import Layer0, check_indices
-from .stats import histogram, histogram_quantile  # noqa: F401  (their home before stats.py)
 
 
 def true_contributions(w: Layer0, tokens: torch.Tensor, heads: tuple[int, ...], neurons: torch.Tensor) -> torch.Tensor:
@@ -142,3 +141,25 @@ def compare_calibrations(
         denoms += [{"calibration": name, "head": h, "log_denom": float(ld)} for h, ld in zip(circuit.heads, circuit.log_denoms.tolist())]
         scores += [{"calibration": name, "r": float(r)} for r in ev.r.flatten()]
     return pd.DataFrame(by_cal), pd.DataFrame(denoms), pd.DataFrame(scores)
+
+
+def median_scores(true: torch.Tensor, approx: torch.Tensor, first_position: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Median over texts of r and FVU per neuron, from true and approx [B, n, J] held in
+    memory (a few example texts; :func:`evaluate` streams): -> (r [J], fvu [J])."""
+    true, approx = true[:, first_position:], approx[:, first_position:]
+    return pearson_r(true, approx, dim=1).nanmedian(0).values, fvu(true, approx, dim=1).nanmedian(0).values
+
+
+def peak_windows(true: torch.Tensor, n_examples: int, window: int, first_position: int = 1) -> list[list[tuple[int, int, int]]]:
+    """For each neuron of true [B, n, J], the n_examples texts where it peaks highest
+    (positions >= first_position), each as (text, lo, hi): the span [lo, hi) from
+    ``window`` positions before the peak to a quarter of that after it."""
+    peak_val, peak_pos = true[:, first_position:].max(dim=1)  # [B, J]
+    out = []
+    for k in range(true.shape[-1]):
+        spans = []
+        for b in peak_val[:, k].argsort(descending=True)[:n_examples].tolist():
+            p = int(peak_pos[b, k]) + first_position
+            spans.append((b, max(first_position, p - window), min(true.shape[1], p + window // 4)))
+        out.append(spans)
+    return out

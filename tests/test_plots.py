@@ -1,0 +1,72 @@
+"""Every figure builder draws its table, and corpus text reaches plotly escaped."""
+
+import json
+
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+
+from ctxneurons import plots
+
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+
+def _json(fig: go.Figure) -> str:
+    assert isinstance(fig, go.Figure)
+    return fig.to_json()
+
+
+def _escaped(fig: go.Figure) -> None:
+    text = _json(fig)
+    assert "<img" not in text and "onerror=alert(1)&gt;" in text
+
+
+def test_token_hover_text_is_escaped():
+    tokens = ["a", HOSTILE, "b"]
+    _escaped(plots.tv_one_text(pd.DataFrame({"head": [0] * 3, "position": [1, 2, 3], "token": tokens, "tv": [0.1, 0.2, 0.3]}), 7))
+    ex = pd.DataFrame({"text": [0] * 3, "doc_id": [1] * 3, "head": [0] * 3, "position": [1, 2, 3], "token": tokens,
+                       "denom_over_c": [1.0, 1.1, 0.9]})
+    _escaped(plots.denominators_along_sequence(ex))
+    traces = pd.DataFrame({"text": [0] * 3, "neuron": [4] * 3, "position": [1, 2, 3], "token": tokens,
+                           "true": [0.1, 0.2, 0.3], "approx": [0.2, 0.1, 0.3]})
+    _escaped(plots.circuit_scatter(traces))
+    _escaped(plots.circuit_trace(traces, 4))
+    _escaped(plots.r_by_calibration(pd.DataFrame({"calibration": [HOSTILE, "own"], "r": [0.5, 0.9]}), 3, 2))
+
+
+def test_extreme_tokens_table_escapes_tokens_and_keeps_the_columns_asked_for():
+    df = pd.DataFrame({"neuron": [1, 1], "sign": ["+", "-"], "rank": [1, 1], "token": [HOSTILE, "b"], "contribution": [2.0, -1.0]})
+    both = plots.extreme_tokens_table_html(df, [(1, "<td>1</td>")], ["neuron", "+", "-"])
+    assert "<img" not in both and both.count("<td>") == 3 and "+2.00" in both and "-1.00" in both
+    pos = plots.extreme_tokens_table_html(df, [(1, "<td>1</td>")], ["neuron", "+"], negative=False)
+    assert pos.count("<td>") == 2 and "-1.00" not in pos
+
+
+def test_every_figure_draws_its_table():
+    kernel = pd.DataFrame({"head": [0, 0, 1, 1], "kind": ["slow"] * 2 + ["local"] * 2, "in_circuit": [True, True, False, False],
+                           "key_position": [0, 1] * 2, "distance": [1, 0] * 2, "weight": [0.4, 0.6, 0.1, 0.9]})
+    assert json.loads(_json(plots.kernels_by_distance(kernel, 1)))["layout"]["yaxis"]["type"] == "log"
+    classes = pd.DataFrame({"head": [0, 1], "kind": ["slow", "local"], "in_circuit": [True, False], "effective_window": [3.0, 1.2],
+                            "mean_distance": [2.0, 0.1], "weight_on_first": [0.1, 0.0]})
+    _json(plots.head_classes(classes, 1))
+    per_text = pd.DataFrame({"text": [0, 0, 1, 1], "doc_id": [5, 5, 6, 6], "head": [0, 2] * 2,
+                             "median_tv": [0.1, 0.2, 0.1, 0.3], "mean_tv": [0.1, 0.2, 0.2, 0.3]})
+    assert "over 2 texts" in plots.tv_per_text_box(per_text).layout.title.text
+    hist = pd.DataFrame({"head": [0, 0], "tv_low": [0.0, 0.1], "tv_high": [0.1, 0.2], "count": [1.0, 3.0]})
+    assert list(plots.tv_cdf(hist).data[0].y) == [0.25, 1.0]
+    sweep = pd.DataFrame({"C": [2.0, 5.0], "head": ["all circuit heads"] * 2, "median_tv": [0.1, 0.05], "n_texts": [16, 16]})
+    assert "16 texts" in plots.tv_vs_C(sweep).layout.title.text
+    mid = pd.DataFrame({"text": [0, 1], "doc_id": [3, 4], "head": [0, 0], "kind": ["slow"] * 2, "in_circuit": [True] * 2,
+                        "log_denom": [1.0, 1.1], "denom_over_c": [0.95, 1.05]})
+    assert "across 2 texts" in plots.denominators_at_mid(mid, 64).layout.title.text
+    conc = pd.DataFrame({"head": [0, 0, 1], "kind": ["slow", "slow", "local"], "in_circuit": [True, True, False],
+                         "cv_empirical": [0.01, 0.01, 0.3], "cv_iid": [0.02, 0.02, 0.2]})
+    fig = plots.denominators_cv(conc, 64)
+    assert fig.layout.shapes[0].x0 == pytest.approx(0.01) and fig.layout.shapes[0].x1 == pytest.approx(0.3)
+    scores = pd.DataFrame({"neuron": [1, 2, 3], "r": [0.9, 0.8, 0.5], "fvu": [0.1, 0.0, 1.0]})
+    _json(plots.r_histogram(scores, 0.8))
+    assert len(plots.fvu_histogram(scores, 0.1).data[0].x) == 2  # FVU 0 has no log
+    counts = pd.DataFrame({"threshold": [2.0, 5.0], "n_found": [10, 3]})
+    _json(plots.neurons_by_threshold(counts, 5.0))
+    pr = pd.DataFrame({"threshold": [2.0, 5.0], "n_found": [10, 3], "precision": [0.3, 1.0], "recall": [1.0, 0.5]})
+    assert "4 planted" in plots.toy_precision_recall(pr, 4).layout.title.text
