@@ -66,7 +66,10 @@ class CalibrationText:
 
     text: str
     name: str
-    sha256: str
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
 
 
 def _decode_utf8(data: bytes, what: str) -> str:
@@ -311,14 +314,14 @@ def load_calibration_text(text_or_path: str | os.PathLike) -> CalibrationText:
             "file, or the calibration text itself as a string."
         )
     if kind is None:
-        return CalibrationText(text=raw, name="inline", sha256=hashlib.sha256(raw.encode("utf-8")).hexdigest())
+        return CalibrationText(text=raw, name="inline")
     text = _decode_utf8(path.read_bytes(), f"calibration text file {path}")
     if not text.strip():
         raise CorpusError(
             f"calibration text file {path} is empty (or only whitespace); "
             "it needs prose of at least a few hundred tokens."
         )
-    return CalibrationText(text=text, name=path.name, sha256=hashlib.sha256(text.encode("utf-8")).hexdigest())
+    return CalibrationText(text=text, name=path.name)
 
 
 def calibration_tokens(cal: CalibrationText, tokenizer, position: int, bos: bool = True) -> torch.Tensor:

@@ -38,7 +38,7 @@ import torch
 from . import __version__, cache, corpus, kernels
 from .circuit import PAPER_HEADS, Circuit, build_circuit
 from .decomposition import DEFAULT_C
-from .model import Layer0, _hub_reachable, load_layer0, resolve_device
+from .model import HUB_ALIASES, Layer0, _hub_reachable, load_layer0, resolve_device
 from .outputs import atomic_write_csv, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -204,7 +204,7 @@ def resolve_model_choice(model: str) -> tuple[str, bool]:
     try:
         from huggingface_hub import snapshot_download
 
-        snapshot_download("openai-community/gpt2", allow_patterns=["config.json"], local_files_only=True)
+        snapshot_download(HUB_ALIASES["gpt2"], allow_patterns=["config.json"], local_files_only=True)
         return "gpt2", False
     except Exception:
         pass
@@ -251,11 +251,11 @@ class Run:
             from . import toy
 
             text = toy.calibration_text()
-            return corpus.CalibrationText(text=text, name="toy-calibration", sha256=_sha(text)), None
+            return corpus.CalibrationText(text=text, name="toy-calibration"), None
         # A corpus text drawn with another seed; ``texts`` keeps it out of the test set.
         pick = corpus.select_token_batch(self.corpus, self.w.tokenizer, 1, self.n_tokens, seed=self.params["seed"] + 7919)
         text = pick.texts[0]
-        return corpus.CalibrationText(text=text, name=f"{self.corpus}#{pick.doc_ids[0]}", sha256=_sha(text)), pick.doc_ids[0]
+        return corpus.CalibrationText(text=text, name=f"{self.corpus}#{pick.doc_ids[0]}"), pick.doc_ids[0]
 
     @property
     def calibration(self) -> corpus.CalibrationText:
@@ -396,12 +396,6 @@ class Run:
 
         figures.show(fig, name)
         display(HTML(f'<p class="ctxn-provenance"><small>{figures.escape_text(self.caption)}</small></p>'))
-
-
-def _sha(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def start(name: str, namespace: dict) -> Run:

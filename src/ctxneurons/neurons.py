@@ -73,9 +73,7 @@ def max_preactivation(w: Layer0, tokens: torch.Tensor, neurons: torch.Tensor, fi
     GELU is near zero below 0, so a neuron whose maximum here is negative never fired on
     these texts.
     """
-    with torch.inference_mode():
-        pre = layer0.run(w, tokens, mlp=True).mlp_pre[:, first_position:, neurons]
-    return pre.amax(dim=(0, 1))
+    return preactivations(w, tokens, neurons)[:, first_position:].amax(dim=(0, 1))
 
 
 def select_capped(top: torch.Tensor, threshold: float, max_neurons: int) -> tuple[torch.Tensor, int]:
