@@ -63,20 +63,23 @@ def _add_on_widget_pages(app, pagename, templatename, context, doctree):
         app.add_js_file(f"{SITE_DIR}/live.js", type="module")
 
 
-def _copy(app, exception):
-    if exception is not None or app.builder.format != "html":
-        return
-    dest = Path(app.outdir) / "_static" / SITE_DIR
+def install(dest: Path, export: Path | None) -> None:
+    """Put the script, the tokenizer library (when installed) and the export (when there is
+    one) into ``dest``, the site's folder for the page."""
     dest.mkdir(parents=True, exist_ok=True)
     copy_asset_file(str(SCRIPT), str(dest / "live.js"))
     lib = _library()
     if (lib / "package.json").is_file():
         copy_asset_file(str(lib / "dist" / "tokenizers.min.mjs"), str(dest / "tokenizers.mjs"))
         copy_asset_file(str(lib / "LICENSE"), str(dest / "tokenizers-LICENSE.txt"))
-    export = _export_dir(app)
-    if (export / live.MANIFEST).is_file():
+    if export is not None and (export / live.MANIFEST).is_file():
         shutil.rmtree(dest / "data", ignore_errors=True)
         shutil.copytree(export, dest / "data")
+
+
+def _copy(app, exception):
+    if exception is None and app.builder.format == "html":
+        install(Path(app.outdir) / "_static" / SITE_DIR, _export_dir(app))
 
 
 def setup(app):

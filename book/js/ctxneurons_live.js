@@ -140,7 +140,8 @@ function windowTable(m, r, n) {
   const byToken = new Map();
   terms.forEach((v, i) => {
     const id = i === 0 ? m.bos_id : r.ids[i - 1];
-    const label = i === 0 ? "BOS" : r.pieces[i - 1];
+    // BOS is unquoted: a typed token "BOS" is shown quoted, as every token is.
+    const label = i === 0 ? "BOS" : JSON.stringify(r.pieces[i - 1]);
     const cur = byToken.get(id) || { label, sum: 0, count: 0 };
     cur.sum += v;
     cur.count += 1;
@@ -152,12 +153,14 @@ function windowTable(m, r, n) {
   const table = el("table", undefined, { class: "ctxn-live-window" });
   const head = el("tr");
   for (const h of ["raise it", "", "lower it", ""]) head.append(el("th", h));
-  table.append(el("thead")).firstChild.append(head);
+  const thead = el("thead");
+  thead.append(head);
+  table.append(thead);
   const body = el("tbody");
   for (let k = 0; k < Math.max(pos.length, neg.length); k++) {
     const tr = el("tr");
     for (const x of [pos[k], neg[k]]) {
-      tr.append(el("td", x ? JSON.stringify(x.label) + (x.count > 1 ? ` ×${x.count}` : "") : ""));
+      tr.append(el("td", x ? x.label + (x.count > 1 ? ` ×${x.count}` : "") : ""));
       tr.append(el("td", x ? (x.sum > 0 ? "+" : "") + fmt(x.sum) : ""));
     }
     body.append(tr);

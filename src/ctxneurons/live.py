@@ -53,12 +53,11 @@ def encode_f16(name: str, x: torch.Tensor | np.ndarray) -> bytes:
     """``x`` as little-endian float16 bytes; a ValueError naming ``name`` when a value does
     not fit (|x| > 65504 or not finite)."""
     a = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64).ravel()
-    h = a.astype(DTYPE)
-    bad = ~np.isfinite(h.astype(np.float64))
+    bad = ~(np.abs(a) <= np.finfo(np.float16).max)  # NaN fails the comparison too
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{name}: value {a[i]!r} at flat index {i} does not fit in float16 (|x| <= 65504, finite)")
-    return h.tobytes()
+        raise ValueError(f"{name}: value {float(a[i])!r} at flat index {i} does not fit in float16 (|x| <= 65504, finite)")
+    return a.astype(DTYPE).tobytes()
 
 
 def decode_f16(data: bytes) -> np.ndarray:
@@ -120,6 +119,11 @@ def export(
             tokenizer.save_pretrained(td)
             for name in TOKENIZER_FILES:
                 files[name] = (Path(td) / name).read_bytes()
+        # transformers leaves this out when False, and the JavaScript tokenizer then takes
+        # True: decoded tokens would differ from the book's (' ,' -> ',').
+        config = json.loads(files["tokenizer_config.json"])
+        config["clean_up_tokenization_spaces"] = bool(getattr(tokenizer, "clean_up_tokenization_spaces", False))
+        files["tokenizer_config.json"] = json.dumps(config, indent=2).encode()
         kernel_files = []
         for b, blk in enumerate(kernel_blocks(circuit.kernel)):
             kernel_files.append(f"kernel-{b}.bin")
