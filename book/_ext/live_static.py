@@ -78,8 +78,10 @@ def install(dest: Path, export: Path | None) -> None:
 
 
 def _copy(app, exception):
-    if exception is None and app.builder.format == "html":
-        install(Path(app.outdir) / "_static" / SITE_DIR, _export_dir(app))
+    # Without an export no page can work: a book without the page gets nothing.
+    export = _export_dir(app)
+    if exception is None and app.builder.format == "html" and (export / live.MANIFEST).is_file():
+        install(Path(app.outdir) / "_static" / SITE_DIR, export)
 
 
 def setup(app):

@@ -139,13 +139,14 @@ function windowTable(m, r, n) {
   const terms = r.terms(n);
   const byToken = new Map();
   terms.forEach((v, i) => {
-    const id = i === 0 ? m.bos_id : r.ids[i - 1];
-    // BOS is unquoted: a typed token "BOS" is shown quoted, as every token is.
-    const label = i === 0 ? "BOS" : JSON.stringify(r.pieces[i - 1]);
-    const cur = byToken.get(id) || { label, sum: 0, count: 0 };
+    // Keyed and labelled by what the model reads: words a word-level vocabulary lacks all
+    // read as its unknown token. BOS is unquoted, every token quoted.
+    const key = i === 0 ? "BOS" : r.ids[i - 1];
+    const label = i === 0 ? "BOS" : JSON.stringify(r.tokens[i - 1]);
+    const cur = byToken.get(key) || { label, sum: 0, count: 0 };
     cur.sum += v;
     cur.count += 1;
-    byToken.set(id, cur);
+    byToken.set(key, cur);
   });
   const rows = [...byToken.values()];
   const pos = rows.filter((x) => x.sum > 0).sort((a, b) => b.sum - a.sum).slice(0, TOP_K);
@@ -241,7 +242,10 @@ function setUp(widget, m, neurons) {
     cancelAnimationFrame(pending);
     pending = requestAnimationFrame(update);
   };
-  box.addEventListener("input", schedule);
+  box.addEventListener("input", () => {
+    chosen = null; // typing: explain the newest token
+    schedule();
+  });
   select.addEventListener("change", () => {
     chosen = null;
     schedule();

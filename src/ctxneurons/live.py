@@ -32,9 +32,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from .circuit import Circuit
+from .neurons import extreme_tokens
 from .outputs import atomic_write_json
 
 FORMAT = 1
@@ -113,6 +115,7 @@ def export(
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the site serves it
     try:
         files: dict[str, bytes] = {}
         with tempfile.TemporaryDirectory() as td:
@@ -213,3 +216,31 @@ def widget_html(manifest: dict, text: str = "", *, title: str = "Try a neuron") 
         '<div class="ctxn-live-top"></div>'
         "</div>"
     )
+
+
+def neuron_labels(contribution: torch.Tensor, neurons: Sequence[int], glitch: torch.Tensor, token_str, k: int = 4) -> dict[int, str]:
+    """A short label per neuron for the page's picker: its k most positive and k most
+    negative tokens (glitch tokens excluded), e.g. "+ ' colour' ' favour' / - ' color'".
+    contribution [V, M]; token_str decodes ids [k]. Labels are text; the page never parses them."""
+    labels = {}
+    for j in neurons:
+        ids, _, bids, _ = extreme_tokens(contribution, int(j), glitch, k=k)
+        labels[int(j)] = "+ " + " ".join(map(repr, token_str(ids))) + "  / − " + " ".join(map(repr, token_str(bids)))
+    return labels
+
+
+def load_cost(manifest: dict) -> pd.DataFrame:
+    """What the page's data costs a reader, from the export's manifest: one row per kind of
+    file (tokenizer, kernel block 0, the first neuron, each further neuron, all kernel
+    blocks) with its bytes and when the page fetches it."""
+    b = manifest["bytes"]
+    first = manifest["neurons"][0]["file"]
+    rows = [
+        ("tokenizer.json + tokenizer_config.json", "on opening", sum(b[f] for f in manifest["tokenizer"])),
+        (f"kernel block 0 (positions 0-{min(manifest['kernel_block'], manifest['n_positions']) - 1})", "on opening", b["kernel-0.bin"]),
+        ("the first neuron's file", "on opening", b[first]),
+        ("each further neuron's file", "when the reader picks it", b[first]),
+        (f"the other {len(manifest['kernel_files']) - 1} kernel blocks", "as the text grows past each block",
+         sum(b[f] for f in manifest["kernel_files"][1:])),
+    ]
+    return pd.DataFrame(rows, columns=["file", "fetched", "bytes"])
