@@ -231,6 +231,7 @@ function setUp(widget, m, neurons) {
         ` · red raises the neuron's input, blue lowers it; largest |value| ${fmt(vmax)}`;
       if (chosen !== null && chosen > r.values.length) chosen = null;
       showWindow();
+      if (widget.dataset.renders === "0") widget.dataset.firstRenderMs = String(Math.round(performance.now()));
       widget.dataset.renders = String(Number(widget.dataset.renders) + 1);
     } catch (err) {
       if (ticket === latest) status.textContent = `Could not compute: ${err.message}`;
