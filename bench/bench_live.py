@@ -69,7 +69,9 @@ def measure(site: Path, page_path: str, repeats: int) -> dict:
                 entries = page.evaluate(
                     "() => performance.getEntriesByType('resource').map(e => [e.name, e.encodedBodySize])")
                 doc = page.evaluate("() => performance.getEntriesByType('navigation')[0].encodedBodySize")
-                out["bytes"] = {"page html": doc, **{name.split("/_static/")[-1]: size for name, size in entries}}
+                # The browser's own favicon probe is no part of the page.
+                out["bytes"] = {"page html": doc, **{name.split("/_static/")[-1]: size for name, size in entries
+                                                     if not name.endswith("/favicon.ico")}}
                 neurons = page.evaluate("() => window.ctxneuronsNeurons")
                 timed = page.evaluate(
                     """async ([j0, j1, long]) => {
