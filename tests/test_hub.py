@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import time
 
 import pytest
@@ -152,3 +154,46 @@ def test_tests_fetch_their_data_from_the_hub_when_shared_data_is_absent(hub, tmp
     assert (data / "gpt2-tokenizer" / "vocab.json").read_bytes() == (SHARED / "gpt2-tokenizer" / "vocab.json").read_bytes()
     lines = (data / "webtext-sample.jsonl").read_text().splitlines()
     assert len(lines) == 50 and all(json.loads(line)["text"] in hub["webtext"][:900] for line in lines)
+
+
+def test_prefetch_fills_the_cache_for_an_offline_machine(hub, tmp_path):
+    home = tmp_path / "hf-home"
+    proc = subprocess.run([sys.executable, "-m", "ctxneurons.cli", "prefetch", "--n-texts", "5"], cwd=tmp_path,
+                          env=hub_env(hub["url"], home), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert hub["shas"]["model"] in proc.stdout and hub["shas"]["owt"]["converted"][:12] in proc.stdout
+    code = ("from ctxneurons.model import load_layer0; from ctxneurons.corpus import select_token_batch\n"
+            "w = load_layer0('gpt2', device='cpu'); print(select_token_batch('openwebtext', w.tokenizer, 6, w.n_ctx).revision)")
+    offline = run_python(code, hub_env(f"http://127.0.0.1:{free_port()}", home, HF_HUB_OFFLINE="1"))
+    assert offline.returncode == 0, offline.stderr[-3000:]
+    assert offline.stdout.split()[-1] == hub["shas"]["owt"]["converted"]
+
+
+@pytest.mark.slow
+def test_gpu_job_builds_the_gpt2_edition_through_the_hub_then_reruns_from_the_cache(hub, tmp_path):
+    """ci/gpu_job.sh as a GPU runner runs it (model gpt2, OpenWebText, both from the hub),
+    on CPU with a handful of texts; then again with the hub gone, from the cache."""
+    from test_book_e2e import _copy_repo
+
+    repo = _copy_repo(tmp_path / "repo")
+    home = tmp_path / "hf-home"
+    settings = {"CTXN_MODEL": "gpt2", "CTXN_DEVICE": "cpu", "CTXN_N_TEXTS": "4", "CTXN_HEADS": "[0, 2]",
+                "CTXN_MAX_NEURONS": "6", "CTXN_THRESHOLD": "0.5", "CTXN_BATCH_NOTEBOOKS": "04", "CTXN_SKIP_SETUP": "1",
+                "CTXN_CACHE": str(tmp_path / "cache"), "CTXN_OUTPUT_DIR": str(tmp_path / "outputs")}
+    env = hub_env(hub["url"], home, CTXN_RUNS_DIR=str(tmp_path / "runs"), **settings)
+    proc = subprocess.run(["bash", "ci/gpu_job.sh"], cwd=repo, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
+    front = (repo / "_build" / "html" / "book" / "intro.html").read_text()
+    model_sha, owt_sha = hub["shas"]["model"], hub["shas"]["owt"]["converted"]
+    assert f"openai-community/gpt2@{model_sha[:12]}" in front and owt_sha[:12] in front
+    assert "Offline edition" not in front
+    summary = json.loads((tmp_path / "outputs" / "contextual_circuit" / "summary.json").read_text())
+    assert summary["model_revision"] == model_sha and summary["corpus_revision"] == owt_sha
+    assert summary["model_fallback_to_toy"] is False
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    env = hub_env(dead, home, HF_HUB_OFFLINE="1", CTXN_RUNS_DIR=str(tmp_path / "runs-offline"), CTXN_SKIP_BOOK="1", **settings)
+    proc = subprocess.run(["bash", "ci/gpu_job.sh"], cwd=repo, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
+    rerun = json.loads(next((tmp_path / "runs-offline").rglob("summary.json")).read_text())
+    assert rerun["model_revision"] == model_sha and rerun["corpus_revision"] == owt_sha

@@ -183,6 +183,19 @@ def is_hub_corpus(name: str) -> bool:
     return name == "openwebtext" or name.startswith("hf:")
 
 
+def corpus_label(name: str) -> str:
+    """The corpus's name, with the hub commit its texts are read at for hub corpora (one
+    metadata call the first time, cached after; the bare name when the hub cannot answer)."""
+    if not is_hub_corpus(name):
+        return name
+    spec = HubCorpus.parse(name)
+    try:
+        files = hub.dataset_files(spec.repo, spec.config, spec.split, spec.revision)
+    except hub.HubError:
+        return name
+    return f"{name} ({spec.repo}@{files.revision[:12]})"
+
+
 def _hub_candidates(name: str, seed: int, pool_size: int) -> tuple[Iterator[tuple[int, str]], str, str]:
     """Texts of a hub dataset in seeded order, read from whole data files (shards) that the
     seed picks, so 1000 texts of OpenWebText fetch one or two shards of its ~40 GB.

@@ -136,6 +136,7 @@ PARAMETERS: dict[str, tuple] = {
     "n_examples": (_as_int, "texts shown as examples"),
     "extra_calibration_texts": (_as_int, "how many other corpus texts to try as calibration texts"),
 }
+CALIBRATION_SEED_OFFSET = 7919  # the default calibration text is drawn with seed + this, apart from the test texts
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
 
 
@@ -261,7 +262,8 @@ class Run:
             text = toy.calibration_text()
             return corpus.CalibrationText(text=text, name="toy-calibration"), None
         # A corpus text drawn with another seed; ``texts`` keeps it out of the test set.
-        pick = corpus.select_token_batch(self.corpus, self.w.tokenizer, 1, self.n_tokens, seed=self.params["seed"] + 7919)
+        pick = corpus.select_token_batch(self.corpus, self.w.tokenizer, 1, self.n_tokens,
+                                         seed=self.params["seed"] + CALIBRATION_SEED_OFFSET)
         self.corpus_revision = pick.revision
         text = pick.texts[0]
         return corpus.CalibrationText(text=text, name=f"{self.corpus}#{pick.doc_ids[0]}"), pick.doc_ids[0]
