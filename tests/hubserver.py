@@ -136,3 +136,48 @@ def hub_env(endpoint: str, hf_home: Path, **extra) -> dict:
 def run_python(code: str, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
     """``code`` in a fresh interpreter: huggingface_hub reads its endpoint at import."""
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+@contextmanager
+def forward_proxy():
+    """A plain HTTP forward proxy on localhost that counts what passes through it; yields
+    (url, list of requested URLs). Enough for http:// endpoints (no CONNECT)."""
+    import http.client
+    import http.server
+    import threading
+    from urllib.parse import urlsplit
+
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _forward(self):
+            seen.append(self.path)
+            url = urlsplit(self.path)
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
+            conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("proxy-connection", "connection")}
+            conn.request(self.command, url.path + (f"?{url.query}" if url.query else ""), body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            self.send_response(resp.status)
+            drop = ("transfer-encoding", "connection") + (() if self.command == "HEAD" else ("content-length",))
+            for k, v in resp.getheaders():
+                if k.lower() not in drop:
+                    self.send_header(k, v)
+            if self.command != "HEAD":
+                self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+
+        do_GET = do_HEAD = do_POST = _forward
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()

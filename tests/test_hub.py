@@ -156,6 +156,26 @@ def test_tests_fetch_their_data_from_the_hub_when_shared_data_is_absent(hub, tmp
     assert len(lines) == 50 and all(json.loads(line)["text"] in hub["webtext"][:900] for line in lines)
 
 
+def test_a_proxy_is_used_as_the_hub_client_uses_it(hub, tmp_path):
+    """On many GPU clusters a proxy is the only way out: HTTP(S)_PROXY carries every call."""
+    from hubserver import forward_proxy
+
+    code = "from ctxneurons.model import load_layer0; print(load_layer0('gpt2', device='cpu').revision)"
+    with forward_proxy() as (proxy, seen):
+        env = hub_env(hub["url"], tmp_path / "hf-home", HTTP_PROXY=proxy, HTTPS_PROXY=proxy, NO_PROXY="")
+        env.pop("no_proxy", None)
+        proc = run_python(code, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-1] == hub["shas"]["model"]
+    assert any("/api/models/openai-community/gpt2" in u for u in seen) and any("config.json" in u for u in seen)
+    # A dead proxy: the error says the hub could not be reached and names the proxy.
+    dead = f"http://127.0.0.1:{free_port()}"
+    env = hub_env(hub["url"], tmp_path / "hf-home2", HTTP_PROXY=dead, HTTPS_PROXY=dead, NO_PROXY="")
+    env.pop("no_proxy", None)
+    proc = run_python(code, env)
+    assert proc.returncode != 0 and "cannot be reached" in proc.stderr and dead in proc.stderr
+
+
 def test_prefetch_fills_the_cache_for_an_offline_machine(hub, tmp_path):
     home = tmp_path / "hf-home"
     proc = subprocess.run([sys.executable, "-m", "ctxneurons.cli", "prefetch", "--n-texts", "5"], cwd=tmp_path,
