@@ -66,6 +66,13 @@ def _parquet(path: Path, texts: list[str]) -> None:
     pq.write_table(pa.table({"text": texts, "meta": list(range(len(texts)))}), path)
 
 
+def add_script_only_dataset(mirrors: Path, name: str) -> str:
+    """A loading script at main and no Parquet conversion: nothing datasets 5 can read."""
+    repo = new_repo(mirrors, "datasets", name)
+    (repo / f"{name.split('/')[1]}.py").write_text("import datasets  # a loading script\n")
+    return git_commit(repo, "loading script")
+
+
 def add_script_dataset_with_conversion(mirrors: Path, name: str, texts: list[str], config: str, shards: int) -> dict:
     """The layout datasets 5 refuses at main (a loading script), with the hub's Parquet
     conversion on refs/convert/parquet as ``<config>/partial-train/NNNN.parquet``."""

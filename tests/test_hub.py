@@ -15,7 +15,7 @@ import time
 import pytest
 
 from conftest import SHARED, write_random_gpt2
-from hubserver import (add_jsonl_dataset, add_model, add_script_dataset_with_conversion, free_port, hub_env,
+from hubserver import (add_jsonl_dataset, add_script_only_dataset, add_model, add_script_dataset_with_conversion, free_port, hub_env,
                        olah_server, require_olah, run_python)
 
 OWT_SHARDS = 3
@@ -31,6 +31,7 @@ def hub(tmp_path_factory, webtext):
         shutil.copyfile(SHARED / "gpt2-tokenizer" / name, model / name)
     shas = {"model": add_model(mirrors, "openai-community/gpt2", model)}
     shas["owt"] = add_script_dataset_with_conversion(mirrors, "Skylion007/openwebtext", webtext[:900], "plain_text", OWT_SHARDS)
+    shas["script"] = add_script_only_dataset(mirrors, "ctxn-test/script-only")
     shas["jsonl"] = add_jsonl_dataset(mirrors, "ctxn-test/webtext-jsonl", {"test": webtext[900:1000], "train": webtext[1000:1100]}, "web")
     with olah_server(mirrors, root) as url:
         yield {"url": url, "root": root, "shas": shas, "webtext": webtext}
@@ -129,6 +130,10 @@ def test_wrong_endpoint_and_missing_repos_are_named(hub, tmp_path):
     out = _fail(hub_env(hub["url"], tmp_path / "hf-home"), model="nobody/no-such-model", corpus="hf:nobody/no-such-data")
     assert "nobody/no-such-model" in out["model"][1] and "no such repository" in out["model"][1]
     assert "nobody/no-such-data" in out["corpus"][1] and "no such repository" in out["corpus"][1]
+    # Only a loading script, no Parquet conversion: the repo, the revisions tried, the way out.
+    msg = _fail(hub_env(hub["url"], tmp_path / "hf-home"), corpus="hf:ctxn-test/script-only")["corpus"][1]
+    assert "ctxn-test/script-only" in msg and f"main ({hub['shas']['script'][:12]})" in msg
+    assert "refs/convert/parquet (absent)" in msg and "corpus='/path/texts.jsonl'" in msg
     # A server that is no hub (any web server at a wrong HF_ENDPOINT).
     import http.server
     import threading
