@@ -111,6 +111,34 @@ def test_export_refuses_bad_neurons_and_replaces_the_folder(toy_case, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]  # no temporary folder left
 
 
+def test_picker_labels_and_load_cost(toy_case):
+    w, c, found = toy_case["w"], toy_case["circuit"], toy_case["neurons"]
+    glitch = neurons.glitch_mask(w)
+    labels = live.neuron_labels(c.contribution, found[:2], glitch, lambda ids: [w.tokenizer.decode([int(i)]) for i in ids], k=3)
+    ids, _, bids, _ = neurons.extreme_tokens(c.contribution, found[0], glitch, k=3)
+    assert labels[found[0]].startswith("+ " + repr(w.tokenizer.decode([int(ids[0])])))
+    assert labels[found[0]].endswith(repr(w.tokenizer.decode([int(bids[2])])))
+    cost = live.load_cost(toy_case["manifest"]).set_index("file")["bytes"]
+    b = toy_case["manifest"]["bytes"]
+    assert cost["the first neuron's file"] == 2 * (w.d_vocab + 300)
+    tokenizer = b["tokenizer.json"] + b["tokenizer_config.json"]
+    kernel = sum(b[f] for f in toy_case["manifest"]["kernel_files"])
+    assert cost.sum() == tokenizer + kernel + 2 * cost["the first neuron's file"]  # the further-neuron row counts one
+
+
+def test_the_tokenizer_library_is_pinned_and_its_absence_named(monkeypatch, tmp_path):
+    pkg = json.loads((REPO / "book" / "js" / "package.json").read_text())
+    lock = json.loads((REPO / "book" / "js" / "package-lock.json").read_text())
+    locked = lock["packages"]["node_modules/@huggingface/tokenizers"]
+    assert pkg["dependencies"]["@huggingface/tokenizers"] == locked["version"] == live_static._pinned_version()
+    assert locked["integrity"].startswith("sha512-")
+    monkeypatch.setattr(live_static, "_library", lambda: tmp_path / "nothing")
+    from sphinx.errors import ExtensionError
+
+    with pytest.raises(ExtensionError, match=r"found nothing; run `bash ci/setup.sh`"):
+        live_static._check_library()
+
+
 # -------------------------------------------------------------- the page, in Chromium
 
 
