@@ -176,7 +176,7 @@ function windowTable(m, r, n) {
   return [caption, table];
 }
 
-function setUp(widget, m, neurons) {
+function setUp(widget, m) {
   const select = widget.querySelector(".ctxn-live-neuron");
   const box = widget.querySelector(".ctxn-live-text");
   const status = widget.querySelector(".ctxn-live-status");
@@ -256,9 +256,8 @@ function setUp(widget, m, neurons) {
 
 manifest.then(
   (m) => {
-    const neurons = m.neurons.map((e) => e.neuron);
-    window.ctxneuronsNeurons = neurons;
-    document.querySelectorAll(".ctxn-live").forEach((w) => setUp(w, m, neurons));
+    window.ctxneuronsNeurons = m.neurons.map((e) => e.neuron);
+    document.querySelectorAll(".ctxn-live").forEach((w) => setUp(w, m));
   },
   (err) => {
     document.querySelectorAll(".ctxn-live .ctxn-live-status").forEach((s) => {
