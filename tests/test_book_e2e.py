@@ -121,6 +121,7 @@ def test_try_a_neuron_computes_in_the_built_page(built_book, tiny, webtext):
         page.wait_for_function("() => Number(document.querySelector('.ctxn-live').dataset.renders) >= 1")
         offered = page.evaluate("() => window.ctxneuronsNeurons")
         assert offered == [e["neuron"] for e in live.load_manifest(export)["neurons"]] and offered
+        assert len(offered) <= 6  # CTXN_MAX_NEURONS reaches the page
         assert page.get_attribute(".ctxn-live", "data-export-id") == live.load_manifest(served / "data")["id"]
         text = webtext[-1][:500] + " colour <b>centre</b>"
         ids = tiny.tokenizer.encode(text, add_special_tokens=False)
