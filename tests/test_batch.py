@@ -132,8 +132,8 @@ def test_shards_are_disjoint_cover_the_grid_and_ignore_the_order_of_values(noteb
 
 
 def _rows(path: Path) -> list[dict]:
-    df = pd.read_csv(path)
-    return df.sort_values(["notebook", "run"]).to_dict("records")
+    df = pd.read_csv(path).sort_values(["notebook", "run"])
+    return df.astype(object).where(df.notna(), None).to_dict("records")  # NaN != NaN would fail equal rows
 
 
 def test_two_shards_merged_give_the_unsharded_summary(notebook_dir, tmp_path):

@@ -398,6 +398,23 @@ class Run:
         display(HTML(f'<p class="ctxn-provenance"><small>{figures.escape_text(self.caption)}</small></p>'))
 
 
+def open_run(name: str, params: dict) -> Run:
+    """A :class:`Run` for parameters already through :func:`validate`: the model loaded on
+    its device and the heads checked against it. Nothing is written (``start`` prepares
+    the output folder; ``ctxneurons discover`` needs none)."""
+    device = resolve_device(params["device"])
+    model, fallback = resolve_model_choice(params["model"])
+    params = {**params, "model": model}
+    w = load_layer0(model, device=str(device))
+    if "heads" in params:
+        bad = [h for h in params["heads"] if not 0 <= h < w.n_heads]
+        if bad:
+            raise ParameterError(f"parameter heads={params['heads']}: {bad} outside 0..{w.n_heads - 1} (the model has {w.n_heads} heads)")
+    label = {"toy": "toy (planted-circuit GPT-2, offline)", "gpt2": "GPT-2 Small"}.get(model, model)
+    return Run(name=name, params=params, w=w, fallback=fallback, model_label=label,
+               output_dir=resolve_output_dir(params.get("output_dir", "outputs")) / name)
+
+
 def start(name: str, namespace: dict) -> Run:
     """Validate the notebook's parameters (from its globals), load model and set up outputs."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -405,16 +422,7 @@ def start(name: str, namespace: dict) -> Run:
     for required in ("model", "n_texts", "seed", "device", "output_dir"):
         if required not in params:
             raise ParameterError(f"notebook {name}: parameter {required!r} is missing from its parameters cell")
-    device = resolve_device(params["device"])
-    model, fallback = resolve_model_choice(params["model"])
-    params["model"] = model
-    w = load_layer0(model, device=str(device))
-    if "heads" in params:
-        bad = [h for h in params["heads"] if not 0 <= h < w.n_heads]
-        if bad:
-            raise ParameterError(f"parameter heads={params['heads']}: {bad} outside 0..{w.n_heads - 1} (the model has {w.n_heads} heads)")
-    label = {"toy": "toy (planted-circuit GPT-2, offline)", "gpt2": "GPT-2 Small"}.get(model, model)
-    run = Run(name=name, params=params, w=w, fallback=fallback, model_label=label, output_dir=resolve_output_dir(params["output_dir"]) / name)
+    run = open_run(name, params)
     shutil.rmtree(run.staging, ignore_errors=True)  # what an interrupted run left
     run.staging.mkdir(parents=True)
     return run
