@@ -86,6 +86,7 @@ def _absolute_paths(params: dict) -> dict:
 
 
 def plan(notebooks: list[Path], param_sets: list[dict], root: Path) -> list[Job]:
+    """One job per (notebook, parameter set), in the folder named from the parameters that vary."""
     varying = sorted({k for s in param_sets for k in s if len({json.dumps(p.get(k), default=str) for p in param_sets}) > 1})
     jobs = []
     for nb in notebooks:

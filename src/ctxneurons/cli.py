@@ -40,6 +40,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def merge_main(argv: list[str]) -> int:
+    """``ctxneurons batch merge``; returns the exit status."""
     m = argparse.ArgumentParser(
         prog="ctxneurons batch merge",
         description="Combine the finished runs of several batch folders (e.g. one per --shard) into one runs "
@@ -74,6 +75,7 @@ most positive and most negative contributions; --out also writes them."""
 
 
 def discover_main(argv: list[str]) -> int:
+    """``ctxneurons discover``; returns the exit status."""
     import time
 
     from tqdm import tqdm
@@ -160,6 +162,7 @@ def _print_discovery(run, result, seconds: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``ctxneurons`` command (argv: its arguments, default sys.argv[1:]); returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:2] == ["batch", "merge"]:
         return merge_main(argv[2:])

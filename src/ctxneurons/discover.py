@@ -20,7 +20,7 @@ import torch
 from . import neurons
 from .experiment import Run
 
-# The columns of the table, as notebook 05 documents them in extreme_tokens.meta.json.
+#: The columns of the table, as notebook 05 documents them in extreme_tokens.meta.json.
 COLUMNS = {
     "neuron": "layer-0 MLP neuron j",
     "top": "top[j], its largest contribution over non-glitch tokens",

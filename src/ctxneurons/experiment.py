@@ -297,6 +297,7 @@ class Run:
         return self.w.token_id(" the")
 
     def token_str(self, ids) -> list[str]:
+        """Each token id of ids [k] decoded on its own."""
         return [self.w.tokenizer.decode([int(i)]) for i in ids]
 
     # -- cached intermediates -----------------------------------------------------
@@ -314,7 +315,7 @@ class Run:
         return out["K"].to(self.w.device)
 
     def circuit(self, calibration_tokens: torch.Tensor | None = None, calibration_sha: str | None = None) -> Circuit:
-        """The circuit for this run's heads and calibration text (or the one given), cached on disk."""
+        """The circuit for this run's heads and calibration text (or calibration_tokens [n_cal + 1]), cached on disk."""
         cal = self.calibration_tokens if calibration_tokens is None else calibration_tokens
         sha = self.calibration.sha256 if calibration_sha is None else calibration_sha
         key = self._key(heads=list(self.heads), calibration=sha, n_cal=len(cal) - 1, n=self.n_tokens)
