@@ -44,6 +44,10 @@ from .outputs import atomic_write_csv, atomic_write_json
 log = logging.getLogger(__name__)
 
 
+# Where the built book keeps the chapters' tables for download (book/_ext/data_files.py).
+DATA_DIR = "_data"
+
+
 class ParameterError(ValueError):
     """A notebook parameter is unknown, of the wrong type, or out of range."""
 
@@ -223,6 +227,9 @@ class Run:
     model_label: str
     output_dir: Path  # the finished results; written through ``staging``
     tables: dict = field(default_factory=dict)
+    # The tables behind the next figure: those saved since the last one (see ``show``).
+    _unshown: list = field(default_factory=list, init=False, repr=False)
+    _last_shown: list = field(default_factory=list, init=False, repr=False)
 
     @property
     def staging(self) -> Path:
@@ -376,6 +383,7 @@ class Run:
         path = atomic_write_csv(self.staging / f"{table}.csv", df)
         atomic_write_json(self.staging / f"{table}.meta.json", {"columns": columns, "rows": len(df), **self.provenance})
         self.tables[table] = str(path.name)
+        self._unshown.append(table)
         return self.output_dir / path.name
 
     def save_summary(self, **headline) -> Path:
@@ -389,14 +397,38 @@ class Run:
         shutil.rmtree(previous, ignore_errors=True)
         return self.output_dir / "summary.json"
 
-    def show(self, fig, name: str | None = None) -> None:
-        """Display a plotly figure in the book (see :func:`figures.show`) with the provenance line under it."""
+    def data_links(self, tables: list[str]) -> str:
+        """HTML links to the CSV and .meta.json of ``tables``. In the book build they point
+        into the site's ``_data/<notebook>/`` (the book's data_files extension copies the
+        files there); elsewhere at the files in ``output_dir``."""
+        from . import figures
+
+        if os.environ.get(figures.BOOK_BUILD_ENV):
+            # The page sits where its notebook does, relative to the book's root.
+            base = Path(os.path.relpath(project_root(), Path.cwd())) / DATA_DIR / self.name
+        else:
+            base = Path(os.path.relpath(self.output_dir, Path.cwd()))
+        links = []
+        for t in tables:
+            csv, meta = ((base / f"{t}{ext}").as_posix() for ext in (".csv", ".meta.json"))
+            links.append(f'<a class="ctxn-data-link" href="{figures.escape_text(csv)}" download>{figures.escape_text(t)}.csv</a> '
+                         f'(<a class="ctxn-data-link" href="{figures.escape_text(meta)}" download>columns and provenance</a>)')
+        return "data: " + ", ".join(links)
+
+    def show(self, fig, name: str | None = None, tables: list[str] | None = None) -> None:
+        """Display a plotly figure in the book (see :func:`figures.show`) with the provenance
+        line under it and links to the tidy tables behind it: ``tables``, by default those
+        saved since the previous figure (or, when none was, the previous figure's)."""
         from IPython.display import HTML, display
 
         from . import figures
 
+        if tables is None:
+            tables = self._unshown or self._last_shown
+        self._last_shown, self._unshown = list(tables), []
         figures.show(fig, name)
-        display(HTML(f'<p class="ctxn-provenance"><small>{figures.escape_text(self.caption)}</small></p>'))
+        data = f" · {self.data_links(tables)}" if tables else ""
+        display(HTML(f'<p class="ctxn-provenance"><small>{figures.escape_text(self.caption)}{data}</small></p>'))
 
 
 def open_run(name: str, params: dict) -> Run:
