@@ -149,6 +149,10 @@ def test_two_shards_merged_give_the_unsharded_summary(notebook_dir, tmp_path):
     assert merged.returncode == 0, merged.stdout + merged.stderr
     assert _rows(tmp_path / "merged" / "summary.csv") == _rows(tmp_path / "whole" / "summary.csv")
     assert len(_rows(tmp_path / "merged" / "summary.csv")) == 3
+    # The book's batch page reads the merged folder as it reads the unsharded one.
+    from ctxneurons import report
+
+    assert report.batch_html(tmp_path / "merged").split("</p>", 1)[1] == report.batch_html(tmp_path / "whole").split("</p>", 1)[1]
     # The merged runs' records name the merged folder, not the shard's.
     for summary in (tmp_path / "merged").glob("01_demo/*/outputs/*/summary.json"):
         assert "shard" not in summary.read_text()
@@ -229,3 +233,17 @@ def test_toy_grid_sharded_and_merged_equals_the_unsharded_batch(toy_dir, tmp_pat
     whole, merged = _rows(tmp_path / "whole" / "summary.csv"), _rows(tmp_path / "merged" / "summary.csv")
     assert len(whole) == 3 and merged == whole
     assert len({r["n_found"] for r in whole}) > 1  # the thresholds made a difference
+
+
+def test_batch_page_escapes_parameters_and_names_unfinished_runs(tmp_path):
+    from ctxneurons import report
+
+    folder = _fake_run(tmp_path / "runs", "seed=1__aaaa", {"r": 0.5})
+    meta = json.loads((folder / "run.json").read_text())
+    meta["parameters"]["calibration_text"] = "<script>window.__xss=1</script>"
+    (folder / "run.json").write_text(json.dumps(meta))
+    _fake_run(tmp_path / "runs", "seed=2__bbbb", {"r": 0.7}, finished=False)
+    page = report.batch_html(tmp_path / "runs")
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "1 finished run(s)" in page and "1 unfinished run(s), not shown: <code>01_demo/seed=2__bbbb.partial</code>" in page
+    assert "No finished batch runs" in report.batch_html(tmp_path / "nothing")

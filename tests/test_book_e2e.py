@@ -24,7 +24,7 @@ HOSTILE = [
 ]
 PAGES = ["book/intro", "notebooks/01_positional_kernels", "notebooks/02_tv_distance", "notebooks/03_denominator_stability",
          "notebooks/04_contextual_circuit", "notebooks/05_context_neurons", "reports/scorecard", "reports/neuron_browser", "reports/toy_ground_truth",
-         "book/reproduction_notes", "book/rerun", "book/api/index", "book/api/circuit"]
+         "reports/batch_runs", "book/reproduction_notes", "book/rerun", "book/api/index", "book/api/circuit"]
 
 
 def _copy_repo(dst: Path) -> Path:
@@ -77,6 +77,11 @@ def test_every_page_loads_clean_and_draws_its_figures(built_book):
             if name == "notebooks/02_tv_distance":
                 screenshot(page, "book-tv-distance")
             page.close()
+
+
+def test_batch_page_shows_the_jobs_batch(built_book):
+    text = (built_book["html"] / "reports" / "batch_runs.html").read_text()
+    assert "1 finished run(s)" in text and "04_contextual_circuit" in text and 'class="dataframe table ctxn-batch"' in text
 
 
 def test_scorecard_is_filled_from_the_outputs(built_book):
