@@ -233,7 +233,8 @@ def _finished_runs(root: Path) -> dict[str, Path]:
             if p.parent.suffix not in (".partial", ".failed")}
 
 
-def _unfinished_runs(root: Path) -> list[tuple[str, Path]]:
+def unfinished_runs(root: Path) -> list[tuple[str, Path]]:
+    """(notebook/slug, folder) of every interrupted (.partial) or failed (.failed) run under root."""
     return [(f"{p.parent.name}/{p.name.rsplit('.', 1)[0]}", p) for p in sorted(root.glob("*/*"))
             if p.is_dir() and p.suffix in (".partial", ".failed")]
 
@@ -313,7 +314,7 @@ def merge(sources: list[Path], out: Path, log=None) -> MergeReport:
         _relocate(partial, str(Path(recorded).parent) if recorded else str(runs[0]), dest)
         partial.rename(dest)
         report.merged.append(label)
-    report.unfinished = [p for src in sources for label, p in _unfinished_runs(Path(src)) if label not in copies]
+    report.unfinished = [p for src in sources for label, p in unfinished_runs(Path(src)) if label not in copies]
     table = summarise(out)
     if not table.empty:
         atomic_write_csv(out / "summary.csv", table)

@@ -190,7 +190,7 @@ def batch_html(root: str | os.PathLike | None = None) -> str:
     where = f"<code>{html.escape(str(root))}</code>"
     if table.empty:
         return f"<p>No finished batch runs in {where} for this build.</p>"
-    unfinished = [p for _, p in batch._unfinished_runs(root)] if root.is_dir() else []
+    unfinished = [p for _, p in batch.unfinished_runs(root)] if root.is_dir() else []
     note = (f"<p>{len(unfinished)} unfinished run(s), not shown: "
             + ", ".join(f"<code>{html.escape(p.parent.name + '/' + p.name)}</code>" for p in unfinished) + "</p>") if unfinished else ""
     shown = table.drop(columns=["run"]).round(4)
