@@ -52,8 +52,8 @@ EXPORT_SUBDIR = "live"
 
 
 def encode_f16(name: str, x: torch.Tensor | np.ndarray) -> bytes:
-    """``x`` as little-endian float16 bytes; a ValueError naming ``name`` when a value does
-    not fit (|x| > 65504 or not finite)."""
+    """``x`` [any shape] as little-endian float16 bytes, flattened in C order; a ValueError
+    naming ``name`` when a value does not fit (|x| > 65504 or not finite)."""
     a = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64).ravel()
     bad = ~(np.abs(a) <= np.finfo(np.float16).max)  # NaN fails the comparison too
     if bad.any():
@@ -167,6 +167,7 @@ def export(
 
 
 def load_manifest(out_dir: str | Path) -> dict:
+    """The manifest :func:`export` wrote into ``out_dir``."""
     path = Path(out_dir) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run live.export first")
