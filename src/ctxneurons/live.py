@@ -8,7 +8,7 @@ so a static page computes it exactly from three things, exported here at build t
 
 - the model's own ``tokenizer.json`` (and ``tokenizer_config.json``), which the page reads
   with the JavaScript port of Hugging Face's tokenizers (``@huggingface/tokenizers``);
-- the shared kernel pos [N, N], lower triangle only, in blocks of :data:`KERNEL_BLOCK`
+- the shared kernel pos [N, N], lower triangle only, in blocks of ``KERNEL_BLOCK`` (128)
   rows (``kernel-<b>.bin``: rows b*KERNEL_BLOCK.. in order, row n holding pos[n, 0..n]),
   so a short text loads only the first block;
 - per neuron j, one file ``neuron-<j>.bin``: contribution[j, :] [V] then offset[:, j] [N],
