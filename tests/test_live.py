@@ -135,7 +135,7 @@ def test_the_tokenizer_library_is_pinned_and_its_absence_named(monkeypatch, tmp_
     monkeypatch.setattr(live_static, "_library", lambda: tmp_path / "nothing")
     from sphinx.errors import ExtensionError
 
-    with pytest.raises(ExtensionError, match=r"found nothing; run `bash ci/setup.sh`"):
+    with pytest.raises(ExtensionError, match=r"found nothing; run `bash ci/install_js.sh`"):
         live_static._check_library()
 
 

@@ -3,8 +3,9 @@
 - ``book/js/ctxneurons_live.js`` -> ``_static/ctxneurons-live/live.js``, loaded (as an ES
   module) on exactly the pages that hold the widget (``ctxneurons.live.widget_html``);
 - ``@huggingface/tokenizers`` -> ``_static/ctxneurons-live/tokenizers.mjs`` (with its
-  licence), from the copy ci/setup.sh installs into the environment with ``npm ci`` from
-  book/js/package-lock.json (pinned, integrity-checked; no CDN);
+  licence), from the copy ci/install_js.sh (which ci/setup.sh and ci/build_book.sh run)
+  installs into the environment with ``npm ci`` from book/js/package-lock.json (pinned,
+  integrity-checked; no CDN);
 - the circuit data the page's notebook exported (``<output_dir>/try_a_neuron/live``, with
   ``output_dir`` from CTXN_OUTPUT_DIR as the notebooks read it, default ``outputs``) ->
   ``_static/ctxneurons-live/data``. The page checks that the data's id matches its own.
@@ -45,7 +46,8 @@ def _check_library() -> Path:
     if found != pinned:
         what = f"version {found}" if found else "nothing"
         raise ExtensionError(
-            f"live_static: the page needs {PACKAGE} {pinned} at {lib} and found {what}; run `bash ci/setup.sh`"
+            f"live_static: the page needs {PACKAGE} {pinned} at {lib} and found {what}; "
+            "run `bash ci/install_js.sh` (ci/setup.sh runs it)"
         )
     return lib
 
