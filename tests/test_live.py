@@ -9,6 +9,8 @@ checked in tests/test_book_e2e.py."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -266,6 +268,70 @@ def test_gpt2_bpe_in_the_page_matches_python(gpt2_case, webtext, tmp_path):
                 assert r["tokens"] == [w.tokenizer.decode([i]) for i in ids[: N - 1]]
                 ref = c.approximate(torch.tensor([[w.tokenizer.bos_token_id] + ids[: N - 1]]), torch.tensor(found[1:2]))[0, 1:, 0]
                 assert np.abs(np.array(r["values"]) - ref.numpy()).max() <= 1e-2 * ref.abs().max().item()
+            report.assert_clean()
+        finally:
+            page.context.close()
+
+
+# -------------------------------------------------------------- the built toy edition's page
+
+
+@pytest.fixture(scope="module")
+def toy_book(toy_dir, tmp_path_factory):
+    """A book of the one page, built as the offline toy edition builds it (the repository's
+    _config.yml, extensions and script; CTXN_MODEL=toy), with the toy model already built."""
+    from browser import build_book
+
+    root = tmp_path_factory.mktemp("toy-book")
+    shutil.copy(REPO / "_config.yml", root / "_config.yml")
+    for folder in ("book/_ext", "book/js"):
+        shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "reports").mkdir()
+    shutil.copy(REPO / "reports" / f"{live.NOTEBOOK}.ipynb", root / "reports")
+    (root / "_toc.yml").write_text(f"format: jb-book\nroot: reports/{live.NOTEBOOK}\n")
+    env = {"CTXN_MODEL": "toy", "CTXN_OFFLINE_FALLBACK": "1", "CTXN_N_TEXTS": "2", "CTXN_DEVICE": "cpu",
+           "CTXN_CACHE": str(toy_dir.parent), "CTXN_OUTPUT_DIR": str(root / "outputs")}
+    with pytest.MonkeyPatch.context() as mp:
+        for var in [v for v in os.environ if v.startswith("CTXN_") and v != "CTXN_SHARED_DATA"]:
+            mp.delenv(var)
+        for k, v in env.items():
+            mp.setenv(k, v)
+        build_book(root, timeout=1200)
+    return root
+
+
+@pytest.mark.slow
+def test_built_toy_edition_page_matches_circuit_approximate(toy_book, toy_w):
+    """On the built page: the toy tokenizer's ids and decoded tokens on a text no chapter
+    uses, Circuit.approximate's values (the book's circuit: toy calibration text, the paper's
+    heads, 1024 positions) within float16 precision, typing, nothing fetched from outside."""
+    from ctxneurons import corpus
+    from ctxneurons.circuit import PAPER_HEADS
+
+    w = toy_w
+    cal = corpus.calibration_tokens(corpus.CalibrationText(text=toy.calibration_text(), name="toy-calibration"),
+                                    w.tokenizer, w.n_ctx // 2)
+    c = circuit.build_circuit(w, cal, heads=PAPER_HEADS, n_positions=w.n_ctx)
+    text = _unseen_toy_text()
+    ids = w.tokenizer.encode(text, add_special_tokens=False)
+    with serve(toy_book / "_build" / "html") as base, launch() as browser:
+        page, report = open_page(browser, f"{base}/reports/{live.NOTEBOOK}.html")
+        try:
+            page.wait_for_function("() => Number(document.querySelector('.ctxn-live').dataset.renders) >= 1")
+            offered = page.evaluate("() => window.ctxneuronsNeurons")
+            assert len(offered) >= 10  # the toy plants dozens of context neurons; the page offers those found
+            want = c.approximate(torch.tensor([[w.tokenizer.bos_token_id] + ids]), torch.tensor(offered))[0, 1:]
+            for k in (0, len(offered) // 2, len(offered) - 1):
+                r = _approx(page, offered[k], text)
+                assert r["ids"] == ids and r["tokens"] == [w.tokenizer.decode([i]) for i in ids]
+                ref = want[:, k].double().numpy()
+                assert np.abs(np.array(r["values"]) - ref).max() <= 1e-2 * np.abs(ref).max(), offered[k]
+            before, n_spans = _renders(page), page.locator(".ctxn-live-tokens span").count()
+            page.locator(".ctxn-live-text").press("End")
+            page.locator(".ctxn-live-text").type(" the")
+            page.wait_for_function(f"() => Number(document.querySelector('.ctxn-live').dataset.renders) > {before}")
+            assert page.locator(".ctxn-live-tokens span").count() == n_spans + 1
+            screenshot(page, "toy-book-try-a-neuron")
             report.assert_clean()
         finally:
             page.context.close()
