@@ -134,6 +134,11 @@ PARAMETERS: dict[str, tuple] = {
     "max_neurons": (_as_int, "at most this many discovered neurons are evaluated"),
     "n_examples": (_as_int, "texts shown as examples"),
     "extra_calibration_texts": (_as_int, "how many other corpus texts to try as calibration texts"),
+    "top_quantile": (_as_float, "a neuron's top texts: those whose peak pre-activation is above this quantile of its peaks (0.9: the top decile)"),
+    "n_core_tokens": (_as_int, "core tokens per neuron (Pichat et al.: 100)"),
+    "min_token_count": (_as_int, "a token is an activation core token only if the test texts hold it at least this often"),
+    "cluster_cut": (_as_float, "cosine distance at which the core tokens' average-linkage tree is cut into categories"),
+    "n_segments": (_as_int, "activation segments of the core tokens (10: deciles)"),
 }
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
 

@@ -582,3 +582,18 @@ def ensure_model(root: Path | None = None) -> Path:
 def ground_truth(model_dir: str | os.PathLike) -> dict:
     """The planted structure saved with a toy model (see :func:`build_model`)."""
     return json.loads((Path(model_dir) / GROUND_TRUTH_FILE).read_text())
+
+
+def planted_categories(truth: dict, n_vocab: int) -> list[str]:
+    """The category each token id [V] has by construction: 'topic-KK' for a topic's words
+    (both forms), 'function' for function words and punctuation (they share a planted
+    embedding direction), 'glitch' for glitch tokens, and a category of its own ('token-ID')
+    for every other token (generic words share nothing)."""
+    labels = [f"token-{t}" for t in range(n_vocab)]
+    for topic in truth["topics"]:
+        for t in topic["token_ids"]:
+            labels[t] = topic["name"]
+    for key, name in (("function_token_ids", "function"), ("glitch_token_ids", "glitch")):
+        for t in truth[key]:
+            labels[t] = name
+    return labels
