@@ -173,3 +173,11 @@ def mean_by_segment(homogeneity: pd.DataFrame, core_set: str, labelling: str) ->
     """The :func:`describe` homogeneity table's mean over neurons per segment, lowest first."""
     sel = homogeneity[(homogeneity["core_set"] == core_set) & (homogeneity["labelling"] == labelling)]
     return [float(x) for x in sel.groupby("segment")["homogeneity"].mean().sort_index()]
+
+
+def overlap_frame(neurons: Sequence[int], weight_ids: torch.Tensor, weight_ids_eligible: torch.Tensor, activation_ids: torch.Tensor) -> pd.DataFrame:
+    """Per neuron, the :func:`jaccard` of the weights' core tokens (ids [J, k], and the same
+    drawn from eligible tokens only) with the activation core tokens [J, k]: neuron,
+    jaccard, jaccard_eligible."""
+    return pd.DataFrame({"neuron": list(neurons), "jaccard": jaccard(weight_ids, activation_ids).tolist(),
+                         "jaccard_eligible": jaccard(weight_ids_eligible, activation_ids).tolist()})

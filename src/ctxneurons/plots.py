@@ -326,3 +326,34 @@ __all__ += ["token_list_html"]
 def token_list_html(extreme_df: pd.DataFrame, neuron: int, sign: str, k: int) -> str:
     """One neuron's k most extreme tokens on one side ('+' or '-') of an ``extreme_tokens``-shaped table, as escaped HTML."""
     return _token_list(extreme_df, neuron, sign, k)
+
+
+__all__ += ["core_categories_list_html", "core_categories_html"]
+
+
+def core_categories_list_html(tokens_df: pd.DataFrame, neuron: int, max_categories: int = 4, per_category: int = 6) -> str:
+    """One neuron's core tokens by category, largest categories first, tokens in order of
+    value, as escaped HTML. tokens_df: rows of one core set of the ``core_tokens`` table."""
+    df = tokens_df[tokens_df["neuron"] == neuron].sort_values("rank")
+    if df.empty:
+        return ""
+    parts = []
+    for cat, grp in sorted(df.groupby("category"), key=lambda kv: (-len(kv[1]), kv[0]))[:max_categories]:
+        toks = ", ".join(f"<code>{escape_text(repr(t))}</code>" for t in grp["token"].head(per_category))
+        more = f" … (+{len(grp) - per_category})" if len(grp) > per_category else ""
+        parts.append(f"<b>{len(grp)}</b>: {toks}{more}")
+    rest = df["category"].nunique() - max_categories
+    tail = f"; {rest} more categories" if rest > 0 else ""
+    return "; ".join(parts) + tail
+
+
+def core_categories_html(tokens_df: pd.DataFrame, neurons: list[int], max_categories: int = 4, per_category: int = 6) -> str:
+    """A table: per neuron, the number of categories among its core tokens and the largest ones
+    (:func:`core_categories_list_html`)."""
+    body = "".join(
+        f"<tr><td>{int(j)}</td><td>{tokens_df.loc[tokens_df['neuron'] == j, 'category'].nunique()}</td>"
+        f"<td>{core_categories_list_html(tokens_df, j, max_categories, per_category)}</td></tr>"
+        for j in neurons
+    )
+    return ("<table><thead><tr><th>neuron</th><th>categories</th><th>largest categories (size: tokens by activation)</th></tr></thead>"
+            f"<tbody>{body}</tbody></table>")
