@@ -123,11 +123,11 @@ def scorecard(summaries: dict[str, dict]) -> pd.DataFrame:
     add("  … toy: share of found neurons led by a planted slowly decaying head", "1 (planted)",
         "head_attribution", lambda h, p: h.get("toy_top_head_planted_share"))
     add("core-token homogeneity by activation segment, lowest → highest", "Pichat et al. 2025: rises at the highest activations",
-        "core_tokens", lambda h, p: _fmt_list(h.get("homogeneity_by_segment")))
+        "core_tokens", lambda h, p: fmt_list(h.get("homogeneity_by_segment")))
     add("  … median Jaccard overlap, weights vs activation core tokens", "—",
         "core_tokens", lambda h, p: h.get("weights_vs_activation_core_overlap_median"))
     add("  … toy: homogeneity by segment against the planted topics", "—",
-        "core_tokens", lambda h, p: _fmt_list(h.get("toy_homogeneity_by_segment")))
+        "core_tokens", lambda h, p: fmt_list(h.get("toy_homogeneity_by_segment")))
     return pd.DataFrame(rows)
 
 
@@ -140,7 +140,7 @@ def _fmt_shares(shares: dict | None, percent: bool = True, k: int = 6) -> str | 
     return text + (", …" if len(items) > k else "")
 
 
-def _fmt_list(values: list | None) -> str | None:
+def fmt_list(values: list | None) -> str | None:
     return None if values is None else " → ".join(f"{v:.2f}" for v in values)
 
 
