@@ -100,3 +100,18 @@ def test_context_neurons_core_tokens_are_their_topic_words(w, truth, setup, plan
     # the top segment is one topic; the lowest mixes the topic with words of co-occurring topics
     assert planted_h[-1] >= 0.95 and planted_h[-1] - planted_h[0] >= 0.3
     assert ari >= 0.8
+
+
+def test_context_neurons_promote_their_topic_words(toy_dir, w, truth, setup, planted):
+    """The toy's context neurons write their topic's direction; the tied unembedding reads it
+    as the topic's words. Read through the final LayerNorm from the model's files."""
+    from ctxneurons import unembedding
+
+    _, found, glitch, _ = setup
+    labels = toy.planted_categories(truth, w.d_vocab)
+    effects = unembedding.logit_effects(unembedding.load_output_path(toy_dir), found)
+    top10 = effects.masked_fill(glitch[None], float("-inf")).topk(10, dim=1).indices
+    share = [np.mean([labels[t] == f"topic-{planted[j]['topic']:02d}" for t in ids.tolist()])
+             for j, ids in zip(found.tolist(), top10) if j in planted]
+    print(f"\nshare of the 10 most promoted tokens in the planted topic: mean {np.mean(share):.1%}, worst {min(share):.0%}")
+    assert min(share) == 1.0
