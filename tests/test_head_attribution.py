@@ -137,3 +137,10 @@ def test_logit_effects_without_the_lm_head_prefix_and_errors(tmp_path, tiny_dir)
         unembedding.load_output_path(tmp_path)
     with pytest.raises(KeyError, match="layer 5's MLP output weights"):
         unembedding.load_output_path(bare, layer=5)
+
+
+def test_lead_head_ties_go_to_the_larger_mean_contribution():
+    at_peak = torch.zeros(2, 3, 1)
+    at_peak[0, 0, 0], at_peak[1, 2, 0] = 1.0, 5.0  # heads 0 and 2 lead one text each; head 2 by more
+    lead, consistency, _ = ha.lead_heads(at_peak, torch.ones(2, 1, dtype=torch.bool), 3)
+    assert lead.tolist() == [2] and consistency.tolist() == [0.5]

@@ -127,7 +127,7 @@ def attribute(
     keep, per text, the per-head statistics of :class:`HeadAttribution`."""
     neurons = torch.as_tensor(check_indices("neurons", neurons, w.d_mlp), dtype=torch.long, device=w.device)
     if isinstance(batches, torch.Tensor):
-        # Ablation holds ~H/2 more [n, J] tensors than evaluate's pass; a quarter of its batch is ample.
+        # Per-head truth, approximation and ablation add [H, n, J] tensors to evaluate's pass: a quarter of its batch.
         batches = batches.split(max(1, layer0.auto_batch_size(w, batches.shape[-1], mlp=False) // 4))
     circuit_idx = torch.tensor(c.heads, device=w.device)
     out: dict[str, list[torch.Tensor]] = {k: [] for k in ("r", "peak", "peak_position", "at_peak", "ablation_at_peak", "ablation_mean_abs")}
@@ -159,8 +159,7 @@ def top_texts(peak: torch.Tensor, quantile: float = 0.9) -> torch.Tensor:
     peak [T, J] -> [T, J] bool, at least one text per neuron."""
     if not 0 <= quantile < 1:
         raise ValueError(f"quantile={quantile} must be in [0, 1): 0.9 keeps each neuron's top decile of texts")
-    cut = peak.quantile(quantile, dim=0, keepdim=True)
-    return (peak >= cut) | (peak == peak.max(0, keepdim=True).values)
+    return peak >= peak.quantile(quantile, dim=0, keepdim=True)  # the largest peak always passes
 
 
 def lead_heads(at_peak: torch.Tensor, top: torch.Tensor, n_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -172,9 +171,9 @@ def lead_heads(at_peak: torch.Tensor, top: torch.Tensor, n_heads: int) -> tuple[
     votes = torch.nn.functional.one_hot(leader, n_heads).float() * top[..., None]  # [T, J, H]
     lead_share = (votes.sum(0) / top.sum(0)[:, None]).T  # [H, J]
     mean_at_top = (at_peak * top[:, None]).sum(0) / top.sum(0)  # [H, J]
-    # The tie-break adds less than one vote's worth.
-    tie = mean_at_top.sub(mean_at_top.min(0).values).div(mean_at_top.abs().max(0).values.clamp_min(1e-12) * 4 * len(at_peak))
-    lead = (lead_share + tie).argmax(0)
+    # argmax returns the first maximum: over heads sorted by mean contribution, that breaks ties.
+    by_mean = mean_at_top.argsort(0, descending=True)
+    lead = by_mean.gather(0, lead_share.gather(0, by_mean).argmax(0, keepdim=True))[0]
     return lead, lead_share.gather(0, lead[None])[0], lead_share
 
 
