@@ -211,7 +211,7 @@ def neuron_table(a: HeadAttribution, shares: torch.Tensor, top: torch.Tensor) ->
     agree), ablation_top_head (the largest drop at the top peaks)."""
     H = a.at_peak.shape[1]
     lead, consistency, _ = lead_heads(a.at_peak, top, H)
-    weight_lead = torch.tensor(a.circuit_heads)[shares.argmax(0)]
+    weight_lead = torch.tensor(a.circuit_heads)[shares.argmax(0).cpu()]
     drop = (a.ablation_at_peak * top[:, None]).sum(0) / top.sum(0)
     return pd.DataFrame({
         "neuron": a.neurons.tolist(), "n_top_texts": top.sum(0).tolist(), "lead_head": lead.tolist(),
