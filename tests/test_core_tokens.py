@@ -29,8 +29,10 @@ def test_activation_core_tokens_rank_means_over_eligible_tokens():
     ids, means, eligible = ct.activation_core_tokens(sums, counts, excluded, min_count=2, k=2)
     assert ids.tolist() == [[0, 3]] and means.tolist() == [[5.0, 2.0]]
     assert eligible.tolist() == [True, False, False, True, False]
-    with pytest.raises(ValueError, match="only 2 tokens are eligible"):
-        ct.activation_core_tokens(sums, counts, excluded, min_count=2, k=3)
+    few, _, _ = ct.activation_core_tokens(sums, counts, excluded, min_count=2, k=3)  # only 2 tokens are eligible
+    assert few.tolist() == [[0, 3]]
+    with pytest.raises(ValueError, match="no token is seen at least min_count=9"):
+        ct.activation_core_tokens(sums, counts, excluded, min_count=9, k=3)
     with pytest.raises(ValueError, match="min_count=0"):
         ct.activation_core_tokens(sums, counts, excluded, min_count=0, k=1)
 

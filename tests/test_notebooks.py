@@ -51,7 +51,8 @@ CASES = {
         {"head_by_neuron", "neurons", "promoted_tokens"},
     ),
     "core_tokens": (
-        "08_core_tokens.ipynb", {"threshold": 0.017, "max_neurons": 6, "n_core_tokens": 10, "min_token_count": 1, "n_segments": 5},
+        # 4 short texts hold fewer tokens seen twice than 300: the activation sets take all of them.
+        "08_core_tokens.ipynb", {"threshold": 0.017, "max_neurons": 6, "n_core_tokens": 300, "min_token_count": 2, "n_segments": 5},
         {"homogeneity_by_segment", "weights_vs_activation_core_overlap_median", "toy_homogeneity_by_segment", "n_tokens_too_rare"},
         {"core_overlap", "core_tokens", "homogeneity", "categories"},
     ),
@@ -167,8 +168,10 @@ def _check_core_tokens(h, f):
     assert len(h["homogeneity_by_segment"]) == 5 and all(0 < x <= 1 for x in h["homogeneity_by_segment"])
     assert 0 <= h["weights_vs_activation_core_overlap_median"] <= 1 and h["toy_homogeneity_by_segment"] is None
     tokens = f["core_tokens"]
-    assert set(tokens["core_set"]) == {"activation", "weights"} and tokens.groupby(["neuron", "core_set"]).size().eq(10).all()
-    assert f["homogeneity"]["segment"].max() == 5 and h["n_tokens_too_rare"] == 0  # min_token_count 1
+    sizes = tokens.groupby(["core_set", "neuron"]).size()
+    assert sizes["weights"].eq(300).all() and sizes["activation"].nunique() == 1
+    assert 5 <= sizes["activation"].iloc[0] == h["n_tokens_seen"] - h["n_tokens_too_rare"] < 300
+    assert f["homogeneity"]["segment"].max() == 5 and h["n_tokens_too_rare"] > 0
 
 
 CHECKS = {

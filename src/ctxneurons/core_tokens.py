@@ -74,13 +74,17 @@ def activation_core_tokens(sums: torch.Tensor, counts: torch.Tensor, excluded: t
                            k: int = 100) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The k tokens with the highest mean pre-activation, over tokens seen at least
     ``min_count`` times and not ``excluded`` [V] bool: sums [V, J], counts [V] ->
-    (ids [J, k], means [J, k], eligible [V] bool)."""
+    (ids [J, k'], means [J, k'], eligible [V] bool), with k' = min(k, eligible tokens): a
+    small run has fewer eligible tokens than k, and then every one of them is a core token."""
     if min_count < 1:
         raise ValueError(f"min_count={min_count} must be at least 1 (a token never seen has no mean)")
     eligible = (counts >= min_count) & ~excluded.to(counts.device)
-    _check_k(k, int(eligible.sum()), f" seen at least min_count={min_count} times; lower min_count or n_core_tokens, or use more texts")
+    n_eligible = int(eligible.sum())
+    if n_eligible == 0:
+        raise ValueError(f"no token is seen at least min_count={min_count} times in the texts; lower min_token_count or use more texts")
+    _check_k(k, k)
     means = (sums / counts.clamp_min(1)[:, None]).masked_fill(~eligible[:, None], float("-inf"))
-    values, ids = means.topk(k, dim=0)
+    values, ids = means.topk(min(k, n_eligible), dim=0)
     return ids.T, values.T.float(), eligible
 
 
