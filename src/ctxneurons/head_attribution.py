@@ -179,7 +179,8 @@ def lead_heads(at_peak: torch.Tensor, top: torch.Tensor, n_heads: int) -> tuple[
 
 def head_table(a: HeadAttribution, shares: torch.Tensor, top: torch.Tensor, kinds: dict[int, str] | None = None) -> pd.DataFrame:
     """One row per (neuron, head) of every head of the layer: neuron, head, kind,
-    in_circuit, weight_share (circuit heads; shares [h, J] from :func:`spread_shares`),
+    in_circuit, weight_share (circuit heads; shares [h, J] from :func:`spread_shares`; top
+    texts [T, J] from :func:`top_texts`),
     median_r (circuit heads), mean_at_top_peaks, lead_share, ablation_drop_at_top_peaks,
     ablation_mean_abs, ablation_rank (1 = the largest drop at the top peaks)."""
     H = a.at_peak.shape[1]
@@ -206,9 +207,10 @@ def head_table(a: HeadAttribution, shares: torch.Tensor, top: torch.Tensor, kind
 
 
 def neuron_table(a: HeadAttribution, shares: torch.Tensor, top: torch.Tensor) -> pd.DataFrame:
-    """One row per neuron: neuron, n_top_texts, lead_head (truth, every head), consistency,
-    weight_lead_head (the circuit head with the largest share), lead_agrees (the two
-    agree), ablation_top_head (the largest drop at the top peaks)."""
+    """One row per neuron, from shares [h, J] and the top texts [T, J]: neuron, n_top_texts,
+    lead_head (truth, every head), consistency, weight_lead_head (the circuit head with the
+    largest share), lead_agrees (the two agree), ablation_top_head (the largest drop at the
+    top peaks)."""
     H = a.at_peak.shape[1]
     lead, consistency, _ = lead_heads(a.at_peak, top, H)
     weight_lead = torch.tensor(a.circuit_heads)[shares.argmax(0).cpu()]

@@ -148,6 +148,7 @@ def _fmt_shares(shares: dict | None, percent: bool = True, k: int = 6) -> str | 
 
 
 def fmt_list(values: list | None) -> str | None:
+    """A list of numbers as '0.35 → 0.60 → 1.00' (None stays None)."""
     return None if values is None else " → ".join(f"{v:.2f}" for v in values)
 
 
