@@ -5,6 +5,7 @@ A *corpus* is named by one string:
 - ``'openwebtext'``: OpenWebText through the ``datasets`` library, from a local cached copy
   when there is one, else streamed from the Hugging Face hub;
 - ``'toy'``: the offline toy documents of :mod:`ctxneurons.toy`;
+- ``'toy:<domain>'``: the documents of one toy domain (:data:`ctxneurons.toy.DOMAINS`);
 - a path: a ``.jsonl`` file with one ``{"text": ...}`` object per line, a ``.txt`` file
   (one document), or a folder searched recursively for both (files in sorted order).
 
@@ -197,6 +198,13 @@ def _candidates(corpus: str | os.PathLike, n_texts: int, seed: int, pool_size: i
         from . import toy
 
         texts, source = toy.documents(n_texts, seed), "toy"
+    elif name.startswith("toy:"):
+        from . import toy
+
+        try:
+            texts, source = toy.domain_documents(name[len("toy:"):], n_texts, seed), name
+        except ValueError as err:
+            raise CorpusError(f"corpus={name!r}: {err}. Pass 'toy' or 'toy:<domain>'.") from None
     else:
         texts, source = load_texts(corpus), name
     order = list(range(len(texts)))

@@ -21,6 +21,7 @@ __all__ = [
     "denominators_along_sequence", "denominators_at_mid", "denominators_cv",
     "r_histogram", "fvu_histogram", "circuit_scatter", "circuit_trace", "r_by_calibration",
     "neurons_by_threshold", "toy_precision_recall", "extreme_tokens_table_html",
+    "calibration_choice_scores", "calibration_candidates_map", "bias_vs_density",
 ]
 
 
@@ -245,3 +246,58 @@ def extreme_tokens_table_html(extreme_df: pd.DataFrame, rows: list[tuple[int, st
     )
     head = "".join(f"<th>{h}</th>" for h in headers)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def calibration_choice_scores(by_text: pd.DataFrame) -> go.Figure:
+    """r and bias by domain and calibration choice, one box per (domain, choice) over
+    texts (each text's median over neurons). by_text: the ``by_text`` table."""
+    long = by_text.assign(domain=by_text["domain"].map(escape_text)).melt(
+        id_vars=["domain", "choice", "text"], value_vars=["median_r", "median_bias"], var_name="score", value_name="value")
+    long["score"] = long["score"].map({"median_r": "Pearson r", "median_bias": "bias (approx − true) / std(true)"})
+    fig = px.box(long, x="domain", y="value", color="choice", facet_row="score", points=False,
+                 labels={"domain": "test domain", "value": "", "choice": "calibration"},
+                 title="r and systematic bias by test domain and calibration choice (per text: median over neurons)")
+    fig.update_yaxes(matches=None)
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
+    fig.add_hline(y=0, line_dash="dot", line_color="grey", row=1)
+    return fig
+
+
+def calibration_candidates_map(candidates: pd.DataFrame, explained: tuple[float, float]) -> go.Figure:
+    """The candidate calibration texts' log-denominator vectors in their first two principal
+    components, coloured by domain (left) and by cluster (right); diamonds mark each
+    cluster's calibration. candidates: the ``candidates`` table."""
+    views = []
+    for view, col in (("coloured by domain", "domain"), ("coloured by cluster", "cluster")):
+        v = candidates.assign(view=view, group=[f"{col} {escape_text(g)}" for g in candidates[col]])
+        views.append(v)
+    both = pd.concat(views, ignore_index=True)
+    both = both.assign(candidate_shown=both["candidate"].map(escape_text), domain_shown=both["domain"].map(escape_text),
+                       marker=np.where(both["is_cluster_calibration"], "cluster's calibration", "candidate"))
+    fig = px.scatter(both, x="pc1", y="pc2", color="group", facet_col="view", symbol="marker",
+                     symbol_map={"candidate": "circle", "cluster's calibration": "diamond"},
+                     hover_data={"candidate_shown": True, "domain_shown": True, "cluster": True, "density": ":.3f",
+                                 "pc1": ":.3f", "pc2": ":.3f", "group": False, "view": False, "marker": False},
+                     labels={"pc1": f"PC 1 ({explained[0]:.0%} of variance)", "pc2": f"PC 2 ({explained[1]:.0%})",
+                             "group": "", "candidate_shown": "candidate", "domain_shown": "domain", "density": "stop-word density"},
+                     title="Candidate calibration texts by their log-denominators (log D_h at the calibration position)")
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
+    fig.update_traces(marker={"size": 9})
+    return fig
+
+
+def bias_vs_density(by_text: pd.DataFrame) -> go.Figure:
+    """Each (text, choice)'s median bias against the stop-word density difference test −
+    calibration. by_text: the ``by_text`` table (the oracle is left out: its difference is 0 by definition)."""
+    df = by_text[by_text["choice"] != "oracle"]
+    df = df.assign(domain=df["domain"].map(escape_text), calibration_shown=df["calibration"].map(escape_text))
+    fig = px.scatter(df, x="density_difference", y="median_bias", color="choice", symbol="domain",
+                     hover_data={"domain": True, "text": True, "calibration_shown": True, "density_test": ":.3f",
+                                 "density_calibration": ":.3f", "median_bias": ":.3f"},
+                     labels={"density_difference": "stop-word density: test text − calibration text",
+                             "median_bias": "bias (approx − true) / std(true), median over neurons",
+                             "calibration_shown": "calibration", "choice": "calibration"},
+                     title="The paper's failure signature: bias against the stop-word density difference")
+    fig.add_hline(y=0, line_dash="dot", line_color="grey")
+    fig.add_vline(x=0, line_dash="dot", line_color="grey")
+    return fig
