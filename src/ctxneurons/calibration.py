@@ -47,10 +47,9 @@ from .model import Layer0
 
 CHOICES = ("default", "domain", "cluster", "oracle")
 
-# GPT-2 edition: web text and public hub datasets stored as data files (no loading
-# script), each with a `text` column of whole documents.
+# GPT-2 edition: beside the run's own corpus (web text), public hub datasets stored as
+# data files (no loading script), each with a `text` column of whole documents.
 GPT2_DOMAINS = {
-    "web": "openwebtext",
     "encyclopaedia": "hf:wikimedia/wikipedia:20231101.en:train",
     "fiction": "hf:emozilla/pg19:default:train",
 }
@@ -63,8 +62,12 @@ def toy_domains() -> dict[str, str]:
     return {"mixed": "toy", **{name: f"toy:{name}" for name in toy.DOMAINS}}
 
 
-def default_domains(model: str) -> dict[str, str]:
-    return toy_domains() if model == "toy" else dict(GPT2_DOMAINS)
+def default_domains(model: str, corpus: str) -> dict[str, str]:
+    """``domains='auto'``: the toy's domains for the toy model, else the run's corpus
+    (named 'web' when it is OpenWebText) and GPT2_DOMAINS."""
+    if model == "toy":
+        return toy_domains()
+    return {"web" if corpus == "openwebtext" else corpus: corpus, **GPT2_DOMAINS}
 
 
 # ---------------------------------------------------------------- stop words
