@@ -249,17 +249,23 @@ def extreme_tokens_table_html(extreme_df: pd.DataFrame, rows: list[tuple[int, st
 
 
 def calibration_choice_scores(by_text: pd.DataFrame) -> go.Figure:
-    """r and bias by domain and calibration choice, one box per (domain, choice) over
-    texts (each text's median over neurons). by_text: the ``by_text`` table."""
-    long = by_text.assign(domain=by_text["domain"].map(escape_text)).melt(
-        id_vars=["domain", "choice", "text"], value_vars=["median_r", "median_bias"], var_name="score", value_name="value")
-    long["score"] = long["score"].map({"median_r": "Pearson r", "median_bias": "bias (approx − true) / std(true)"})
-    fig = px.box(long, x="domain", y="value", color="choice", facet_row="score", points=False,
-                 labels={"domain": "test domain", "value": "", "choice": "calibration"},
-                 title="r and systematic bias by test domain and calibration choice (per text: median over neurons)")
-    fig.update_yaxes(matches=None)
-    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
-    fig.add_hline(y=0, line_dash="dot", line_color="grey", row=1)
+    """r (top) and bias (bottom) by domain and calibration choice, one box per (domain,
+    choice) over texts (each text's median over neurons). by_text: the ``by_text`` table."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=["Pearson r", "bias: mean(approx − true) / std(true)"])
+    colours = px.colors.qualitative.Plotly
+    for k, choice in enumerate(dict.fromkeys(by_text["choice"])):
+        d = by_text[by_text["choice"] == choice]
+        for row, col in ((1, "median_r"), (2, "median_bias")):
+            fig.add_trace(go.Box(x=d["domain"].map(escape_text), y=d[col], name=escape_text(choice), legendgroup=choice,
+                                 offsetgroup=choice, showlegend=row == 1, marker_color=colours[k % len(colours)],
+                                 boxpoints=False), row=row, col=1)
+    fig.add_hline(y=0, line_dash="dot", line_color="grey", row=2, col=1)
+    fig.update_layout(boxmode="group", legend_title_text="calibration", height=650,
+                      title="r and systematic bias by test domain and calibration choice (per text: median over neurons)")
+    fig.update_xaxes(title_text="test domain", row=2, col=1)
     return fig
 
 
