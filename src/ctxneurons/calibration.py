@@ -48,10 +48,12 @@ from .model import Layer0
 CHOICES = ("default", "domain", "cluster", "oracle")
 
 # GPT-2 edition: beside the run's own corpus (web text), public hub datasets stored as
-# data files (no loading script), each with a `text` column of whole documents.
+# data files (no loading script), one whole document per row. Source code is the real
+# counterpart of the toy's terse domain: few stop words.
 GPT2_DOMAINS = {
     "encyclopaedia": "hf:wikimedia/wikipedia:20231101.en:train",
     "fiction": "hf:emozilla/pg19:default:train",
+    "code": "hf:codeparrot/codeparrot-clean-valid:default:train:content",
 }
 
 
