@@ -324,7 +324,7 @@ def domain_texts(corpus_name: str, tokenizer, n_test: int, n_other: int, n_token
     keep = [i for i, d in enumerate(batch.doc_ids) if d != exclude][: n_test + n_other]
 
     def part(rows):
-        return TokenBatch(batch.tokens[rows], [batch.doc_ids[i] for i in rows], [batch.texts[i] for i in rows], batch.source)
+        return TokenBatch(batch.tokens[rows], [batch.doc_ids[i] for i in rows], [batch.texts[i] for i in rows], batch.source, batch.revision)
 
     return part(keep[:n_test]), part(keep[n_test:])
 
