@@ -115,7 +115,7 @@ def circuit_parts(w: Layer0, c: Circuit, neurons: torch.Tensor) -> Parts:
     N = c.kernel.shape[-1]
     h, e = len(c.heads), w.d_head
     head_kernels = kernels.kernel_matrix(wh, c.query_token, max(N, c.calibration_position + 1), c.C)
-    OV_in = (wh.W_O @ w.W_in[:, neurons])  # [h, e, J]
+    OV_in = wh.W_O @ w.W_in[:, neurons]  # [h, e, J]
     weighted = (c.scores - c.log_denoms[:, None]).exp()[:, :, None] * token_values(wh, c.value_C)  # [h, V, e]
     per_head = weighted @ OV_in  # [h, V, J]
     pos_vals = positional_values(wh, N, c.C) + wh.b_V[:, None, :]  # [h, N, e]
@@ -168,12 +168,12 @@ def approximate(parts: Parts, sums: torch.Tensor, log_D: torch.Tensor, ln2: torc
     """The approximation under one calibration: sums [h, B, n, J] (:func:`kernel_sums`),
     log_D [h] (a calibration text) or [B, h, n] (per text and position), ln2 a number or [B]
     -> [B, n, J]."""
-    h, B, n, _ = sums.shape
-    scale = (parts.ref.to(sums.device) - log_D.to(sums.device)) if log_D.dim() == 1 else None
-    if scale is not None:
-        weighted = torch.einsum("h,hbnj->bnj", scale.exp(), sums)
+    n = sums.shape[2]
+    ref, log_D = parts.ref.to(sums.device), log_D.to(sums.device)
+    if log_D.dim() == 1:
+        weighted = torch.einsum("h,hbnj->bnj", (ref - log_D).exp(), sums)
     else:
-        weighted = torch.einsum("bhn,hbnj->bnj", (parts.ref[None, :, None].to(sums.device) - log_D[:, :, :n]).exp(), sums)
+        weighted = torch.einsum("bhn,hbnj->bnj", (ref[None, :, None] - log_D[:, :, :n]).exp(), sums)
     ln2 = torch.as_tensor(ln2, dtype=sums.dtype, device=sums.device).reshape(-1, 1, 1)
     return (weighted + parts.offset[:n]) / ln2
 
