@@ -264,7 +264,7 @@ def calibration_choice_scores(by_text: pd.DataFrame) -> go.Figure:
                                  boxpoints=False), row=row, col=1)
     fig.add_hline(y=0, line_dash="dot", line_color="grey", row=2, col=1)
     fig.update_layout(boxmode="group", legend_title_text="calibration", height=650,
-                      title="r and systematic bias by test domain and calibration choice (per text: median over neurons)")
+                      title="r and bias by domain and calibration (per text: median over neurons)")
     fig.update_xaxes(title_text="test domain", row=2, col=1)
     return fig
 
@@ -286,9 +286,10 @@ def calibration_candidates_map(candidates: pd.DataFrame, explained: tuple[float,
                                  "pc1": ":.3f", "pc2": ":.3f", "group": False, "view": False, "marker": False},
                      labels={"pc1": f"PC 1 ({explained[0]:.0%} of variance)", "pc2": f"PC 2 ({explained[1]:.0%})",
                              "group": "", "candidate_shown": "candidate", "domain_shown": "domain", "density": "stop-word density"},
-                     title="Candidate calibration texts by their log-denominators (log D_h at the calibration position)")
+                     title="Candidate calibration texts: their log D_h vectors")
     fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
     fig.update_traces(marker={"size": 9})
+    fig.update_layout(legend_title_text="")
     return fig
 
 
@@ -303,7 +304,7 @@ def bias_vs_density(by_text: pd.DataFrame) -> go.Figure:
                      labels={"density_difference": "stop-word density: test text − calibration text",
                              "median_bias": "bias (approx − true) / std(true), median over neurons",
                              "calibration_shown": "calibration", "choice": "calibration"},
-                     title="The paper's failure signature: bias against the stop-word density difference")
+                     title="Bias against the stop-word density difference")
     fig.add_hline(y=0, line_dash="dot", line_color="grey")
     fig.add_vline(x=0, line_dash="dot", line_color="grey")
     return fig
