@@ -66,6 +66,13 @@ def _parquet(path: Path, texts: list[str]) -> None:
     pq.write_table(pa.table({"text": texts, "meta": list(range(len(texts)))}), path)
 
 
+def add_script_only_dataset(mirrors: Path, name: str) -> str:
+    """A loading script at main and no Parquet conversion: nothing datasets 5 can read."""
+    repo = new_repo(mirrors, "datasets", name)
+    (repo / f"{name.split('/')[1]}.py").write_text("import datasets  # a loading script\n")
+    return git_commit(repo, "loading script")
+
+
 def add_script_dataset_with_conversion(mirrors: Path, name: str, texts: list[str], config: str, shards: int) -> dict:
     """The layout datasets 5 refuses at main (a loading script), with the hub's Parquet
     conversion on refs/convert/parquet as ``<config>/partial-train/NNNN.parquet``."""
@@ -136,3 +143,48 @@ def hub_env(endpoint: str, hf_home: Path, **extra) -> dict:
 def run_python(code: str, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
     """``code`` in a fresh interpreter: huggingface_hub reads its endpoint at import."""
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+@contextmanager
+def forward_proxy():
+    """A plain HTTP forward proxy on localhost that counts what passes through it; yields
+    (url, list of requested URLs). Enough for http:// endpoints (no CONNECT)."""
+    import http.client
+    import http.server
+    import threading
+    from urllib.parse import urlsplit
+
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _forward(self):
+            seen.append(self.path)
+            url = urlsplit(self.path)
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
+            conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("proxy-connection", "connection")}
+            conn.request(self.command, url.path + (f"?{url.query}" if url.query else ""), body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            self.send_response(resp.status)
+            drop = ("transfer-encoding", "connection") + (() if self.command == "HEAD" else ("content-length",))
+            for k, v in resp.getheaders():
+                if k.lower() not in drop:
+                    self.send_header(k, v)
+            if self.command != "HEAD":
+                self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+
+        do_GET = do_HEAD = do_POST = _forward
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from conftest import SHARED, write_random_gpt2
-from hubserver import (add_jsonl_dataset, add_model, add_script_dataset_with_conversion, free_port, hub_env,
+from hubserver import (add_jsonl_dataset, add_script_only_dataset, add_model, add_script_dataset_with_conversion, free_port, hub_env,
                        olah_server, require_olah, run_python)
 
 OWT_SHARDS = 3
@@ -31,6 +31,7 @@ def hub(tmp_path_factory, webtext):
         shutil.copyfile(SHARED / "gpt2-tokenizer" / name, model / name)
     shas = {"model": add_model(mirrors, "openai-community/gpt2", model)}
     shas["owt"] = add_script_dataset_with_conversion(mirrors, "Skylion007/openwebtext", webtext[:900], "plain_text", OWT_SHARDS)
+    shas["script"] = add_script_only_dataset(mirrors, "ctxn-test/script-only")
     shas["jsonl"] = add_jsonl_dataset(mirrors, "ctxn-test/webtext-jsonl", {"test": webtext[900:1000], "train": webtext[1000:1100]}, "web")
     with olah_server(mirrors, root) as url:
         yield {"url": url, "root": root, "shas": shas, "webtext": webtext}
@@ -129,6 +130,10 @@ def test_wrong_endpoint_and_missing_repos_are_named(hub, tmp_path):
     out = _fail(hub_env(hub["url"], tmp_path / "hf-home"), model="nobody/no-such-model", corpus="hf:nobody/no-such-data")
     assert "nobody/no-such-model" in out["model"][1] and "no such repository" in out["model"][1]
     assert "nobody/no-such-data" in out["corpus"][1] and "no such repository" in out["corpus"][1]
+    # Only a loading script, no Parquet conversion: the repo, the revisions tried, the way out.
+    msg = _fail(hub_env(hub["url"], tmp_path / "hf-home"), corpus="hf:ctxn-test/script-only")["corpus"][1]
+    assert "ctxn-test/script-only" in msg and f"main ({hub['shas']['script'][:12]})" in msg
+    assert "refs/convert/parquet (absent)" in msg and "corpus='/path/texts.jsonl'" in msg
     # A server that is no hub (any web server at a wrong HF_ENDPOINT).
     import http.server
     import threading
@@ -154,6 +159,26 @@ def test_tests_fetch_their_data_from_the_hub_when_shared_data_is_absent(hub, tmp
     assert (data / "gpt2-tokenizer" / "vocab.json").read_bytes() == (SHARED / "gpt2-tokenizer" / "vocab.json").read_bytes()
     lines = (data / "webtext-sample.jsonl").read_text().splitlines()
     assert len(lines) == 50 and all(json.loads(line)["text"] in hub["webtext"][:900] for line in lines)
+
+
+def test_a_proxy_is_used_as_the_hub_client_uses_it(hub, tmp_path):
+    """On many GPU clusters a proxy is the only way out: HTTP(S)_PROXY carries every call."""
+    from hubserver import forward_proxy
+
+    code = "from ctxneurons.model import load_layer0; print(load_layer0('gpt2', device='cpu').revision)"
+    with forward_proxy() as (proxy, seen):
+        env = hub_env(hub["url"], tmp_path / "hf-home", HTTP_PROXY=proxy, HTTPS_PROXY=proxy, NO_PROXY="")
+        env.pop("no_proxy", None)
+        proc = run_python(code, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-1] == hub["shas"]["model"]
+    assert any("/api/models/openai-community/gpt2" in u for u in seen) and any("config.json" in u for u in seen)
+    # A dead proxy: the error says the hub could not be reached and names the proxy.
+    dead = f"http://127.0.0.1:{free_port()}"
+    env = hub_env(hub["url"], tmp_path / "hf-home2", HTTP_PROXY=dead, HTTPS_PROXY=dead, NO_PROXY="")
+    env.pop("no_proxy", None)
+    proc = run_python(code, env)
+    assert proc.returncode != 0 and "cannot be reached" in proc.stderr and dead in proc.stderr
 
 
 def test_prefetch_fills_the_cache_for_an_offline_machine(hub, tmp_path):

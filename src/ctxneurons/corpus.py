@@ -181,6 +181,7 @@ class HubCorpus:
 
 
 def is_hub_corpus(name: str) -> bool:
+    """Whether ``name`` is read from the Hugging Face hub (openwebtext or hf:...), not from local files."""
     return name == "openwebtext" or name.startswith("hf:")
 
 

@@ -45,6 +45,10 @@ from .outputs import atomic_write_csv, atomic_write_json
 log = logging.getLogger(__name__)
 
 
+# Where the built book keeps the chapters' tables for download (book/_ext/data_files.py).
+DATA_DIR = "_data"
+
+
 class ParameterError(ValueError):
     """A notebook parameter is unknown, of the wrong type, or out of range."""
 
@@ -253,6 +257,9 @@ class Run:
     output_dir: Path  # the finished results; written through ``staging``
     tables: dict = field(default_factory=dict)
     corpus_revision: str | None = None  # the hub commit of the corpus, once texts were drawn from it
+    # The tables behind the next figure: those saved since the last one (see ``show``).
+    _unshown: list = field(default_factory=list, init=False, repr=False)
+    _last_shown: list = field(default_factory=list, init=False, repr=False)
 
     @property
     def staging(self) -> Path:
@@ -330,6 +337,7 @@ class Run:
         return self.w.token_id(" the")
 
     def token_str(self, ids) -> list[str]:
+        """Each token id of ids [k] decoded on its own."""
         return [self.w.tokenizer.decode([int(i)]) for i in ids]
 
     # -- cached intermediates -----------------------------------------------------
@@ -347,7 +355,7 @@ class Run:
         return out["K"].to(self.w.device)
 
     def circuit(self, calibration_tokens: torch.Tensor | None = None, calibration_sha: str | None = None) -> Circuit:
-        """The circuit for this run's heads and calibration text (or the one given), cached on disk."""
+        """The circuit for this run's heads and calibration text (or calibration_tokens [n_cal + 1]), cached on disk."""
         cal = self.calibration_tokens if calibration_tokens is None else calibration_tokens
         sha = self.calibration.sha256 if calibration_sha is None else calibration_sha
         key = self._key(heads=list(self.heads), calibration=sha, n_cal=len(cal) - 1, n=self.n_tokens)
@@ -412,6 +420,7 @@ class Run:
         path = atomic_write_csv(self.staging / f"{table}.csv", df)
         atomic_write_json(self.staging / f"{table}.meta.json", {"columns": columns, "rows": len(df), **self.provenance})
         self.tables[table] = str(path.name)
+        self._unshown.append(table)
         return self.output_dir / path.name
 
     def save_summary(self, **headline) -> Path:
@@ -425,14 +434,54 @@ class Run:
         shutil.rmtree(previous, ignore_errors=True)
         return self.output_dir / "summary.json"
 
-    def show(self, fig, name: str | None = None) -> None:
-        """Display a plotly figure in the book (see :func:`figures.show`) with the provenance line under it."""
+    def data_links(self, tables: list[str]) -> str:
+        """HTML links to the CSV and .meta.json of ``tables``. In the book build they point
+        into the site's ``_data/<notebook>/`` (the book's data_files extension copies the
+        files there); elsewhere at the files in ``output_dir``."""
+        from . import figures
+
+        if os.environ.get(figures.BOOK_BUILD_ENV):
+            # The page sits where its notebook does, relative to the book's root.
+            base = Path(os.path.relpath(project_root(), Path.cwd())) / DATA_DIR / self.name
+        else:
+            base = Path(os.path.relpath(self.output_dir, Path.cwd()))
+        links = []
+        for t in tables:
+            csv, meta = ((base / f"{t}{ext}").as_posix() for ext in (".csv", ".meta.json"))
+            links.append(f'<a class="ctxn-data-link" href="{figures.escape_text(csv)}" download>{figures.escape_text(t)}.csv</a> '
+                         f'(<a class="ctxn-data-link" href="{figures.escape_text(meta)}" download>columns and provenance</a>)')
+        return "data: " + ", ".join(links)
+
+    def show(self, fig, name: str | None = None, tables: list[str] | None = None) -> None:
+        """Display a plotly figure in the book (see :func:`figures.show`) with the provenance
+        line under it and links to the tidy tables behind it: ``tables``, by default those
+        saved since the previous figure (or, when none was, the previous figure's)."""
         from IPython.display import HTML, display
 
         from . import figures
 
+        if tables is None:
+            tables = self._unshown or self._last_shown
+        self._last_shown, self._unshown = list(tables), []
         figures.show(fig, name)
-        display(HTML(f'<p class="ctxn-provenance"><small>{figures.escape_text(self.caption)}</small></p>'))
+        data = f" · {self.data_links(tables)}" if tables else ""
+        display(HTML(f'<p class="ctxn-provenance"><small>{figures.escape_text(self.caption)}{data}</small></p>'))
+
+
+def open_run(name: str, params: dict) -> Run:
+    """A :class:`Run` for parameters already through :func:`validate`: the model loaded on
+    its device and the heads checked against it. Nothing is written (``start`` prepares
+    the output folder; ``ctxneurons discover`` needs none)."""
+    device = resolve_device(params["device"])
+    model, fallback = resolve_model_choice(params["model"])
+    params = {**params, "model": model}
+    w = load_layer0(model, device=str(device))
+    if "heads" in params:
+        bad = [h for h in params["heads"] if not 0 <= h < w.n_heads]
+        if bad:
+            raise ParameterError(f"parameter heads={params['heads']}: {bad} outside 0..{w.n_heads - 1} (the model has {w.n_heads} heads)")
+    return Run(name=name, params=params, w=w, fallback=fallback, model_label=model_label(w, model),
+               output_dir=resolve_output_dir(params.get("output_dir", "outputs")) / name)
 
 
 def start(name: str, namespace: dict) -> Run:
@@ -442,15 +491,7 @@ def start(name: str, namespace: dict) -> Run:
     for required in ("model", "n_texts", "seed", "device", "output_dir"):
         if required not in params:
             raise ParameterError(f"notebook {name}: parameter {required!r} is missing from its parameters cell")
-    device = resolve_device(params["device"])
-    model, fallback = resolve_model_choice(params["model"])
-    params["model"] = model
-    w = load_layer0(model, device=str(device))
-    if "heads" in params:
-        bad = [h for h in params["heads"] if not 0 <= h < w.n_heads]
-        if bad:
-            raise ParameterError(f"parameter heads={params['heads']}: {bad} outside 0..{w.n_heads - 1} (the model has {w.n_heads} heads)")
-    run = Run(name=name, params=params, w=w, fallback=fallback, model_label=model_label(w, model), output_dir=resolve_output_dir(params["output_dir"]) / name)
+    run = open_run(name, params)
     shutil.rmtree(run.staging, ignore_errors=True)  # what an interrupted run left
     run.staging.mkdir(parents=True)
     return run

@@ -59,7 +59,9 @@ def offline() -> bool:
 
 
 def _where() -> str:
-    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    https = endpoint().startswith("https:")
+    names = ("HTTPS_PROXY", "https_proxy") if https else ("HTTP_PROXY", "http_proxy")
+    proxy = next((os.environ[n] for n in names if os.environ.get(n)), None)
     return f"{endpoint()}" + (f" through proxy {proxy}" if proxy else "")
 
 

@@ -571,6 +571,7 @@ def build_model(path: Path, seed: int = 0) -> Path:
 
 
 def default_root() -> Path:
+    """$CTXN_CACHE, else ~/.cache/ctxneurons: where :func:`ensure_model` builds the toy."""
     return Path(os.environ.get("CTXN_CACHE") or Path.home() / ".cache" / "ctxneurons")
 
 
