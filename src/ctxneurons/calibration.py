@@ -179,7 +179,8 @@ def approximate(parts: Parts, sums: torch.Tensor, log_D: torch.Tensor, ln2: torc
 
 
 def bias(true: torch.Tensor, approx: torch.Tensor, dim: int = -2) -> torch.Tensor:
-    """Systematic bias: mean (approx - true) / std(true) along ``dim`` (positions)."""
+    """Systematic bias: mean (approx - true) / std(true) along ``dim`` (positions):
+    true, approx [B, n, J] -> [B, J] with the default dim."""
     return (approx - true).mean(dim) / true.std(dim)
 
 
@@ -289,7 +290,8 @@ def score_domain(
 
 
 def by_text_frame(domain: str, scores: dict[str, dict[str, torch.Tensor]], rows: pd.DataFrame, doc_ids: list) -> pd.DataFrame:
-    """:func:`score_domain`'s rows with each (choice, text)'s medians over neurons:
+    """:func:`score_domain`'s rows with each (choice, text)'s medians over neurons
+    (scores: per choice {'r', 'fvu', 'bias'} each [B, J]):
     domain, choice, text, doc_id, calibration, cluster, density_test,
     density_calibration, density_difference, median_r, median_fvu, median_bias."""
     med = {(c, k): s[k].nanmedian(-1).values for c, s in scores.items() for k in ("r", "fvu", "bias")}
@@ -303,8 +305,8 @@ def by_text_frame(domain: str, scores: dict[str, dict[str, torch.Tensor]], rows:
 
 
 def summary_rows(domain: str, scores: dict[str, dict[str, torch.Tensor]]) -> list[dict]:
-    """Per choice: domain, choice, median_r, median_fvu, median_bias (medians over every
-    (neuron, text) pair), n_texts, n_neurons."""
+    """Per choice of scores (per choice {'r', 'fvu', 'bias'} each [B, J]): domain, choice,
+    median_r, median_fvu, median_bias (medians over every (neuron, text) pair), n_texts, n_neurons."""
     return [{"domain": domain, "choice": c, "median_r": float(s["r"].nanmedian()), "median_fvu": float(s["fvu"].nanmedian()),
              "median_bias": float(s["bias"].nanmedian()), "n_texts": s["r"].shape[0], "n_neurons": s["r"].shape[1]}
             for c, s in scores.items()]

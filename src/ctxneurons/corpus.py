@@ -8,7 +8,7 @@ A *corpus* is named by one string:
   defaults to ``train``, column to ``text``), read through :mod:`ctxneurons.hub` from whole
   data files that the seed picks, cached for offline reruns;
 - ``'toy'``: the offline toy documents of :mod:`ctxneurons.toy`;
-- ``'toy:<domain>'``: the documents of one toy domain (:data:`ctxneurons.toy.DOMAINS`);
+- ``'toy:<domain>'``: the documents of one toy domain (a key of ``ctxneurons.toy.DOMAINS``);
 - a path: a ``.jsonl`` file with one ``{"text": ...}`` object per line, a ``.txt`` file
   (one document), or a folder searched recursively for both (files in sorted order).
 
