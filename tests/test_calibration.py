@@ -144,3 +144,20 @@ def test_the_terse_domain_is_served_better_by_its_own_calibration_than_by_the_mi
     print(f"terse texts: FVU own {f_own:.4f} vs mixed {f_mixed:.4f}; bias own {b_own:.4f} vs mixed {b_mixed:.4f}")
     assert f_own < f_mixed
     assert b_mixed > 0 and abs(b_own) < b_mixed
+
+
+def test_domains_parameter_accepts_a_mapping_its_json_or_name_equals_corpus_pairs():
+    import json
+
+    from ctxneurons.experiment import ParameterError, validate
+
+    want = {"web": "/data/web.jsonl", "wiki": "hf:wikimedia/wikipedia:20231101.en:train"}
+    assert validate({"domains": want})["domains"] == want
+    assert validate({"domains": json.dumps(want)})["domains"] == want
+    assert validate({"domains": "web=/data/web.jsonl, wiki=hf:wikimedia/wikipedia:20231101.en:train"})["domains"] == want
+    assert validate({"domains": "auto"})["domains"] == "auto"
+    for bad in ("web", "{}", ["toy"]):
+        with pytest.raises(ParameterError, match="domains"):
+            validate({"domains": bad})
+    assert calibration.default_domains("toy", "toy")["terse"] == "toy:terse"
+    assert list(calibration.default_domains("gpt2", "openwebtext"))[:2] == ["web", "encyclopaedia"]
