@@ -120,7 +120,18 @@ def scorecard(summaries: dict[str, dict]) -> pd.DataFrame:
         lambda h, p: h.get("median_r"))
     add("median FVU, approximate vs true (neuron, text)", PAPER["median_fvu"], "contextual_circuit",
         lambda h, p: h.get("median_fvu"))
+    add("domains where a domain-matched calibration text beats the book's (median FVU)",
+        "domain analysis wants a domain calibration text", "calibration_choice", _domain_calibration_wins)
+    add("bias against stop-word density difference, test − calibration (slope, book's calibration)",
+        "underestimates when densities differ", "calibration_choice", lambda h, p: h.get("bias_density_slope", {}).get("default"))
     return pd.DataFrame(rows)
+
+
+def _domain_calibration_wins(h: dict, p: dict) -> str:
+    fvu = {(r["domain"], r["choice"]): r["median_fvu"] for r in h.get("by_domain_and_choice", [])}
+    domains = sorted({d for d, _ in fvu})
+    wins = [d for d in domains if fvu.get((d, "domain"), float("inf")) < fvu.get((d, "default"), float("-inf"))]
+    return f"{len(wins)} of {len(domains)}" + (f" ({', '.join(wins)})" if wins else "")
 
 
 def neuron_card_html(neuron: int, stats: dict, top: list[tuple[str, float]], bottom: list[tuple[str, float]],
