@@ -135,6 +135,10 @@ def scorecard(summaries: dict[str, dict]) -> pd.DataFrame:
         "core_tokens", lambda h, p: h.get("weights_vs_activation_core_overlap_median"))
     add("  … toy: homogeneity by segment against the planted topics", "—",
         "core_tokens", lambda h, p: fmt_list(h.get("toy_homogeneity_by_segment")))
+    add("domains where a domain-matched calibration text beats the book's (median FVU)",
+        "domain analysis wants a domain calibration text", "calibration_choice", _domain_calibration_wins)
+    add("bias against stop-word density difference, test − calibration (slope, book's calibration)",
+        "underestimates when densities differ", "calibration_choice", lambda h, p: h.get("bias_density_slope", {}).get("default"))
     return pd.DataFrame(rows)
 
 
@@ -150,6 +154,13 @@ def _fmt_shares(shares: dict | None, percent: bool = True, k: int = 6) -> str | 
 def fmt_list(values: list | None) -> str | None:
     """A list of numbers as '0.35 → 0.60 → 1.00' (None stays None)."""
     return None if values is None else " → ".join(f"{v:.2f}" for v in values)
+
+
+def _domain_calibration_wins(h: dict, p: dict) -> str:
+    fvu = {(r["domain"], r["choice"]): r["median_fvu"] for r in h.get("by_domain_and_choice", [])}
+    domains = sorted({d for d, _ in fvu})
+    wins = [d for d in domains if fvu.get((d, "domain"), float("inf")) < fvu.get((d, "default"), float("-inf"))]
+    return f"{len(wins)} of {len(domains)}" + (f" ({', '.join(wins)})" if wins else "")
 
 
 def neuron_card_html(neuron: int, stats: dict, top: list[tuple[str, float]], bottom: list[tuple[str, float]],
