@@ -23,8 +23,10 @@ HOSTILE = [
     '<div><b>unbalanced <i>tags</table>',
 ]
 PAGES = ["book/intro", "notebooks/01_positional_kernels", "notebooks/02_tv_distance", "notebooks/03_denominator_stability",
-         "notebooks/04_contextual_circuit", "notebooks/05_context_neurons", "reports/scorecard", "reports/neuron_browser", "reports/try_a_neuron",
-         "reports/toy_ground_truth", "reports/batch_runs", "book/reproduction_notes", "book/rerun", "book/api/index", "book/api/circuit"]
+         "notebooks/04_contextual_circuit", "notebooks/05_context_neurons", "notebooks/07_head_attribution",
+         "notebooks/08_core_tokens", "notebooks/09_calibration_choice", "reports/scorecard", "reports/neuron_browser",
+         "reports/try_a_neuron", "reports/toy_ground_truth", "reports/batch_runs", "book/reproduction_notes", "book/rerun",
+         "book/api/index", "book/api/circuit"]
 
 
 def _copy_repo(dst: Path) -> Path:
@@ -46,7 +48,7 @@ def built_book(tmp_path_factory, tiny_dir, webtext):
         for i, text in enumerate(webtext[:300]):
             f.write(json.dumps({"text": HOSTILE[i % 3] + " " + text + " " + HOSTILE[(i + 1) % 3]}) + "\n")
     env = {**os.environ, "CTXN_MODEL": str(tiny_dir), "CTXN_CORPUS": str(corpus), "CTXN_DEVICE": "cpu",
-           "CTXN_N_TEXTS": "4", "CTXN_HEADS": "[0, 2]", "CTXN_MAX_NEURONS": "6", "CTXN_THRESHOLD": "0.5",
+           "CTXN_N_TEXTS": "4", "CTXN_HEADS": "[0, 2]", "CTXN_DOMAINS": json.dumps({"hostile": str(corpus), "hostile-too": str(corpus)}), "CTXN_MAX_NEURONS": "6", "CTXN_THRESHOLD": "0.5",
            "CTXN_RUNS_DIR": str(root / "runs"), "CTXN_BATCH_NOTEBOOKS": "04", "CTXN_SKIP_SETUP": "1",
            "CTXN_CACHE": str(root / "cache"), "CTXN_OUTPUT_DIR": str(root / "outputs")}
     proc = subprocess.run(["bash", "ci/gpu_job.sh"], cwd=repo, env=env, capture_output=True, text=True, timeout=1800)

@@ -119,6 +119,24 @@ def _as_float_list(name: str, v: Any) -> list[float]:
     return [_as_float(name, x) for x in v]
 
 
+def _as_domains(name: str, v: Any) -> dict[str, str] | str:
+    """'auto', or domain names mapped to corpora: a dict, its literal, or 'web=openwebtext,code=/path'."""
+    if isinstance(v, str):
+        text = v.strip()
+        if text == "auto":
+            return "auto"
+        try:
+            v = ast.literal_eval(text) if text.startswith("{") else dict(p.split("=", 1) for p in text.split(","))
+        except (ValueError, SyntaxError):
+            raise ParameterError(
+                f"parameter {name}={v!r} must map domain names to corpora, e.g. "
+                "{'web': 'openwebtext', 'wiki': 'hf:wikimedia/wikipedia:20231101.en:train'} or 'web=openwebtext,mine=/data/texts.jsonl'"
+            ) from None
+    if not isinstance(v, dict) or not v or not all(isinstance(k, str) and isinstance(c, (str, os.PathLike)) for k, c in v.items()):
+        raise ParameterError(f"parameter {name}={v!r} must be 'auto' or a non-empty mapping of domain names to corpus strings")
+    return {k.strip(): os.fspath(c).strip() for k, c in v.items()}
+
+
 # name: (coercion, meaning). Every notebook draws its parameters from this one table, so a
 # name means the same everywhere and papermill's -p is checked the same way everywhere.
 PARAMETERS: dict[str, tuple] = {
@@ -139,6 +157,14 @@ PARAMETERS: dict[str, tuple] = {
     "max_neurons": (_as_int, "at most this many discovered neurons are evaluated"),
     "n_examples": (_as_int, "texts shown as examples"),
     "extra_calibration_texts": (_as_int, "how many other corpus texts to try as calibration texts"),
+    "top_quantile": (_as_float, "a neuron's top texts: those whose peak pre-activation is above this quantile of its peaks (0.9: the top decile)"),
+    "n_core_tokens": (_as_int, "core tokens per neuron (Pichat et al.: 100)"),
+    "min_token_count": (_as_int, "a token is an activation core token only if the test texts hold it at least this often"),
+    "cluster_cut": (_as_float, "cosine distance at which the core tokens' average-linkage tree is cut into categories"),
+    "n_segments": (_as_int, "activation segments of the core tokens (10: deciles)"),
+    "domains": (_as_domains, "domain name -> corpus (any corpus string); 'auto': the toy's domains for the toy, else web text, encyclopaedia and fiction"),
+    "n_candidates": (_as_int, "candidate calibration texts pooled from all domains for clustering"),
+    "n_clusters": (_as_int, "clusters of candidate calibration texts"),
 }
 CALIBRATION_SEED_OFFSET = 7919  # the default calibration text is drawn with seed + this, apart from the test texts
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
@@ -161,7 +187,7 @@ def validate(raw: dict) -> dict:
             f"unknown parameter(s) {', '.join(unknown)}; known parameters: {', '.join(PARAMETERS)}"
         )
     params = {name: PARAMETERS[name][0](name, value) for name, value in raw.items()}
-    for name in ("n_texts", "max_neurons", "n_examples"):
+    for name in ("n_texts", "max_neurons", "n_examples", "n_candidates", "n_clusters"):
         if name in params and params[name] < 1:
             raise ParameterError(f"parameter {name}={params[name]} must be at least 1")
     if "device" in params and params["device"] not in ("auto", "cpu", "cuda") and not params["device"].startswith("cuda:"):
