@@ -182,6 +182,22 @@ def test_discovery_selects_by_threshold_and_skips_glitch_tokens(tiny):
     assert g[50256] and 0.005 < g.float().mean() < 0.02
 
 
+def test_top_statistic_is_the_rank_th_largest_over_non_glitch_tokens_across_blocks():
+    """Blocked over the vocabulary: the running top-rank must carry across blocks."""
+    gen = torch.Generator().manual_seed(0)
+    contribution = torch.randn(3 * neurons.TOKEN_BLOCK + 17, 5, generator=gen)
+    glitch = torch.rand(len(contribution), generator=gen) < 0.1
+    contribution[glitch] += 100.0  # glitch tokens would win every column
+    for rank in (1, 2, 7):
+        expected = contribution[~glitch].topk(rank, dim=0).values[-1]
+        torch.testing.assert_close(neurons.top_statistic(contribution, glitch, rank=rank), expected)
+    ids, vals, bids, bvals = neurons.extreme_tokens(contribution, 3, glitch, k=4)
+    allowed = contribution[:, 3].masked_fill(glitch, float("nan"))
+    assert vals.tolist() == allowed.nan_to_num(float("-inf")).sort(descending=True).values[:4].tolist()
+    assert bvals.tolist() == allowed.nan_to_num(float("inf")).sort().values[:4].tolist()
+    assert not glitch[ids].any() and not glitch[bids].any()
+
+
 def test_circuit_uses_the_median_kernel_of_its_heads(tiny, tiny_tokens):
     c = circuit.build_circuit(tiny, tiny_tokens[0], heads=(0, 1, 3), n_positions=128)
     per_head = kernels.kernel_matrix(tiny.select_heads((0, 1, 3)), tiny.token_id(" the"), 128)
