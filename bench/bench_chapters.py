@@ -300,9 +300,9 @@ def main() -> None:
         r["chapters"][ch] = child(ch, args.n_texts, args)
         if args.flat_n and ch in ("02", "03", "04"):
             r["flat"][ch] = child(ch, args.flat_n, args)
+        if args.json:  # after every chapter, so that a run cut short keeps what it measured
+            Path(args.json).write_text(json.dumps(r, indent=2))
     report(r)
-    if args.json:
-        Path(args.json).write_text(json.dumps(r, indent=2))
 
 
 def report(r: dict) -> None:

@@ -229,3 +229,22 @@ def test_bad_neuron_indices_name_the_problem(tiny, tiny_tokens):
     c = circuit.build_circuit(tiny, tiny_tokens[0], heads=(0, 2), n_positions=128)
     with pytest.raises(ValueError, match=r"neurons: \[5000\] outside 0..255"):
         evaluation.evaluate(tiny, c, tiny_tokens[1:], [1, 5000])
+
+
+@pytest.mark.parametrize("block_bytes", [1 << 30, 40_000, 3_000])
+def test_blocked_tv_and_denominators_match_the_whole_matrices(tiny, tiny_tokens, monkeypatch, block_bytes):
+    """One block, several row blocks with a shorter last one, and one text per block with a
+    few rows: the blocked kernels agree with the [B, H, n, n] formulas they replace."""
+    monkeypatch.setattr(layer0, "BLOCK_BYTES_CPU", block_bytes)
+    toks = tiny_tokens[:3, :100]
+    blocks = list(layer0.score_blocks(3, 100, tiny.n_heads * 100, "cpu"))
+    assert (len(blocks) == 1) == (block_bytes > 1e6)
+    assert len({texts.start for texts, _, _ in blocks}) == (3 if block_bytes < 10_000 else 1)
+    q, k = decomposition.true_queries_keys(tiny, toks)
+    A = layer0.causal_scores(q, k).softmax(-1)
+    A_approx = decomposition.approximate_pattern(tiny, toks, 2.0)
+    torch.testing.assert_close(decomposition.tv_by_position(tiny, toks, C=2.0), decomposition.tv_distance(A, A_approx), atol=2e-6, rtol=1e-4)
+    the = tiny.token_id(" the")
+    q_the = decomposition.query(tiny, the, 100)[None]
+    direct = layer0.causal_scores(q_the.expand(3, -1, -1, -1), k).logsumexp(-1)
+    torch.testing.assert_close(denominators.log_denominators(tiny, toks, the), direct, atol=1e-5, rtol=1e-5)

@@ -144,10 +144,11 @@ def tv_by_position(w: Layer0, tokens: torch.Tensor, heads: list[int] | None = No
     w = w if heads is None else w.select_heads(heads)
     B, n = tokens.shape
     h, d = w.n_heads, w.d_model
-    q, k = true_queries_keys(w, tokens)
+    p, e_tok = w.W_pos[:n], w.W_E[tokens]  # [n, d], [B, n, d]
+    x_hat, _ = layer0.layer_norm(e_tok + p, w.eps)  # layer0.residual, sharing the W_E gather with the content keys
+    q, k = layer0.projections(w, x_hat, "QK")
     q = q * (1 / math.sqrt(w.d_head))  # [B, h, n, e], contiguous
     k = k.contiguous()
-    p, e_tok = w.W_pos[:n], w.W_E[tokens]  # [n, d], [B, n, d]
     p_sq, e_sq = p.pow(2).sum(-1), e_tok.pow(2).sum(-1)  # [n], [B, n]
     pk = _head_keys(w, p)  # [h, n, e]
     q_ext = torch.cat([q, (q * pk).sum(-1, keepdim=True)], -1)  # [B, h, n, e+1]

@@ -28,7 +28,7 @@ def log_denominators(w: Layer0, tokens: torch.Tensor, query_token: int) -> torch
     x_hat, _ = layer0.layer_norm(layer0.residual(w, tokens), w.eps)
     (k,) = layer0.projections(w, x_hat, "K")
     q = decomposition.query(w, query_token, tokens.shape[-1])  # [H, n, e], the same for every text
-    return layer0.causal_logsumexp(q[None].expand(tokens.shape[0], -1, -1, -1), k.contiguous())
+    return layer0.causal_logsumexp(q[None], k.contiguous())
 
 
 def log_factorised_denominators(w: Layer0, tokens: torch.Tensor, query_token: int, kernel: torch.Tensor) -> torch.Tensor:
