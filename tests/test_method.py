@@ -231,15 +231,14 @@ def test_bad_neuron_indices_name_the_problem(tiny, tiny_tokens):
         evaluation.evaluate(tiny, c, tiny_tokens[1:], [1, 5000])
 
 
-@pytest.mark.parametrize("block_bytes", [1 << 30, 40_000, 3_000])
-def test_blocked_tv_and_denominators_match_the_whole_matrices(tiny, tiny_tokens, monkeypatch, block_bytes):
-    """One block, several row blocks with a shorter last one, and one text per block with a
-    few rows: the blocked kernels agree with the [B, H, n, n] formulas they replace."""
+@pytest.mark.parametrize("block_bytes,texts_per_block,rows", [(1 << 30, 3, 100), (320_000, 2, 100), (12_000, 1, 7)])
+def test_blocked_tv_and_denominators_match_the_whole_matrices(tiny, tiny_tokens, monkeypatch, block_bytes, texts_per_block, rows):
+    """One block; blocks of two texts with a shorter last one; one text and a few rows with a
+    shorter last row block: the blocked kernels agree with the [B, H, n, n] formulas they replace."""
     monkeypatch.setattr(layer0, "BLOCK_BYTES_CPU", block_bytes)
     toks = tiny_tokens[:3, :100]
     blocks = list(layer0.score_blocks(3, 100, tiny.n_heads * 100, "cpu"))
-    assert (len(blocks) == 1) == (block_bytes > 1e6)
-    assert len({texts.start for texts, _, _ in blocks}) == (3 if block_bytes < 10_000 else 1)
+    assert blocks[0] == (slice(0, texts_per_block), 0, rows) and blocks[-1][0].stop == 3 and blocks[-1][2] == 100
     q, k = decomposition.true_queries_keys(tiny, toks)
     A = layer0.causal_scores(q, k).softmax(-1)
     A_approx = decomposition.approximate_pattern(tiny, toks, 2.0)
