@@ -102,7 +102,7 @@ def score_blocks(n_texts: int, n_rows: int, elems_per_row: int, device: torch.de
 def causal_logsumexp(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """log sum_{i <= n} exp(q_n . k_i / sqrt(e)): q [B or 1, H, n, e], k [B, H, n, e] -> [B, H, n].
 
-    A q shared by every text (batch size 1) is scaled once and broadcast, never copied.
+    A q shared by every text (batch size 1) is broadcast to the batch.
 
     One block of texts and query rows at a time (:func:`score_blocks`), keys 0..r1-1
     only: the [B, H, n, n] scores never exist and the causal upper half is not computed
@@ -111,7 +111,9 @@ def causal_logsumexp(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """
     B, H, n, e = k.shape
     out = k.new_empty(B, H, n)
-    q = (q * (1 / math.sqrt(e))).expand(B, -1, -1, -1)
+    # Materialised for the batch (cheap next to the scores): with a broadcast, stride-0 q,
+    # chapter 03's benchmark peaked 1.3 GB higher on one machine; the cause is not established.
+    q = q.expand(B, -1, -1, -1) * (1 / math.sqrt(e))
     upper = None
     for texts, r0, r1 in score_blocks(B, n, H * n, q.device):
         upper = upper_mask(r1 - r0, q.device) if upper is None else upper
