@@ -93,7 +93,7 @@ def content_scores(w: Layer0, q: torch.Tensor, tokens: torch.Tensor) -> torch.Te
 
     q_n . E[n, t] = sqrt(d) (q_n . W_E[t] W_K + q_n . W_pos[n] W_K) / |W_E[t] + W_pos[n]|:
     the numerator is a d_head-sized matmul against the tokens' keys, the norm is shared
-    by every head (:func:`_inverse_norms`).
+    by every head.
     """
     n = tokens.shape[-1]
     e_tok = w.W_E[tokens]  # [B, n, d]
