@@ -38,10 +38,15 @@ import torch
 from . import __version__, cache, corpus, kernels
 from .circuit import PAPER_HEADS, Circuit, build_circuit
 from .decomposition import DEFAULT_C
-from .model import HUB_ALIASES, Layer0, _hub_reachable, load_layer0, resolve_device
+from . import hub
+from .model import HUB_ALIASES, Layer0, load_layer0, resolve_device
 from .outputs import atomic_write_csv, atomic_write_json
 
 log = logging.getLogger(__name__)
+
+
+# Where the built book keeps the chapters' tables for download (book/_ext/data_files.py).
+DATA_DIR = "_data"
 
 
 class ParameterError(ValueError):
@@ -114,11 +119,29 @@ def _as_float_list(name: str, v: Any) -> list[float]:
     return [_as_float(name, x) for x in v]
 
 
+def _as_domains(name: str, v: Any) -> dict[str, str] | str:
+    """'auto', or domain names mapped to corpora: a dict, its literal, or 'web=openwebtext,code=/path'."""
+    if isinstance(v, str):
+        text = v.strip()
+        if text == "auto":
+            return "auto"
+        try:
+            v = ast.literal_eval(text) if text.startswith("{") else dict(p.split("=", 1) for p in text.split(","))
+        except (ValueError, SyntaxError):
+            raise ParameterError(
+                f"parameter {name}={v!r} must map domain names to corpora, e.g. "
+                "{'web': 'openwebtext', 'wiki': 'hf:wikimedia/wikipedia:20231101.en:train'} or 'web=openwebtext,mine=/data/texts.jsonl'"
+            ) from None
+    if not isinstance(v, dict) or not v or not all(isinstance(k, str) and isinstance(c, (str, os.PathLike)) for k, c in v.items()):
+        raise ParameterError(f"parameter {name}={v!r} must be 'auto' or a non-empty mapping of domain names to corpus strings")
+    return {k.strip(): os.fspath(c).strip() for k, c in v.items()}
+
+
 # name: (coercion, meaning). Every notebook draws its parameters from this one table, so a
 # name means the same everywhere and papermill's -p is checked the same way everywhere.
 PARAMETERS: dict[str, tuple] = {
-    "model": (_as_str, "'gpt2', a local Hugging Face GPT-2 directory, 'toy', or 'auto' (gpt2 when reachable, else toy)"),
-    "corpus": (_as_str, "'openwebtext', a .jsonl/.txt file or folder, 'toy', or 'auto' (toy for the toy model, else openwebtext)"),
+    "model": (_as_str, "'gpt2' (or any hub name, NAME@REVISION), a local Hugging Face GPT-2 directory, 'toy', or 'auto' (gpt2 when reachable, else toy)"),
+    "corpus": (_as_str, "'openwebtext', 'hf:ORG/NAME[@REV][:CONFIG[:SPLIT[:COLUMN]]]', a .jsonl/.txt file or folder, 'toy', or 'auto' (toy for the toy model, else openwebtext)"),
     "calibration_text": (_as_opt_str, "a text file or the text itself; None: a corpus text outside the test set (toy: its calibration text)"),
     "n_texts": (_as_int, "how many test texts"),
     "n_tokens": (_as_int, "tokens per text, BOS included; 0: the model's n_ctx"),
@@ -134,7 +157,11 @@ PARAMETERS: dict[str, tuple] = {
     "max_neurons": (_as_int, "at most this many discovered neurons are evaluated"),
     "n_examples": (_as_int, "texts shown as examples"),
     "extra_calibration_texts": (_as_int, "how many other corpus texts to try as calibration texts"),
+    "domains": (_as_domains, "domain name -> corpus (any corpus string); 'auto': the toy's domains for the toy, else web text, encyclopaedia and fiction"),
+    "n_candidates": (_as_int, "candidate calibration texts pooled from all domains for clustering"),
+    "n_clusters": (_as_int, "clusters of candidate calibration texts"),
 }
+CALIBRATION_SEED_OFFSET = 7919  # the default calibration text is drawn with seed + this, apart from the test texts
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
 
 
@@ -155,7 +182,7 @@ def validate(raw: dict) -> dict:
             f"unknown parameter(s) {', '.join(unknown)}; known parameters: {', '.join(PARAMETERS)}"
         )
     params = {name: PARAMETERS[name][0](name, value) for name, value in raw.items()}
-    for name in ("n_texts", "max_neurons", "n_examples"):
+    for name in ("n_texts", "max_neurons", "n_examples", "n_candidates", "n_clusters"):
         if name in params and params[name] < 1:
             raise ParameterError(f"parameter {name}={params[name]} must be at least 1")
     if "device" in params and params["device"] not in ("auto", "cpu", "cuda") and not params["device"].startswith("cuda:"):
@@ -201,17 +228,23 @@ def resolve_model_choice(model: str) -> tuple[str, bool]:
     """
     if model != "auto":
         return model, model == "toy" and os.environ.get("CTXN_OFFLINE_FALLBACK") == "1"
-    try:
-        from huggingface_hub import snapshot_download
-
-        snapshot_download(HUB_ALIASES["gpt2"], allow_patterns=["config.json"], local_files_only=True)
+    repo = HUB_ALIASES["gpt2"]
+    if hub.cached_snapshot(repo, allow_patterns=["config.json"]) is not None or hub.reachable(repo):
         return "gpt2", False
-    except Exception:
-        pass
-    if _hub_reachable():
-        return "gpt2", False
-    log.warning("GPT-2 cannot be reached and is not cached: falling back to the offline toy model")
+    log.warning("GPT-2 (%s) is not cached and the hub at %s cannot be reached: falling back to the offline toy model",
+                repo, hub.endpoint())
     return "toy", True
+
+
+def model_label(w: Layer0, model: str) -> str:
+    """How pages name the model: what it is, and for hub models the commit its weights came from."""
+    if model == "toy":
+        return "toy (planted-circuit GPT-2, offline)"
+    name = "GPT-2 Small" if w.paper_model else model
+    where = [] if name == model else [model]
+    if w.revision:
+        where.append(f"revision {w.revision[:12]}")
+    return f"{name} ({', '.join(where)})" if where else name
 
 
 @dataclass
@@ -223,6 +256,10 @@ class Run:
     model_label: str
     output_dir: Path  # the finished results; written through ``staging``
     tables: dict = field(default_factory=dict)
+    corpus_revision: str | None = None  # the hub commit of the corpus, once texts were drawn from it
+    # The tables behind the next figure: those saved since the last one (see ``show``).
+    _unshown: list = field(default_factory=list, init=False, repr=False)
+    _last_shown: list = field(default_factory=list, init=False, repr=False)
 
     @property
     def staging(self) -> Path:
@@ -253,7 +290,9 @@ class Run:
             text = toy.calibration_text()
             return corpus.CalibrationText(text=text, name="toy-calibration"), None
         # A corpus text drawn with another seed; ``texts`` keeps it out of the test set.
-        pick = corpus.select_token_batch(self.corpus, self.w.tokenizer, 1, self.n_tokens, seed=self.params["seed"] + 7919)
+        pick = corpus.select_token_batch(self.corpus, self.w.tokenizer, 1, self.n_tokens,
+                                         seed=self.params["seed"] + CALIBRATION_SEED_OFFSET)
+        self.corpus_revision = pick.revision
         text = pick.texts[0]
         return corpus.CalibrationText(text=text, name=f"{self.corpus}#{pick.doc_ids[0]}"), pick.doc_ids[0]
 
@@ -281,6 +320,7 @@ class Run:
         n = self.params["n_texts"]
         excluded = self.calibration_doc
         batch = corpus.select_token_batch(self.corpus, self.w.tokenizer, n + (excluded is not None), self.n_tokens, seed=self.params["seed"])
+        self.corpus_revision = batch.revision
         keep = [i for i, d in enumerate(batch.doc_ids) if d != excluded][:n]
         return corpus.TokenBatch(batch.tokens[keep], [batch.doc_ids[i] for i in keep], [batch.texts[i] for i in keep], batch.source)
 
@@ -297,6 +337,7 @@ class Run:
         return self.w.token_id(" the")
 
     def token_str(self, ids) -> list[str]:
+        """Each token id of ids [k] decoded on its own."""
         return [self.w.tokenizer.decode([int(i)]) for i in ids]
 
     # -- cached intermediates -----------------------------------------------------
@@ -314,7 +355,7 @@ class Run:
         return out["K"].to(self.w.device)
 
     def circuit(self, calibration_tokens: torch.Tensor | None = None, calibration_sha: str | None = None) -> Circuit:
-        """The circuit for this run's heads and calibration text (or the one given), cached on disk."""
+        """The circuit for this run's heads and calibration text (or calibration_tokens [n_cal + 1]), cached on disk."""
         cal = self.calibration_tokens if calibration_tokens is None else calibration_tokens
         sha = self.calibration.sha256 if calibration_sha is None else calibration_sha
         key = self._key(heads=list(self.heads), calibration=sha, n_cal=len(cal) - 1, n=self.n_tokens)
@@ -346,8 +387,11 @@ class Run:
         return {
             "notebook": self.name,
             "model": self.model_label,
+            "model_revision": self.w.revision,
+            "paper_model": self.w.paper_model,
             "model_fallback_to_toy": self.fallback,
             "corpus": self.corpus,
+            "corpus_revision": self.corpus_revision,
             "calibration_text": {"name": self.calibration.name, "sha256": self.calibration.sha256},
             "parameters": self.params,
             "device": str(self.w.device),
@@ -361,8 +405,9 @@ class Run:
     def caption(self) -> str:
         """One line saying where a figure's numbers came from."""
         fb = " — offline fallback, not GPT-2" if self.fallback else ""
+        rev = f" (revision {self.corpus_revision[:12]})" if self.corpus_revision else ""
         return (
-            f"Model: {self.model_label}{fb} · corpus: {self.corpus} · calibration: {self.calibration.name} "
+            f"Model: {self.model_label}{fb} · corpus: {self.corpus}{rev} · calibration: {self.calibration.name} "
             f"(sha256 {self.calibration.sha256[:12]}) · {self.params['n_texts']} texts × {self.n_tokens} tokens · "
             f"seed {self.params['seed']} · notebook {self.name}"
         )
@@ -375,6 +420,7 @@ class Run:
         path = atomic_write_csv(self.staging / f"{table}.csv", df)
         atomic_write_json(self.staging / f"{table}.meta.json", {"columns": columns, "rows": len(df), **self.provenance})
         self.tables[table] = str(path.name)
+        self._unshown.append(table)
         return self.output_dir / path.name
 
     def save_summary(self, **headline) -> Path:
@@ -388,14 +434,54 @@ class Run:
         shutil.rmtree(previous, ignore_errors=True)
         return self.output_dir / "summary.json"
 
-    def show(self, fig, name: str | None = None) -> None:
-        """Display a plotly figure in the book (see :func:`figures.show`) with the provenance line under it."""
+    def data_links(self, tables: list[str]) -> str:
+        """HTML links to the CSV and .meta.json of ``tables``. In the book build they point
+        into the site's ``_data/<notebook>/`` (the book's data_files extension copies the
+        files there); elsewhere at the files in ``output_dir``."""
+        from . import figures
+
+        if os.environ.get(figures.BOOK_BUILD_ENV):
+            # The page sits where its notebook does, relative to the book's root.
+            base = Path(os.path.relpath(project_root(), Path.cwd())) / DATA_DIR / self.name
+        else:
+            base = Path(os.path.relpath(self.output_dir, Path.cwd()))
+        links = []
+        for t in tables:
+            csv, meta = ((base / f"{t}{ext}").as_posix() for ext in (".csv", ".meta.json"))
+            links.append(f'<a class="ctxn-data-link" href="{figures.escape_text(csv)}" download>{figures.escape_text(t)}.csv</a> '
+                         f'(<a class="ctxn-data-link" href="{figures.escape_text(meta)}" download>columns and provenance</a>)')
+        return "data: " + ", ".join(links)
+
+    def show(self, fig, name: str | None = None, tables: list[str] | None = None) -> None:
+        """Display a plotly figure in the book (see :func:`figures.show`) with the provenance
+        line under it and links to the tidy tables behind it: ``tables``, by default those
+        saved since the previous figure (or, when none was, the previous figure's)."""
         from IPython.display import HTML, display
 
         from . import figures
 
+        if tables is None:
+            tables = self._unshown or self._last_shown
+        self._last_shown, self._unshown = list(tables), []
         figures.show(fig, name)
-        display(HTML(f'<p class="ctxn-provenance"><small>{figures.escape_text(self.caption)}</small></p>'))
+        data = f" · {self.data_links(tables)}" if tables else ""
+        display(HTML(f'<p class="ctxn-provenance"><small>{figures.escape_text(self.caption)}{data}</small></p>'))
+
+
+def open_run(name: str, params: dict) -> Run:
+    """A :class:`Run` for parameters already through :func:`validate`: the model loaded on
+    its device and the heads checked against it. Nothing is written (``start`` prepares
+    the output folder; ``ctxneurons discover`` needs none)."""
+    device = resolve_device(params["device"])
+    model, fallback = resolve_model_choice(params["model"])
+    params = {**params, "model": model}
+    w = load_layer0(model, device=str(device))
+    if "heads" in params:
+        bad = [h for h in params["heads"] if not 0 <= h < w.n_heads]
+        if bad:
+            raise ParameterError(f"parameter heads={params['heads']}: {bad} outside 0..{w.n_heads - 1} (the model has {w.n_heads} heads)")
+    return Run(name=name, params=params, w=w, fallback=fallback, model_label=model_label(w, model),
+               output_dir=resolve_output_dir(params.get("output_dir", "outputs")) / name)
 
 
 def start(name: str, namespace: dict) -> Run:
@@ -405,16 +491,7 @@ def start(name: str, namespace: dict) -> Run:
     for required in ("model", "n_texts", "seed", "device", "output_dir"):
         if required not in params:
             raise ParameterError(f"notebook {name}: parameter {required!r} is missing from its parameters cell")
-    device = resolve_device(params["device"])
-    model, fallback = resolve_model_choice(params["model"])
-    params["model"] = model
-    w = load_layer0(model, device=str(device))
-    if "heads" in params:
-        bad = [h for h in params["heads"] if not 0 <= h < w.n_heads]
-        if bad:
-            raise ParameterError(f"parameter heads={params['heads']}: {bad} outside 0..{w.n_heads - 1} (the model has {w.n_heads} heads)")
-    label = {"toy": "toy (planted-circuit GPT-2, offline)", "gpt2": "GPT-2 Small"}.get(model, model)
-    run = Run(name=name, params=params, w=w, fallback=fallback, model_label=label, output_dir=resolve_output_dir(params["output_dir"]) / name)
+    run = open_run(name, params)
     shutil.rmtree(run.staging, ignore_errors=True)  # what an interrupted run left
     run.staging.mkdir(parents=True)
     return run
