@@ -5,11 +5,12 @@
 Runs ``CTXN_N_TEXTS=<n> CTXN_BOOK_FRESH=1 bash ci/build_book.sh`` (the offline toy edition
 unless CTXN_MODEL says otherwise) with CTXN_SKIP_SETUP=1 and a fresh, temporary
 intermediates cache (CTXN_CACHE), so that no circuit or kernel from an earlier build is
-reused, then reads each executed page's time from the build's jupyter-cache
-(``execution_seconds`` of every record). Prints the load average before and after: on a
+reused, and reads each executed page's time off the build's log (myst-nb's "Executed
+notebook in N seconds"; pages that are not cached, such as reports, appear only there). Prints the load average before and after: on a
 shared machine the figures are only as good as the load lets them be.
 
-``--pages-only`` prints the page times of the last build without building.
+``--pages-only`` prints the cached pages' times of the last build (jupyter-cache's
+``execution_seconds``) without building.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -24,6 +26,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+EXECUTED = re.compile(r"^(\S+\.ipynb): Executed notebook in ([0-9.]+) seconds")
 
 
 def page_times(root: Path = ROOT) -> dict[str, float]:
@@ -50,11 +53,19 @@ def main() -> None:
             env = os.environ | {"CTXN_N_TEXTS": str(args.n_texts), "CTXN_BOOK_FRESH": "1", "CTXN_SKIP_SETUP": "1", "CTXN_CACHE": cache}
             r["load_before"] = os.getloadavg()
             t0 = time.perf_counter()
-            proc = subprocess.run(["bash", "ci/build_book.sh"], cwd=ROOT, env=env)
+            proc = subprocess.Popen(["bash", "ci/build_book.sh"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True)
+            r["pages"] = {}
+            for line in proc.stdout:
+                print(line, end="", flush=True)
+                if m := EXECUTED.match(line.strip()):
+                    page = Path(m.group(1))
+                    r["pages"][str(page.relative_to(ROOT) if page.is_relative_to(ROOT) else page)] = float(m.group(2))
+            r["rc"] = proc.wait()
             r["seconds"] = time.perf_counter() - t0
             r["load_after"] = os.getloadavg()
-            r["rc"] = proc.returncode
-    r["pages"] = page_times()
+    else:
+        r["pages"] = page_times()
     print(f"\nbook at {args.n_texts} texts per chapter" + (f": {r['seconds']:.0f} s, rc {r['rc']}, load average "
           f"(1/5/15 min) {'/'.join(f'{x:.1f}' for x in r['load_before'])} before, "
           f"{'/'.join(f'{x:.1f}' for x in r['load_after'])} after" if "seconds" in r else ""))
