@@ -17,6 +17,9 @@ fi
 # ci/setup.sh's venv, when there is one (a conda env or an activated venv serves as well).
 # shellcheck disable=SC1091
 if [ -f .venv/bin/activate ]; then . .venv/bin/activate; fi
+# The Try-a-neuron page's tokenizer library, into whichever environment builds (a no-op
+# once installed): a conda env made from environment.yml has not run ci/setup.sh.
+bash ci/install_js.sh
 # Resolve the model once for every chapter; offline, build the toy edition at a scale that
 # takes minutes on a laptop (CTXN_N_TEXTS overrides it).
 if [ -z "${CTXN_MODEL:-}" ]; then

@@ -17,3 +17,5 @@ else
   python -m pip install -q -e ".[book,dev]"
 fi
 python -m ipykernel install --sys-prefix --name python3 >/dev/null
+# The book's in-page tokenizer library (npm, pinned), into this venv.
+bash ci/install_js.sh

@@ -24,8 +24,9 @@ HOSTILE = [
 ]
 PAGES = ["book/intro", "notebooks/01_positional_kernels", "notebooks/02_tv_distance", "notebooks/03_denominator_stability",
          "notebooks/04_contextual_circuit", "notebooks/05_context_neurons", "notebooks/07_head_attribution",
-         "notebooks/08_core_tokens", "notebooks/09_calibration_choice", "reports/scorecard", "reports/neuron_browser", "reports/toy_ground_truth",
-         "reports/batch_runs", "book/reproduction_notes", "book/rerun", "book/api/index", "book/api/circuit"]
+         "notebooks/08_core_tokens", "notebooks/09_calibration_choice", "reports/scorecard", "reports/neuron_browser",
+         "reports/try_a_neuron", "reports/toy_ground_truth", "reports/batch_runs", "book/reproduction_notes", "book/rerun",
+         "book/api/index", "book/api/circuit"]
 
 
 def _copy_repo(dst: Path) -> Path:
@@ -109,6 +110,38 @@ def test_neuron_browser_shows_hostile_text_as_text(built_book):
         page.fill("#ctxn-neuron-search", "no-such-token-anywhere")
         assert all(not c.is_visible() for c in cards)
         screenshot(page, "book-neuron-browser")
+
+
+def test_try_a_neuron_computes_in_the_built_page(built_book, tiny, webtext):
+    """The page, its script, the pinned tokenizer library and the exported data, as the
+    build serves them: tokens as the Python tokenizer splits an unseen text, values as the
+    exported files give them (tests/test_live.py checks those against Circuit.approximate)."""
+    import numpy as np
+
+    from ctxneurons import live
+
+    export = built_book["outputs"] / live.NOTEBOOK / live.EXPORT_SUBDIR
+    served = built_book["html"] / "_static" / "ctxneurons-live"
+    assert (served / "tokenizers.mjs").is_file() and (served / "data" / live.MANIFEST).is_file()
+    with serve(built_book["html"]) as base, launch() as browser:
+        page, report = open_page(browser, f"{base}/reports/try_a_neuron.html")
+        page.wait_for_function("() => Number(document.querySelector('.ctxn-live').dataset.renders) >= 1")
+        offered = page.evaluate("() => window.ctxneuronsNeurons")
+        assert offered == [e["neuron"] for e in live.load_manifest(export)["neurons"]] and offered
+        assert len(offered) <= 6  # CTXN_MAX_NEURONS reaches the page
+        assert page.get_attribute(".ctxn-live", "data-export-id") == live.load_manifest(served / "data")["id"]
+        text = webtext[-1][:500] + " colour <b>centre</b>"
+        ids = tiny.tokenizer.encode(text, add_special_tokens=False)
+        r = page.evaluate("([j, t]) => window.ctxneuronsApprox(j, t)", [offered[-1], text])
+        n = tiny.n_ctx - 1
+        assert r["ids"] == ids[:n] and r["tokens"] == [tiny.tokenizer.decode([i]) for i in ids[:n]]
+        np.testing.assert_allclose(r["values"], live.approximate_from_export(export, offered[-1], ids), rtol=1e-5, atol=1e-6)
+        renders = int(page.get_attribute(".ctxn-live", "data-renders"))
+        page.fill(".ctxn-live-text", HOSTILE[0] + " " + HOSTILE[1])
+        page.wait_for_function(f"() => Number(document.querySelector('.ctxn-live').dataset.renders) > {renders}")
+        assert HOSTILE[0] in page.inner_text(".ctxn-live-tokens") and page.evaluate("window.__xss") is None
+        screenshot(page, "book-try-a-neuron")
+        report.assert_clean()
 
 
 def test_api_reference_has_a_page_for_build_circuit(built_book):
