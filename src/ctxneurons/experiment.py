@@ -103,6 +103,24 @@ def _as_int_list(name: str, v: Any) -> list[int]:
     return out
 
 
+def _as_str_list(name: str, v: Any) -> list[str] | str:
+    """'auto', or a list of strings, also from papermill's -p: 'a,b' or "['a', 'b']"."""
+    if isinstance(v, str):
+        text = v.strip()
+        if text == "auto":
+            return text
+        try:
+            v = ast.literal_eval(text) if text.startswith(("[", "(")) else [s for s in text.split(",") if s.strip()]
+        except (ValueError, SyntaxError):
+            raise ParameterError(f"parameter {name}={v!r} must be 'auto' or a list of names, e.g. ['gpt2', 'gpt2-medium']") from None
+    if not isinstance(v, (list, tuple)) or not v or not all(isinstance(x, str) and x.strip() for x in v):
+        raise ParameterError(f"parameter {name}={v!r} must be 'auto' or a non-empty list of names, e.g. ['gpt2', 'gpt2-medium']")
+    out = [x.strip() for x in v]
+    if len(set(out)) != len(out):
+        raise ParameterError(f"parameter {name}={out} has duplicates; list each once")
+    return out
+
+
 def _as_float_list(name: str, v: Any) -> list[float]:
     if isinstance(v, str):
         try:
@@ -118,6 +136,7 @@ def _as_float_list(name: str, v: Any) -> list[float]:
 # name means the same everywhere and papermill's -p is checked the same way everywhere.
 PARAMETERS: dict[str, tuple] = {
     "model": (_as_str, "'gpt2', a local Hugging Face GPT-2 directory, 'toy', or 'auto' (gpt2 when reachable, else toy)"),
+    "models": (_as_str_list, "models to compare: a list of names as for `model` (gpt2, distilgpt2, gpt2-medium, gpt2-large, gpt2-xl, gpt-neo-125M, a directory, toy, toy-control) or 'auto' (the GPT-2 family and GPT-Neo 125M; offline: toy and toy-control)"),
     "corpus": (_as_str, "'openwebtext', a .jsonl/.txt file or folder, 'toy', or 'auto' (toy for the toy model, else openwebtext)"),
     "calibration_text": (_as_opt_str, "a text file or the text itself; None: a corpus text outside the test set (toy: its calibration text)"),
     "n_texts": (_as_int, "how many test texts"),
@@ -339,6 +358,16 @@ class Run:
             contribution=t["contribution"].to(dev), offset=t["offset"].to(dev), ln2_scale=ln2, C=self.C,
             value_C=value_C, calibration_position=int(n_cal), query_token=int(q),
         )
+
+    def for_model(self, model: str, w: Layer0, label: str) -> "Run":
+        """This run's corpus, calibration text, texts and outputs with another model's layer 0.
+
+        The texts keep this run's n_tokens (clipped to the model's n_ctx), so that models
+        that share a tokenizer read the same texts; the other run's tables are saved with
+        this run's."""
+        params = {**self.params, "model": model, "corpus": self.corpus, "n_tokens": self.n_tokens}
+        return Run(name=self.name, params=params, w=w, fallback=self.fallback, model_label=label,
+                   output_dir=self.output_dir, tables=self.tables)
 
     # -- provenance and outputs -----------------------------------------------------
     @property
