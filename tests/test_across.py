@@ -72,6 +72,7 @@ def test_bad_models_parameter_names_the_fix(bad):
 def test_default_models_by_edition():
     assert across.default_models("toy") == ["toy", "toy-control"]
     assert across.default_models("gpt2") == ["gpt2", "distilgpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "gpt-neo-125M"]
+    assert across.default_models("/some/model/dir") == ["/some/model/dir"]
 
 
 def test_chapter_on_the_toy_and_its_control(tmp_path, monkeypatch):

@@ -23,7 +23,7 @@ HOSTILE = [
     '<div><b>unbalanced <i>tags</table>',
 ]
 PAGES = ["book/intro", "notebooks/01_positional_kernels", "notebooks/02_tv_distance", "notebooks/03_denominator_stability",
-         "notebooks/04_contextual_circuit", "notebooks/05_context_neurons", "reports/scorecard", "reports/neuron_browser", "reports/toy_ground_truth",
+         "notebooks/04_contextual_circuit", "notebooks/05_context_neurons", "notebooks/06_across_models", "reports/scorecard", "reports/neuron_browser", "reports/toy_ground_truth",
          "book/reproduction_notes", "book/rerun"]
 
 

@@ -51,9 +51,14 @@ TV_EDGES = torch.cat([torch.zeros(1), torch.logspace(-6, 0, 2400)])
 
 
 def default_models(edition: str) -> list[str]:
-    """The models compared when ``models`` is 'auto': the toy and its control in the offline
-    edition, the GPT-2 family and GPT-Neo 125M otherwise (they need the hub or its cache)."""
-    return list(OFFLINE_MODELS if edition == "toy" else ONLINE_MODELS)
+    """The models compared when ``models`` is 'auto', from the run's ``model``: the toy and
+    its control for 'toy' (the offline edition); the GPT-2 family and GPT-Neo 125M for GPT-2
+    Small (they need the hub or its cache); any other model alone."""
+    if edition == "toy":
+        return list(OFFLINE_MODELS)
+    if edition in ("gpt2", "gpt2-small"):
+        return list(ONLINE_MODELS)
+    return [edition]
 
 
 def label(name: str) -> str:

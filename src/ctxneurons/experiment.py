@@ -135,7 +135,7 @@ def _as_float_list(name: str, v: Any) -> list[float]:
 # name: (coercion, meaning). Every notebook draws its parameters from this one table, so a
 # name means the same everywhere and papermill's -p is checked the same way everywhere.
 PARAMETERS: dict[str, tuple] = {
-    "model": (_as_str, "'gpt2', a local Hugging Face GPT-2 directory, 'toy', or 'auto' (gpt2 when reachable, else toy)"),
+    "model": (_as_str, "'gpt2' (or another GPT-2 size, distilgpt2, gpt-neo-125M), a local Hugging Face GPT-2 or GPT-Neo directory, 'toy', or 'auto' (gpt2 when reachable, else toy)"),
     "models": (_as_str_list, "models to compare: a list of names as for `model` (gpt2, distilgpt2, gpt2-medium, gpt2-large, gpt2-xl, gpt-neo-125M, a directory, toy, toy-control) or 'auto' (the GPT-2 family and GPT-Neo 125M; offline: toy and toy-control)"),
     "corpus": (_as_str, "'openwebtext', a .jsonl/.txt file or folder, 'toy', or 'auto' (toy for the toy model, else openwebtext)"),
     "calibration_text": (_as_opt_str, "a text file or the text itself; None: a corpus text outside the test set (toy: its calibration text)"),
