@@ -272,7 +272,9 @@ class Run:
             text = toy.calibration_text()
             return corpus.CalibrationText(text=text, name="toy-calibration"), None
         # A corpus text drawn with another seed; ``texts`` keeps it out of the test set.
-        pick = corpus.select_token_batch(self.corpus, self.w.tokenizer, 1, self.n_tokens, seed=self.params["seed"] + 7919)
+        # Long enough for the texts and for the calibration position n_ctx/2 (GPT-Neo: 1024).
+        length = max(self.n_tokens, self.calibration_position + 1)
+        pick = corpus.select_token_batch(self.corpus, self.w.tokenizer, 1, length, seed=self.params["seed"] + 7919)
         text = pick.texts[0]
         return corpus.CalibrationText(text=text, name=f"{self.corpus}#{pick.doc_ids[0]}"), pick.doc_ids[0]
 
