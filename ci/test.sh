@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 if [ -z "${CTXN_SKIP_SETUP:-}" ]; then
   bash ci/setup.sh
   bash ci/install_browser.sh
+  bash ci/install_olah.sh
 fi
 # shellcheck disable=SC1091
 . .venv/bin/activate

@@ -32,7 +32,7 @@ def test_the_control_classifies_no_slow_head_and_the_toy_its_planted_ones(toy_di
     assert _classified_slow(w_control) == []
     control_truth = toy.ground_truth(control_dir)
     assert control_truth["control"] and control_truth["heads"]["slow"] == []
-    assert w_control.revision == f"{toy.VERSION}-control" and w_toy.revision == toy.VERSION
+    assert across.revision(across.CONTROL, w_control) == f"{toy.VERSION}-control"
     # The same model but for where the slow heads look: only their keys differ.
     slow = list(toy.SLOW_HEADS)
     others = [h for h in range(w_toy.n_heads) if h not in slow]

@@ -115,7 +115,7 @@ def test_settings_are_read_from_the_model(arch):
     }[name]
     assert (w.n_ctx, w.score_scale, w.eps, w.act_fn) == expected
     assert (w.d_model, w.n_heads, w.d_head, w.d_mlp) == (D, HEADS, d_head, 4 * D)
-    assert w.architecture == config["model_type"] and w.revision.startswith("config-sha256:")
+    assert w.architecture == config["model_type"] and w.revision is None  # a local directory has no hub commit
     if name == "gpt_neo":  # no q/k/v biases of its own: b_K is LN1's bias, folded in
         assert w.b_K.abs().max() > 0
 

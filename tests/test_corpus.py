@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from ctxneurons import corpus as corpus_mod
 from ctxneurons.corpus import (
     CorpusError,
     calibration_tokens,
@@ -195,52 +193,41 @@ def test_bad_parameters_are_named(jsonl, tok, kwargs, name):
         select_token_batch(jsonl, tok, **kwargs)
 
 
-def test_openwebtext_offline_fails_fast(monkeypatch, tmp_path, tok):
-    import datasets
+def test_openwebtext_offline_fails_fast(monkeypatch, tok):
+    """Offline with nothing cached: a CorpusError at once. The networked cases (a mirror, a
+    dead endpoint, the cached rerun) run against a real hub server in tests/test_hub.py."""
+    from ctxneurons import hub
 
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub, "_manifest_path", lambda *a: Path("/nonexistent/manifest.json"))
     start = time.monotonic()
     with pytest.raises(CorpusError) as err:
         select_token_batch("openwebtext", tok, 4, 64)
     assert time.monotonic() - start < 10
     msg = str(err.value)
-    assert "not in the local datasets cache" in msg and "offline mode is set" in msg
+    assert "Skylion007/openwebtext" in msg and "offline mode is set" in msg
     assert "corpus='/path/texts.jsonl'" in msg
 
 
-def test_openwebtext_unreachable_hub_fails_fast(monkeypatch, tmp_path, tok):
-    import datasets
+@pytest.mark.parametrize(
+    "name, expected",
+    [("openwebtext", ("Skylion007/openwebtext", "plain_text", "train", "text", "main")),
+     ("hf:Salesforce/wikitext:wikitext-103-raw-v1:test", ("Salesforce/wikitext", "wikitext-103-raw-v1", "test", "text", "main")),
+     ("hf:org/data@v1.0", ("org/data", None, "train", "text", "v1.0")),
+     ("hf:org/data:cfg:validation:body", ("org/data", "cfg", "validation", "body", "main"))],
+)
+def test_hub_corpus_names(name, expected):
+    from dataclasses import astuple
 
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(corpus_mod, "_hub_reachable", lambda host, timeout: False)
-    with pytest.raises(CorpusError, match=r"huggingface\.co cannot be reached.*local corpus"):
-        select_token_batch("openwebtext", tok, 4, 64)
+    from ctxneurons.corpus import HubCorpus
+
+    assert astuple(HubCorpus.parse(name)) == expected
 
 
-def test_openwebtext_uses_a_cached_copy_offline(monkeypatch, tmp_path, tok, sample):
-    """A copy in datasets' cache (here a stand-in built from WebText in the cache's own
-    layout) is used without the hub, with the same seeded choice each time."""
-    import datasets
-
-    src = tmp_path / "src.jsonl"
-    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in sample))
-    built = datasets.load_dataset("json", data_files=str(src), split="train", cache_dir=str(tmp_path / "build"))
-    built_dir = Path(built.cache_files[0]["filename"]).parent
-    cached_dir = tmp_path / "hf" / "Skylion007___openwebtext" / "default" / "0.0.0" / built_dir.name
-    shutil.copytree(built_dir, cached_dir)
-    for arrow in cached_dir.glob("json-*.arrow"):
-        arrow.rename(cached_dir / arrow.name.replace("json-", "openwebtext-"))
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    a = select_token_batch("openwebtext", tok, 4, 64, seed=5)
-    b = select_token_batch("openwebtext", tok, 4, 64, seed=5)
-    assert a.source == "openwebtext (cached Skylion007/openwebtext)"
-    assert a.doc_ids == b.doc_ids and torch.equal(a.tokens, b.tokens)
-    for row, doc_id in zip(a.tokens, a.doc_ids):
-        assert row[1:].tolist() == tok.encode(sample[doc_id], add_special_tokens=False)[:63]
+@pytest.mark.parametrize("name", ["hf:wikitext", "hf:org/data::test", "hf:org/data:a:b:c:d", "hf:"])
+def test_bad_hub_corpus_names_say_the_syntax(name, tok):
+    with pytest.raises(CorpusError, match=r"hf:ORG/NAME\[@REVISION\]"):
+        select_token_batch(name, tok, 1, 8)
 
 
 # --- calibration text ----------------------------------------------------------------

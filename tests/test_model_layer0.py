@@ -47,8 +47,19 @@ def test_cuda_without_gpu_is_an_error():
 def test_offline_hub_fails_fast_with_instructions(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
-    with pytest.raises(ModelLoadError, match="local Hugging Face cache.*model='/path/to"):
+    with pytest.raises(ModelLoadError, match="not in the local Hugging Face cache.*offline mode is set.*model='/path/to"):
         resolve_model_dir("gpt2")
+
+
+def test_gpt2_small_is_recognised_by_its_config(tmp_path):
+    from transformers import GPT2Config
+
+    from ctxneurons.model import is_gpt2_small
+
+    small = GPT2Config().to_dict()  # transformers' defaults are GPT-2 Small's
+    assert is_gpt2_small(small)
+    assert not is_gpt2_small({**small, "n_layer": 24, "n_embd": 1024, "n_head": 16})  # GPT-2 Medium
+    assert not is_gpt2_small({**small, "n_layer": 1})  # the toy: GPT-2 Small's layer 0 alone
 
 
 def test_not_a_model_directory(tmp_path):

@@ -20,8 +20,10 @@ with its slowly decaying heads made local, see :func:`toy.build_model`).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -70,6 +72,18 @@ def load(name: str, device: str = "auto") -> Layer0:
     if name == CONTROL:
         return load_layer0(toy.ensure_model(control=True), device=device)
     return load_layer0(name, device=device)
+
+
+def revision(name: str, w: Layer0) -> str:
+    """The hub commit of the model's files; for local files the toy's version stamp, or a
+    hash of the directory's config.json."""
+    if w.revision:
+        return w.revision
+    path = toy.ensure_model(control=name == CONTROL) if name in OFFLINE_MODELS else Path(name).expanduser()
+    stamp = path / toy.STAMP_FILE
+    if stamp.is_file():
+        return stamp.read_text().strip()
+    return "config-sha256:" + hashlib.sha256((path / "config.json").read_bytes()).hexdigest()[:12]
 
 
 def scaled_threshold(top: torch.Tensor, n_mads: float = SCALED_N_MADS) -> float:
@@ -123,7 +137,7 @@ def study(run, fallback_heads: list[int], threshold: float = PAPER_THRESHOLD, n_
     row = {
         "model": run.model_label,
         "name": run.params["model"],
-        "revision": w.revision,
+        "revision": revision(run.params["model"], w),
         "architecture": w.architecture,
         "d_model": w.d_model,
         "n_heads": w.n_heads,

@@ -26,6 +26,29 @@ def _split_assignment(text: str) -> tuple[str, str]:
     return name.strip(), value
 
 
+def prefetch(model: str, corpora: list[str], n_texts: int, seed: int) -> int:
+    """Fetch what a run with these settings reads: the model's files and, per corpus, the
+    shards holding its test texts and its seeded calibration text (see experiment.Run)."""
+    from huggingface_hub import constants
+
+    from .corpus import CorpusError, select_token_batch
+    from .experiment import CALIBRATION_SEED_OFFSET
+    from .model import ModelLoadError, load_layer0
+
+    try:
+        w = load_layer0(model, device="cpu")
+        print(f"model {model}: revision {w.revision or '(local directory)'}", flush=True)
+        for corpus in corpora:
+            for n, s in ((n_texts + 1, seed), (1, seed + CALIBRATION_SEED_OFFSET)):
+                batch = select_token_batch(corpus, w.tokenizer, n, w.n_ctx, seed=s)
+            print(f"corpus {corpus}: {batch.source}", flush=True)
+    except (ModelLoadError, CorpusError) as err:
+        print(f"ctxneurons prefetch: {err}", file=sys.stderr)
+        return 2
+    print(f"cached in {constants.HF_HOME}: copy it to the offline machine and set HF_HOME to it and HF_HUB_OFFLINE=1")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ctxneurons")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -38,9 +61,18 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", type=Path, default=Path("runs"), help="root folder of the runs (default: runs)")
     b.add_argument("--notebook-dir", type=Path, default=batch.NOTEBOOK_DIR, help="where the notebooks are")
     b.add_argument("--kernel", default="python3", help="Jupyter kernel name")
+    f = sub.add_parser("prefetch", help="download a model and the corpus shards a run needs into the Hugging Face "
+                       "cache, for a machine without a network (copy HF_HOME there, set HF_HUB_OFFLINE=1)")
+    f.add_argument("--model", default="gpt2", help="hub name (NAME@REVISION pins one) or local directory (default: gpt2)")
+    f.add_argument("--corpus", action="append", default=None,
+                   help="'openwebtext' (default) or 'hf:ORG/NAME[@REV][:CONFIG[:SPLIT[:COLUMN]]]'; repeat for several")
+    f.add_argument("--n-texts", type=int, default=1000, help="texts per chapter the runs will use (default: 1000)")
+    f.add_argument("--seed", type=int, default=0, help="the runs' seed: it picks the shards (default: 0)")
     e = sub.add_parser("edition", help="print the model a build uses: 'gpt2' (or CTXN_MODEL), or 'toy fallback' offline")
     e.add_argument("model", nargs="?", default="auto")
     args = parser.parse_args(argv)
+    if args.command == "prefetch":
+        return prefetch(args.model, args.corpus or ["openwebtext"], args.n_texts, args.seed)
     if args.command == "edition":
         model, fallback = resolve_model_choice(args.model)
         print(model, "fallback" if fallback else "")

@@ -2,8 +2,11 @@
 
 A *corpus* is named by one string:
 
-- ``'openwebtext'``: OpenWebText through the ``datasets`` library, from a local cached copy
-  when there is one, else streamed from the Hugging Face hub;
+- ``'openwebtext'``: OpenWebText (``Skylion007/openwebtext``) from the Hugging Face hub, the
+  same as ``'hf:Skylion007/openwebtext:plain_text:train'``;
+- ``'hf:ORG/NAME[@REVISION][:CONFIG[:SPLIT[:COLUMN]]]'``: any text dataset on the hub (split
+  defaults to ``train``, column to ``text``), read through :mod:`ctxneurons.hub` from whole
+  data files that the seed picks, cached for offline reruns;
 - ``'toy'``: the offline toy documents of :mod:`ctxneurons.toy`;
 - a path: a ``.jsonl`` file with one ``{"text": ...}`` object per line, a ``.txt`` file
   (one document), or a folder searched recursively for both (files in sorted order).
@@ -24,16 +27,16 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 
-from .model import _hub_reachable
+from . import hub
 
 OPENWEBTEXT = "Skylion007/openwebtext"
 CORPUS_SUFFIXES = (".txt", ".jsonl")
 CALIBRATION_SUFFIXES = (".txt", ".md", ".jsonl")
-_OFFLINE_VALUES = ("1", "ON", "YES", "TRUE")
+_LOCAL_HINT = ("Or use a local corpus: corpus='/path/texts.jsonl' ({\"text\": ...} per line), a .txt file "
+               "or a folder of them.")
 
 
 class CorpusError(ValueError):
@@ -45,15 +48,17 @@ class TokenBatch:
     """Token rows drawn from a corpus.
 
     ``tokens`` is a LongTensor [N, n_tokens] (BOS first when asked for); ``doc_ids[k]`` is
-    where row k's text sits in the source (document index for local files and a cached
-    OpenWebText, position in the seeded shuffled stream when OpenWebText is streamed);
-    ``texts[k]`` is the decoded text of row k without the BOS token; ``source`` names the corpus.
+    where row k's text sits in the source (document index for local files; for hub corpora
+    shard * 1_000_000 + row, the shard's index in the dataset's sorted file list);
+    ``texts[k]`` is the decoded text of row k without the BOS token; ``source`` names the corpus;
+    ``revision`` is the hub commit the texts were read at (None for local corpora).
     """
 
     tokens: torch.Tensor
     doc_ids: list[int]
     texts: list[str]
     source: str
+    revision: str | None = None
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -149,50 +154,84 @@ def load_texts(path: str | os.PathLike) -> list[str]:
     return texts
 
 
-def _datasets_offline() -> bool:
-    flag = os.environ.get("HF_DATASETS_OFFLINE") or os.environ.get("HF_HUB_OFFLINE") or ""
-    return flag.upper() in _OFFLINE_VALUES
+@dataclass(frozen=True)
+class HubCorpus:
+    """A text column of one split of a hub dataset: ``hf:REPO[@REVISION][:CONFIG[:SPLIT[:COLUMN]]]``."""
+
+    repo: str
+    config: str | None = None
+    split: str = "train"
+    column: str = "text"
+    revision: str = "main"
+
+    @classmethod
+    def parse(cls, name: str) -> "HubCorpus":
+        if name == "openwebtext":
+            return cls(OPENWEBTEXT, "plain_text", "train")
+        parts = name[len("hf:"):].split(":")
+        repo, _, revision = parts[0].partition("@")
+        if repo.count("/") != 1 or len(parts) > 4 or not all(parts):
+            raise CorpusError(
+                f"corpus={name!r}: a hub corpus is written hf:ORG/NAME[@REVISION][:CONFIG[:SPLIT[:COLUMN]]], "
+                "e.g. 'hf:Salesforce/wikitext:wikitext-103-raw-v1:test' (split defaults to train, column to text)."
+            )
+        fields = dict(zip(("config", "split", "column"), parts[1:]))
+        return cls(repo, revision=revision or "main", **fields)
 
 
-def _openwebtext_candidates(seed: int, pool_size: int) -> tuple[Iterator[tuple[int, str]], str]:
-    import datasets
-    from unittest import mock
+def is_hub_corpus(name: str) -> bool:
+    return name == "openwebtext" or name.startswith("hf:")
 
-    # datasets reads its offline flag once at import; forcing it here makes the cache
-    # lookup answer at once instead of first trying (and retrying) the hub.
+
+def corpus_label(name: str) -> str:
+    """The corpus's name, with the hub commit its texts are read at for hub corpora (one
+    metadata call the first time, cached after; the bare name when the hub cannot answer)."""
+    if not is_hub_corpus(name):
+        return name
+    spec = HubCorpus.parse(name)
     try:
-        with mock.patch.object(datasets.config, "HF_HUB_OFFLINE", True):
-            cached = datasets.load_dataset(OPENWEBTEXT, split="train")
-    except (ConnectionError, FileNotFoundError):  # not cached; a broken cache still raises
-        cached = None
-    if cached is not None:
-        order = random.Random(seed).sample(range(len(cached)), min(len(cached), pool_size))
-        return ((i, cached[i]["text"]) for i in order), f"openwebtext (cached {OPENWEBTEXT})"
-    host = urlparse(datasets.config.HF_ENDPOINT).hostname or "huggingface.co"
-    if _datasets_offline() or not _hub_reachable(host, timeout=3.0):
-        why = (
-            "offline mode is set (HF_DATASETS_OFFLINE / HF_HUB_OFFLINE)"
-            if _datasets_offline()
-            else f"{host} cannot be reached"
-        )
-        raise CorpusError(
-            f"corpus='openwebtext': {OPENWEBTEXT} is not in the local datasets cache and {why}. "
-            "Run once with a network (datasets.load_dataset('Skylion007/openwebtext') caches it), "
-            "or pass a local corpus instead: corpus='/path/texts.jsonl' ({\"text\": ...} per line), "
-            "a .txt file, or a folder of them."
-        )
-    stream = datasets.load_dataset(OPENWEBTEXT, split="train", streaming=True)
-    stream = stream.shuffle(seed=seed, buffer_size=pool_size)
-    texts = (example["text"] for example in itertools.islice(stream, pool_size))
-    return enumerate(texts), f"openwebtext (streamed {OPENWEBTEXT})"
+        files = hub.dataset_files(spec.repo, spec.config, spec.split, spec.revision)
+    except hub.HubError:
+        return name
+    return f"{name} ({spec.repo}@{files.revision[:12]})"
+
+
+def _hub_candidates(name: str, seed: int, pool_size: int) -> tuple[Iterator[tuple[int, str]], str, str]:
+    """Texts of a hub dataset in seeded order, read from whole data files (shards) that the
+    seed picks, so 1000 texts of OpenWebText fetch one or two shards of its ~40 GB.
+
+    doc_id = (index of the shard in the sorted file list) * 1_000_000 + row in that shard.
+    """
+    spec = HubCorpus.parse(name)
+    try:
+        files = hub.dataset_files(spec.repo, spec.config, spec.split, spec.revision)
+    except hub.HubError as err:
+        raise CorpusError(f"corpus={name!r}: {err} {_LOCAL_HINT}") from None
+    rng = random.Random(seed)
+    order = list(range(len(files.files)))
+    rng.shuffle(order)
+
+    def texts():
+        for shard in order:
+            try:
+                path = hub.download_file(spec.repo, files.files[shard], files.revision)
+                rows = hub.read_texts(path, spec.column)
+            except hub.HubError as err:
+                raise CorpusError(f"corpus={name!r}: {err} {_LOCAL_HINT}") from None
+            perm = list(range(len(rows)))
+            rng.shuffle(perm)
+            yield from ((shard * 1_000_000 + r, rows[r]) for r in perm)
+
+    source = f"{name} ({spec.repo}@{files.revision[:12]}, {files.layout})"
+    return itertools.islice(texts(), pool_size), source, files.revision
 
 
 def _candidates(corpus: str | os.PathLike, n_texts: int, seed: int, pool_size: int):
-    """(doc_id, text) pairs in seeded order, the source's name, and whether the pool was capped."""
+    """(doc_id, text) pairs in seeded order, the source's name, its hub revision (None for
+    local corpora) and whether the pool was capped."""
     name = str(corpus)
-    if name == "openwebtext":
-        stream, source = _openwebtext_candidates(seed, pool_size)
-        return stream, source, True
+    if is_hub_corpus(name):
+        return _hub_candidates(name, seed, pool_size) + (True,)
     if name == "toy":
         from . import toy
 
@@ -201,7 +240,7 @@ def _candidates(corpus: str | os.PathLike, n_texts: int, seed: int, pool_size: i
         texts, source = load_texts(corpus), name
     order = list(range(len(texts)))
     random.Random(seed).shuffle(order)
-    return ((i, texts[i]) for i in order), source, False
+    return ((i, texts[i]) for i in order), source, None, False
 
 
 def select_token_batch(
@@ -216,7 +255,7 @@ def select_token_batch(
 ) -> TokenBatch:
     """A seeded choice of ``n_texts`` texts from ``corpus``, as tokens [n_texts, n_tokens].
 
-    corpus: 'openwebtext', 'toy', or a path to a .jsonl / .txt file or a folder of them.
+    corpus: 'openwebtext', 'hf:...', 'toy', or a path to a .jsonl / .txt file or a folder of them.
     tokenizer: the model's tokenizer; texts go through ``encode(text, add_special_tokens=False)``.
     n_texts: rows wanted (>= 1).
     n_tokens: tokens per row (>= 2), counting the BOS token when ``bos``; each text is cut there.
@@ -225,8 +264,8 @@ def select_token_batch(
     min_tokens: a text qualifies when it has at least this many tokens (BOS counted);
         shorter ones are skipped. Defaults to ``n_tokens`` and cannot be smaller, since the
         rows are not padded; a larger value selects only long documents.
-    pool_size: for 'openwebtext', how many documents are read at most (also the shuffle
-        buffer when streaming); local corpora and 'toy' always offer all their documents.
+    pool_size: for hub corpora, how many documents are read at most; local corpora and
+        'toy' always offer all their documents.
 
     Texts are tokenised in seeded order and reading stops once ``n_texts`` qualify.
     """
@@ -248,7 +287,7 @@ def select_token_batch(
             raise CorpusError("bos=True but the tokenizer has no bos_token_id; pass bos=False.")
         prefix = [tokenizer.bos_token_id]
 
-    candidates, source, capped = _candidates(corpus, n_texts, seed, pool_size)
+    candidates, source, revision, capped = _candidates(corpus, n_texts, seed, pool_size)
     rows, doc_ids, texts = [], [], []
     seen = 0
     for doc_id, text in candidates:
@@ -269,7 +308,7 @@ def select_token_batch(
             f"{counted}; {seen - len(rows)} are shorter, and n_texts={n_texts} were asked for — "
             f"lower n_texts or min_tokens{more}, or use a larger corpus."
         )
-    return TokenBatch(torch.tensor(rows, dtype=torch.long), doc_ids, texts, source)
+    return TokenBatch(torch.tensor(rows, dtype=torch.long), doc_ids, texts, source, revision)
 
 
 def iter_batches(tokens: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:

@@ -38,7 +38,8 @@ import torch
 from . import __version__, cache, corpus, kernels
 from .circuit import PAPER_HEADS, Circuit, build_circuit
 from .decomposition import DEFAULT_C
-from .model import HUB_ALIASES, Layer0, _hub_reachable, load_layer0, resolve_device
+from . import hub
+from .model import HUB_ALIASES, Layer0, load_layer0, resolve_device
 from .outputs import atomic_write_csv, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -135,9 +136,9 @@ def _as_float_list(name: str, v: Any) -> list[float]:
 # name: (coercion, meaning). Every notebook draws its parameters from this one table, so a
 # name means the same everywhere and papermill's -p is checked the same way everywhere.
 PARAMETERS: dict[str, tuple] = {
-    "model": (_as_str, "'gpt2' (or another GPT-2 size, distilgpt2, gpt-neo-125M), a local Hugging Face GPT-2 or GPT-Neo directory, 'toy', or 'auto' (gpt2 when reachable, else toy)"),
-    "models": (_as_str_list, "models to compare: a list of names as for `model` (gpt2, distilgpt2, gpt2-medium, gpt2-large, gpt2-xl, gpt-neo-125M, a directory, toy, toy-control) or 'auto' (the GPT-2 family and GPT-Neo 125M; offline: toy and toy-control)"),
-    "corpus": (_as_str, "'openwebtext', a .jsonl/.txt file or folder, 'toy', or 'auto' (toy for the toy model, else openwebtext)"),
+    "model": (_as_str, "'gpt2' (or any hub name, NAME@REVISION; the other GPT-2 sizes, distilgpt2, gpt-neo-125M), a local Hugging Face GPT-2 or GPT-Neo directory, 'toy', or 'auto' (gpt2 when reachable, else toy)"),
+    "models": (_as_str_list, "models to compare: a list of names as for `model`, or toy-control (the toy's negative control); 'auto': toy and toy-control for the toy, the GPT-2 sizes and GPT-Neo 125M for gpt2, else the model alone"),
+    "corpus": (_as_str, "'openwebtext', 'hf:ORG/NAME[@REV][:CONFIG[:SPLIT[:COLUMN]]]', a .jsonl/.txt file or folder, 'toy', or 'auto' (toy for the toy model, else openwebtext)"),
     "calibration_text": (_as_opt_str, "a text file or the text itself; None: a corpus text outside the test set (toy: its calibration text)"),
     "n_texts": (_as_int, "how many test texts"),
     "n_tokens": (_as_int, "tokens per text, BOS included; 0: the model's n_ctx"),
@@ -154,6 +155,7 @@ PARAMETERS: dict[str, tuple] = {
     "n_examples": (_as_int, "texts shown as examples"),
     "extra_calibration_texts": (_as_int, "how many other corpus texts to try as calibration texts"),
 }
+CALIBRATION_SEED_OFFSET = 7919  # the default calibration text is drawn with seed + this, apart from the test texts
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
 
 
@@ -220,17 +222,23 @@ def resolve_model_choice(model: str) -> tuple[str, bool]:
     """
     if model != "auto":
         return model, model == "toy" and os.environ.get("CTXN_OFFLINE_FALLBACK") == "1"
-    try:
-        from huggingface_hub import snapshot_download
-
-        snapshot_download(HUB_ALIASES["gpt2"], allow_patterns=["config.json"], local_files_only=True)
+    repo = HUB_ALIASES["gpt2"]
+    if hub.cached_snapshot(repo, allow_patterns=["config.json"]) is not None or hub.reachable(repo):
         return "gpt2", False
-    except Exception:
-        pass
-    if _hub_reachable():
-        return "gpt2", False
-    log.warning("GPT-2 cannot be reached and is not cached: falling back to the offline toy model")
+    log.warning("GPT-2 (%s) is not cached and the hub at %s cannot be reached: falling back to the offline toy model",
+                repo, hub.endpoint())
     return "toy", True
+
+
+def model_label(w: Layer0, model: str) -> str:
+    """How pages name the model: what it is, and for hub models the commit its weights came from."""
+    if model == "toy":
+        return "toy (planted-circuit GPT-2, offline)"
+    name = "GPT-2 Small" if w.paper_model else model
+    where = [] if name == model else [model]
+    if w.revision:
+        where.append(f"revision {w.revision[:12]}")
+    return f"{name} ({', '.join(where)})" if where else name
 
 
 @dataclass
@@ -242,6 +250,7 @@ class Run:
     model_label: str
     output_dir: Path  # the finished results; written through ``staging``
     tables: dict = field(default_factory=dict)
+    corpus_revision: str | None = None  # the hub commit of the corpus, once texts were drawn from it
 
     @property
     def staging(self) -> Path:
@@ -274,7 +283,9 @@ class Run:
         # A corpus text drawn with another seed; ``texts`` keeps it out of the test set.
         # Long enough for the texts and for the calibration position n_ctx/2 (GPT-Neo: 1024).
         length = max(self.n_tokens, self.calibration_position + 1)
-        pick = corpus.select_token_batch(self.corpus, self.w.tokenizer, 1, length, seed=self.params["seed"] + 7919)
+        pick = corpus.select_token_batch(self.corpus, self.w.tokenizer, 1, length,
+                                         seed=self.params["seed"] + CALIBRATION_SEED_OFFSET)
+        self.corpus_revision = pick.revision
         text = pick.texts[0]
         return corpus.CalibrationText(text=text, name=f"{self.corpus}#{pick.doc_ids[0]}"), pick.doc_ids[0]
 
@@ -302,6 +313,7 @@ class Run:
         n = self.params["n_texts"]
         excluded = self.calibration_doc
         batch = corpus.select_token_batch(self.corpus, self.w.tokenizer, n + (excluded is not None), self.n_tokens, seed=self.params["seed"])
+        self.corpus_revision = batch.revision
         keep = [i for i, d in enumerate(batch.doc_ids) if d != excluded][:n]
         return corpus.TokenBatch(batch.tokens[keep], [batch.doc_ids[i] for i in keep], [batch.texts[i] for i in keep], batch.source)
 
@@ -377,8 +389,11 @@ class Run:
         return {
             "notebook": self.name,
             "model": self.model_label,
+            "model_revision": self.w.revision,
+            "paper_model": self.w.paper_model,
             "model_fallback_to_toy": self.fallback,
             "corpus": self.corpus,
+            "corpus_revision": self.corpus_revision,
             "calibration_text": {"name": self.calibration.name, "sha256": self.calibration.sha256},
             "parameters": self.params,
             "device": str(self.w.device),
@@ -392,8 +407,9 @@ class Run:
     def caption(self) -> str:
         """One line saying where a figure's numbers came from."""
         fb = " — offline fallback, not GPT-2" if self.fallback else ""
+        rev = f" (revision {self.corpus_revision[:12]})" if self.corpus_revision else ""
         return (
-            f"Model: {self.model_label}{fb} · corpus: {self.corpus} · calibration: {self.calibration.name} "
+            f"Model: {self.model_label}{fb} · corpus: {self.corpus}{rev} · calibration: {self.calibration.name} "
             f"(sha256 {self.calibration.sha256[:12]}) · {self.params['n_texts']} texts × {self.n_tokens} tokens · "
             f"seed {self.params['seed']} · notebook {self.name}"
         )
@@ -444,8 +460,7 @@ def start(name: str, namespace: dict) -> Run:
         bad = [h for h in params["heads"] if not 0 <= h < w.n_heads]
         if bad:
             raise ParameterError(f"parameter heads={params['heads']}: {bad} outside 0..{w.n_heads - 1} (the model has {w.n_heads} heads)")
-    label = {"toy": "toy (planted-circuit GPT-2, offline)", "gpt2": "GPT-2 Small"}.get(model, model)
-    run = Run(name=name, params=params, w=w, fallback=fallback, model_label=label, output_dir=resolve_output_dir(params["output_dir"]) / name)
+    run = Run(name=name, params=params, w=w, fallback=fallback, model_label=model_label(w, model), output_dir=resolve_output_dir(params["output_dir"]) / name)
     shutil.rmtree(run.staging, ignore_errors=True)  # what an interrupted run left
     run.staging.mkdir(parents=True)
     return run

@@ -21,17 +21,17 @@ activation) is read from the model.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import os
-import socket
 import warnings
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
+
+from . import hub
 
 log = logging.getLogger(__name__)
 # tqdm.auto warns on import wherever ipywidgets is absent (a papermill kernel, the book build).
@@ -79,8 +79,7 @@ class Layer0:
     another scale s (GPT-Neo: s = 1, no scaling) has sqrt(d_head)/s folded into W_Q and
     b_Q at loading, so the scores, and every function computing them, stay the model's
     own; ``score_scale`` records s. ``eps`` and ``act_fn`` are the model's (config.json);
-    ``architecture`` its model_type; ``revision`` the hub commit of its files, the toy's
-    version, or a hash of a local directory's config.json.
+    ``architecture`` its model_type.
     """
 
     W_E: torch.Tensor
@@ -100,8 +99,9 @@ class Layer0:
     name: str = "unnamed"
     score_scale: float | None = None
     architecture: str = "gpt2"
-    revision: str = ""
     tokenizer: object = field(default=None, repr=False, compare=False)
+    revision: str | None = None  # the hub commit the weights came from; None for local folders
+    paper_model: bool = False  # GPT-2 Small, the paper's model (by its config and weight shapes)
 
     @property
     def d_model(self) -> int:
@@ -186,28 +186,33 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
-def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's files are: ``path`` (a local Hugging Face directory), and for hub
+    models the repo and the commit sha they were read at."""
+
+    path: Path
+    repo: str | None = None
+    revision: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.repo}@{self.revision[:12]}" if self.repo and self.revision else str(self.path)
 
 
-def resolve_model_dir(model: str | os.PathLike) -> Path:
-    """A local directory in Hugging Face format for ``model``.
+def resolve_model(model: str | os.PathLike) -> ModelSource:
+    """The local files of ``model``: 'toy' (built on first use), a local directory, or a hub
+    name such as 'gpt2' or 'openai-community/gpt2' (optionally 'NAME@REVISION').
 
-    ``model`` is 'toy' (built on first use), a local directory, or a hub name such as
-    'gpt2' (from the local Hugging Face cache, else downloaded). Without a network and
-    without a cached copy this fails at once, instead of retrying.
+    A hub model already in the Hugging Face cache is used with no network call; otherwise it is
+    downloaded the way huggingface_hub downloads (HF_ENDPOINT, HTTPS_PROXY, HF_TOKEN), and an
+    unreachable hub fails within seconds with a message saying what to do.
     """
     model_str = str(model)
     if model_str == "toy":
         from . import toy
 
-        return toy.ensure_model()
+        return ModelSource(toy.ensure_model())
     path = Path(model_str).expanduser()
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
@@ -215,31 +220,37 @@ def resolve_model_dir(model: str | os.PathLike) -> Path:
                 f"model={model_str!r} exists but is not a Hugging Face model directory "
                 "(no config.json). Point at the folder that holds config.json and the weights."
             )
-        return path
+        return ModelSource(path)
     if model_str.startswith((".", "/", "~")):
         raise ModelLoadError(f"model={model_str!r}: no such directory.")
-    repo = HUB_ALIASES.get(model_str, model_str)
-    from huggingface_hub import snapshot_download
+    name, _, revision = model_str.partition("@")
+    repo = HUB_ALIASES.get(name, name)
+    from huggingface_hub.utils import validate_repo_id
     from huggingface_hub.errors import HFValidationError
 
-    patterns = ["config.json", "*.safetensors", "tokenizer*", "vocab.json", "merges.txt", "generation_config.json"]
     try:
-        return Path(snapshot_download(repo, allow_patterns=patterns, local_files_only=True))
+        validate_repo_id(repo)
     except HFValidationError as err:
         raise ModelLoadError(f"model={model_str!r} is neither a directory nor a valid hub name: {err}") from None
-    except Exception:
-        pass  # not cached: try the network below
-    if not _hub_reachable():
-        raise ModelLoadError(
-            f"model={model_str!r} ({repo}) is not in the local Hugging Face cache and the hub "
-            "(huggingface.co) cannot be reached. Either run once with a network to cache it, "
-            "or download it elsewhere (e.g. `huggingface-cli download openai-community/gpt2`) "
-            "and pass model='/path/to/that/directory', or use model='toy' for the offline model."
-        )
     try:
-        return Path(snapshot_download(repo, allow_patterns=patterns))
-    except Exception as err:
-        raise ModelLoadError(f"model={model_str!r}: download of {repo} failed: {err}") from None
+        folder, sha = hub.model_snapshot(repo, revision or "main")
+    except hub.HubError as err:
+        extra = " Or use model='toy' for the offline model, or model='/path/to/a/local/copy'."
+        raise ModelLoadError(f"model={model_str!r}: {err}{extra}") from None
+    return ModelSource(folder, repo, sha)
+
+
+def resolve_model_dir(model: str | os.PathLike) -> Path:
+    """A local directory in Hugging Face format for ``model`` (see :func:`resolve_model`)."""
+    return resolve_model(model).path
+
+
+def is_gpt2_small(config: dict) -> bool:
+    """Whether a Hugging Face config is GPT-2 Small's: 12 layers of d_model 768 with 12
+    heads, n_ctx 1024 and GPT-2's 50257-token vocabulary (the weights' shapes follow from it
+    and are checked when they load)."""
+    want = {"model_type": "gpt2", "n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 1024, "vocab_size": 50257}
+    return all(config.get(k) == v for k, v in want.items()) and config.get("n_inner") in (None, 3072)
 
 
 def _read_config(model_dir: Path) -> dict:
@@ -303,24 +314,13 @@ def score_scale(config: dict, d_head: int) -> float:
     return math.sqrt(d_head)
 
 
-def model_revision(model_dir: Path) -> str:
-    """The hub commit of a snapshot, the toy's version stamp, or a hash of config.json."""
-    model_dir = Path(model_dir)
-    if model_dir.parent.name == "snapshots":
-        return model_dir.name
-    stamp = model_dir / "toy_version.txt"
-    if stamp.is_file():
-        return stamp.read_text().strip()
-    return "config-sha256:" + hashlib.sha256((model_dir / "config.json").read_bytes()).hexdigest()[:12]
-
-
-def load_bridge(model: str | os.PathLike = "gpt2", device: str = "auto"):
+def load_bridge(model: str | os.PathLike = "gpt2", device: str = "auto", source: ModelSource | None = None):
     """The TransformerLens bridge in compatibility mode (folded LN, centred weights)."""
     from transformer_lens.model_bridge import TransformerBridge
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a weight-loading bar is noise in an executed notebook
-    model_dir = resolve_model_dir(model)
+    model_dir = (source or resolve_model(model)).path
     _check_architecture(model_dir)
     dev = resolve_device(device)
     bridge = TransformerBridge.boot_transformers(str(model_dir), device=dev)
@@ -328,7 +328,7 @@ def load_bridge(model: str | os.PathLike = "gpt2", device: str = "auto"):
     return bridge
 
 
-def layer0_from_bridge(bridge, name: str = "unnamed", config: dict | None = None, revision: str = "") -> Layer0:
+def layer0_from_bridge(bridge, name: str = "unnamed", config: dict | None = None) -> Layer0:
     """Copy layer 0's processed weights out of a TransformerBridge (compatibility mode).
 
     ``config`` (the model's config.json; default: the bridge's Hugging Face config) gives
@@ -358,7 +358,6 @@ def layer0_from_bridge(bridge, name: str = "unnamed", config: dict | None = None
             name=name,
             score_scale=scale,
             architecture=str(config.get("model_type")),
-            revision=revision,
             tokenizer=bridge.tokenizer,
         )
 
@@ -401,11 +400,13 @@ def load_layer0(model: str | os.PathLike = "gpt2", device: str = "auto") -> Laye
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    model_dir = resolve_model_dir(model)
-    config = _check_architecture(model_dir)
+    source = resolve_model(model)
+    config = _check_architecture(source.path)
     dev = resolve_device(device)
-    bridge = TransformerBridge.boot_transformers(str(model_dir), device=dev, hf_model=_layer0_model(model_dir, config).to(dev))
+    hf_model = _layer0_model(source.path, config).to(dev)
+    bridge = TransformerBridge.boot_transformers(str(source.path), device=dev, hf_model=hf_model)
     bridge.enable_compatibility_mode()
-    layer0 = layer0_from_bridge(bridge, name=str(model), config=config, revision=model_revision(model_dir))
+    layer0 = layer0_from_bridge(bridge, name=str(model), config=config)
     del bridge
-    return layer0
+    shapes = (layer0.d_vocab, layer0.n_ctx, layer0.d_model, layer0.n_heads, layer0.d_mlp) == (50257, 1024, 768, 12, 3072)
+    return replace(layer0, revision=source.revision, paper_model=is_gpt2_small(config) and shapes)

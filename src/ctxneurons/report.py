@@ -17,7 +17,9 @@ from pathlib import Path
 import pandas as pd
 
 from . import figures
+from .corpus import corpus_label
 from .experiment import resolve_model_choice, resolve_output_dir
+from .model import resolve_model
 
 PAPER = {
     "median_tv": 0.05,
@@ -47,6 +49,9 @@ def edition() -> dict:
     corpus = os.environ.get("CTXN_CORPUS", "auto")
     if corpus == "auto":
         corpus = "toy" if model == "toy" else "openwebtext"
+    if model != "toy":  # name the weights and texts by their hub commits, as every caption does
+        model = resolve_model(model).label
+        corpus = corpus_label(corpus)
     calibration = os.environ.get("CTXN_CALIBRATION_TEXT") or (
         "the toy corpus's calibration text" if corpus == "toy" else f"a {corpus} text outside the test set, chosen by seed"
     )
