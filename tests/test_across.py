@@ -75,6 +75,7 @@ def test_default_models_by_edition():
     assert across.default_models("/some/model/dir") == ["/some/model/dir"]
 
 
+@pytest.mark.slow  # a minute or two: two models through the whole chapter
 def test_chapter_on_the_toy_and_its_control(tmp_path, monkeypatch):
     """The offline edition of notebook 06: the control's row says no slow head and scores clearly worse."""
     papermill = pytest.importorskip("papermill")
