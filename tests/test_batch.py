@@ -114,3 +114,136 @@ def test_files_named_relative_to_the_shell_reach_the_notebook_as_absolute_paths(
     assert jobs[0].params["calibration_text"] == str(tmp_path / "legal.txt")
     assert jobs[0].params["model"] == "gpt2"  # a hub name, not a file here
     assert Path(jobs[0].params["output_dir"]).is_absolute()
+
+
+def test_shards_are_disjoint_cover_the_grid_and_ignore_the_order_of_values(notebook_dir, tmp_path):
+    nbs = batch.find_notebooks([], notebook_dir)
+    grid = batch.plan(nbs, batch.expand_grid({}, {"seed": [str(s) for s in range(7)]}), tmp_path)
+    shuffled = batch.plan(nbs, batch.expand_grid({}, {"seed": [str(s) for s in (5, 2, 6, 0, 3, 1, 4)]}), tmp_path)
+    for n in (1, 2, 3, 7, 9):
+        parts = [[j.folder for j in batch.shard(grid, k, n)] for k in range(1, n + 1)]
+        flat = [f for p in parts for f in p]
+        assert sorted(flat) == sorted(j.folder for j in grid) and len(set(flat)) == len(flat)
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+        assert parts == [[j.folder for j in batch.shard(shuffled, k, n)] for k in range(1, n + 1)]
+    for bad in ("0/2", "3/2", "2", "a/b", "1/0"):
+        with pytest.raises(ValueError, match="expected K/N"):
+            batch.parse_shard(bad)
+
+
+def _rows(path: Path) -> list[dict]:
+    df = pd.read_csv(path).sort_values(["notebook", "run"])
+    return df.astype(object).where(df.notna(), None).to_dict("records")  # NaN != NaN would fail equal rows
+
+
+def test_two_shards_merged_give_the_unsharded_summary(notebook_dir, tmp_path):
+    grid = ("--grid", "seed=1,2,3")
+    whole = subprocess.run(_cli(notebook_dir, tmp_path / "whole", *grid), capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+    for k in (1, 2):
+        proc = subprocess.run(_cli(notebook_dir, tmp_path / f"shard{k}", *grid, "--shard", f"{k}/2"), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert f"shard {k}/2: {2 if k == 1 else 1} of the grid's 3 runs" in proc.stdout
+    merged = subprocess.run([sys.executable, "-m", "ctxneurons.cli", "batch", "merge", str(tmp_path / "shard1"), str(tmp_path / "shard2"),
+                             "--out", str(tmp_path / "merged")], capture_output=True, text=True, timeout=120)
+    assert merged.returncode == 0, merged.stdout + merged.stderr
+    assert _rows(tmp_path / "merged" / "summary.csv") == _rows(tmp_path / "whole" / "summary.csv")
+    assert len(_rows(tmp_path / "merged" / "summary.csv")) == 3
+    # The book's batch page reads the merged folder as it reads the unsharded one.
+    from ctxneurons import report
+
+    assert report.batch_html(tmp_path / "merged").split("</p>", 1)[1] == report.batch_html(tmp_path / "whole").split("</p>", 1)[1]
+    # The merged runs' records name the merged folder, not the shard's.
+    for summary in (tmp_path / "merged").glob("01_demo/*/outputs/*/summary.json"):
+        assert "shard" not in summary.read_text()
+    # Merging again (or a shard twice) changes nothing.
+    again = batch.merge([tmp_path / "shard1", tmp_path / "shard1"], tmp_path / "merged", log=lambda _: None)
+    assert again.merged == [] and len(again.duplicates) == 2
+
+
+def test_killed_shard_resumes_only_what_is_missing(notebook_dir, tmp_path):
+    root = tmp_path / "shard2"
+    grid = ("--grid", "seed=1,99,3,5", "--shard", "2/2")  # folders sort 1, 3, 5, 99: shard 2 is seed 3 then 99
+    proc = subprocess.Popen(_cli(notebook_dir, root, *grid), env={**os.environ, "SLOW_SEED": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 120
+    while not list(root.glob("01_demo/seed=99__*.partial/*.ipynb")):
+        assert time.time() < deadline and proc.poll() is None, "the slow run never started"
+        time.sleep(0.5)
+    time.sleep(3)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    done = next(root.glob("01_demo/seed=3__*/run.json"))
+    stamp = done.stat().st_mtime_ns
+    resumed = subprocess.run(_cli(notebook_dir, root, *grid), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    lines = resumed.stdout.splitlines()
+    assert any("seed=3__" in line and line.endswith("skipped") for line in lines)
+    assert any("seed=99__" in line and ": done in" in line for line in lines)
+    assert done.stat().st_mtime_ns == stamp
+    assert sorted(p.name.split("__")[0] for p in (root / "01_demo").iterdir()) == ["seed=3", "seed=99"]
+
+
+def _fake_run(root: Path, slug: str, headline: dict, finished: bool = True) -> Path:
+    folder = root / "01_demo" / (slug if finished else slug + ".partial")
+    (folder / "outputs" / "demo").mkdir(parents=True)
+    (folder / "outputs" / "demo" / "summary.json").write_text(json.dumps({"headline": headline, "output_dir": str(folder / "outputs")}))
+    if finished:
+        (folder / "run.json").write_text(json.dumps({"notebook": "01_demo.ipynb", "parameters": {"seed": 1, "output_dir": str(folder / "outputs")}}))
+    return folder
+
+
+def test_merge_keeps_agreeing_copies_once_and_reports_unfinished_runs(tmp_path):
+    _fake_run(tmp_path / "a", "seed=1__aaaa", {"r": 0.5, "n": 3})
+    _fake_run(tmp_path / "b", "seed=1__aaaa", {"r": 0.5 + 1e-9, "n": 3})  # another machine's last bits
+    _fake_run(tmp_path / "b", "seed=2__bbbb", {"r": 0.7, "n": 3}, finished=False)
+    lines = []
+    report = batch.merge([tmp_path / "a", tmp_path / "b"], tmp_path / "merged", log=lines.append)
+    assert report.merged == ["01_demo/seed=1__aaaa"] and report.duplicates == ["01_demo/seed=1__aaaa"]
+    assert [p.name for p in report.unfinished] == ["seed=2__bbbb.partial"]
+    assert any("not merged, unfinished (interrupted)" in line and "seed=2__bbbb" in line for line in lines)
+    assert sorted(p.name for p in (tmp_path / "merged" / "01_demo").iterdir()) == ["seed=1__aaaa"]
+    assert len(pd.read_csv(tmp_path / "merged" / "summary.csv")) == 1
+
+
+def test_merge_refuses_runs_that_disagree_and_writes_nothing(tmp_path):
+    _fake_run(tmp_path / "a", "seed=1__aaaa", {"r": 0.5, "n": 3})
+    _fake_run(tmp_path / "b", "seed=1__aaaa", {"r": 0.6, "n": 3})
+    proc = subprocess.run([sys.executable, "-m", "ctxneurons.cli", "batch", "merge", str(tmp_path / "a"), str(tmp_path / "b"),
+                           "--out", str(tmp_path / "merged")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "1 run(s) were computed twice with the same parameters and disagree; nothing was merged" in proc.stderr
+    assert "01_demo/seed=1__aaaa" in proc.stderr and "demo.r: 0.5 vs 0.6" in proc.stderr
+    assert not (tmp_path / "merged").exists()
+    with pytest.raises(FileNotFoundError, match="not a folder of runs"):
+        batch.merge([tmp_path / "nowhere"], tmp_path / "merged")
+
+
+@pytest.mark.slow
+def test_toy_grid_sharded_and_merged_equals_the_unsharded_batch(toy_dir, tmp_path):
+    """The real notebook 05 on the toy model: the same summary.csv rows either way."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CTXN_") or k == "CTXN_SHARED_DATA"}
+    env["CTXN_CACHE"] = str(toy_dir.parent)  # the session's toy build: model=toy finds it there
+    base = [sys.executable, "-m", "ctxneurons.cli", "batch", "05", "--set", "model=toy", "--set", "n_texts=2",
+            "--set", "device=cpu", "--grid", "threshold=3,5,8"]
+    for out, extra in (("whole", []), ("s1", ["--shard", "1/2"]), ("s2", ["--shard", "2/2"])):
+        proc = subprocess.run([*base, *extra, "--out", str(tmp_path / out)], env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    batch.merge([tmp_path / "s1", tmp_path / "s2"], tmp_path / "merged", log=lambda _: None)
+    whole, merged = _rows(tmp_path / "whole" / "summary.csv"), _rows(tmp_path / "merged" / "summary.csv")
+    assert len(whole) == 3 and merged == whole
+    assert len({r["n_found"] for r in whole}) > 1  # the thresholds made a difference
+
+
+def test_batch_page_escapes_parameters_and_names_unfinished_runs(tmp_path):
+    from ctxneurons import report
+
+    folder = _fake_run(tmp_path / "runs", "seed=1__aaaa", {"r": 0.5})
+    meta = json.loads((folder / "run.json").read_text())
+    meta["parameters"]["calibration_text"] = "<script>window.__xss=1</script>"
+    (folder / "run.json").write_text(json.dumps(meta))
+    _fake_run(tmp_path / "runs", "seed=2__bbbb", {"r": 0.7}, finished=False)
+    page = report.batch_html(tmp_path / "runs")
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "1 finished run(s)" in page and "1 unfinished run(s), not shown: <code>01_demo/seed=2__bbbb.partial</code>" in page
+    assert "No finished batch runs" in report.batch_html(tmp_path / "nothing")

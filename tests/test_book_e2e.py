@@ -23,8 +23,8 @@ HOSTILE = [
     '<div><b>unbalanced <i>tags</table>',
 ]
 PAGES = ["book/intro", "notebooks/01_positional_kernels", "notebooks/02_tv_distance", "notebooks/03_denominator_stability",
-         "notebooks/04_contextual_circuit", "notebooks/05_context_neurons", "notebooks/06_across_models", "reports/scorecard", "reports/neuron_browser", "reports/toy_ground_truth",
-         "book/reproduction_notes", "book/rerun"]
+         "notebooks/04_contextual_circuit", "notebooks/05_context_neurons", "notebooks/06_across_models", "notebooks/09_calibration_choice", "reports/scorecard", "reports/neuron_browser", "reports/toy_ground_truth",
+         "reports/batch_runs", "book/reproduction_notes", "book/rerun", "book/api/index", "book/api/circuit"]
 
 
 def _copy_repo(dst: Path) -> Path:
@@ -46,7 +46,7 @@ def built_book(tmp_path_factory, tiny_dir, webtext):
         for i, text in enumerate(webtext[:300]):
             f.write(json.dumps({"text": HOSTILE[i % 3] + " " + text + " " + HOSTILE[(i + 1) % 3]}) + "\n")
     env = {**os.environ, "CTXN_MODEL": str(tiny_dir), "CTXN_CORPUS": str(corpus), "CTXN_DEVICE": "cpu",
-           "CTXN_N_TEXTS": "4", "CTXN_HEADS": "[0, 2]", "CTXN_MAX_NEURONS": "6", "CTXN_THRESHOLD": "0.5",
+           "CTXN_N_TEXTS": "4", "CTXN_HEADS": "[0, 2]", "CTXN_DOMAINS": json.dumps({"hostile": str(corpus), "hostile-too": str(corpus)}), "CTXN_MAX_NEURONS": "6", "CTXN_THRESHOLD": "0.5",
            "CTXN_RUNS_DIR": str(root / "runs"), "CTXN_BATCH_NOTEBOOKS": "04", "CTXN_SKIP_SETUP": "1",
            "CTXN_CACHE": str(root / "cache"), "CTXN_OUTPUT_DIR": str(root / "outputs")}
     proc = subprocess.run(["bash", "ci/gpu_job.sh"], cwd=repo, env=env, capture_output=True, text=True, timeout=1800)
@@ -79,6 +79,11 @@ def test_every_page_loads_clean_and_draws_its_figures(built_book):
             page.close()
 
 
+def test_batch_page_shows_the_jobs_batch(built_book):
+    text = (built_book["html"] / "reports" / "batch_runs.html").read_text()
+    assert "1 finished run(s)" in text and "04_contextual_circuit" in text and 'class="dataframe table ctxn-batch"' in text
+
+
 def test_scorecard_is_filled_from_the_outputs(built_book):
     with serve(built_book["html"]) as base, launch() as browser:
         page, report = open_page(browser, f"{base}/reports/scorecard.html")
@@ -103,3 +108,29 @@ def test_neuron_browser_shows_hostile_text_as_text(built_book):
         page.fill("#ctxn-neuron-search", "no-such-token-anywhere")
         assert all(not c.is_visible() for c in cards)
         screenshot(page, "book-neuron-browser")
+
+
+def test_api_reference_has_a_page_for_build_circuit(built_book):
+    page = built_book["html"] / "book" / "api" / "circuit.html"
+    text = page.read_text()
+    assert 'id="ctxneurons.circuit.build_circuit"' in text and "calibration text" in text
+    assert 'href="circuit.html"' in (built_book["html"] / "book" / "api" / "index.html").read_text()
+
+
+def test_every_chapters_figures_link_their_tables_in_the_site(built_book):
+    import re
+
+    html = built_book["html"]
+    for name in [p for p in PAGES if p.startswith("notebooks/")]:
+        page = html / f"{name}.html"
+        text = page.read_text()
+        n_figures = text.count('class="ctxn-plotly-figure"')
+        captions = re.findall(r'<p class="ctxn-provenance">(.*?)</p>', text, re.S)
+        linked = [c for c in captions if "ctxn-data-link" in c]
+        assert n_figures >= 1 and len(linked) == n_figures, f"{name}: {n_figures} figures, {len(linked)} with data links"
+        for href in re.findall(r'class="ctxn-data-link" href="([^"]+)"', text):
+            target = (page.parent / href).resolve()
+            assert target.is_file() and target.is_relative_to(html.resolve()), f"{name}: {href} does not resolve"
+            if target.suffix == ".csv":
+                meta = json.loads(target.with_suffix("").with_suffix(".meta.json").read_text())
+                assert set(target.read_text().splitlines()[0].split(",")) == set(meta["columns"]), href

@@ -36,3 +36,40 @@ def test_gpu_job_refuses_cuda_without_a_gpu(tmp_path):
     proc = subprocess.run(["bash", "ci/gpu_job.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "torch sees no GPU" in proc.stderr + proc.stdout
     assert not any(tmp_path.iterdir())
+
+
+def test_batch_workflow_runs_the_shard_and_merge_scripts():
+    wf = (ROOT / ".github" / "workflows" / "batch.yml").read_text()
+    assert "bash ci/batch_shard.sh" in wf and "bash ci/batch_merge.sh" in wf
+    assert "workflow_dispatch" in wf and "matrix" in wf and "CTXN_SHARD: ${{ matrix.shard }}/${{ inputs.shards }}" in wf
+
+
+def test_shard_and_merge_scripts_split_quoted_grid_arguments_and_merge(tmp_path):
+    from test_batch import SOURCE  # the demo notebook of the batch tests
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('seed = 0\nn_texts = 1\noutput_dir = "outputs"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(SOURCE)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    (tmp_path / "nbs").mkdir()
+    nbformat.write(nb, tmp_path / "nbs" / "01_demo.ipynb")
+    # A JSON list with spaces must reach the CLI as one argument, and $(...) must stay text.
+    args = f"--notebook-dir {tmp_path / 'nbs'} --set 'n_texts=3' --grid 'seed=[1, 2]'"
+    for k in (1, 2):
+        env = {**os.environ, "CTXN_SHARD": f"{k}/2", "CTXN_BATCH_NOTEBOOKS": "01", "CTXN_BATCH_ARGS": args,
+               "CTXN_RUNS_DIR": str(tmp_path / "shards" / f"runs-shard-{k}")}
+        proc = subprocess.run(["bash", "ci/batch_shard.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert f"shard {k}/2: 1 of the grid's 2 runs" in proc.stdout
+    env = {**os.environ, "CTXN_SHARDS_DIR": str(tmp_path / "shards"), "CTXN_RUNS_DIR": str(tmp_path / "merged")}
+    proc = subprocess.run(["bash", "ci/batch_merge.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    import pandas as pd
+
+    assert sorted(pd.read_csv(tmp_path / "merged" / "summary.csv")["twice"]) == [2, 4]
+    bad = {**os.environ, "CTXN_SHARD": "1/2", "CTXN_BATCH_ARGS": "--set 'n_texts=$(touch pwned)'", "CTXN_RUNS_DIR": str(tmp_path / "x")}
+    proc = subprocess.run(["bash", str(ROOT / "ci" / "batch_shard.sh")], cwd=tmp_path, env=bad, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "must be an integer" in proc.stderr
+    assert not (tmp_path / "pwned").exists() and not (ROOT / "pwned").exists()

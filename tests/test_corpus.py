@@ -17,7 +17,7 @@ from ctxneurons.corpus import (
     load_texts,
     select_token_batch,
 )
-from tests.conftest import SHARED, gpt2_tokenizer
+from conftest import SHARED, gpt2_tokenizer
 
 BOS = 50256
 WEBTEXT = SHARED / "webtext-sample.jsonl"

@@ -45,6 +45,12 @@ CASES = {
         {"n_found", "counts_by_threshold", "n_found_not_fired_on_calibration", "threshold"},
         {"counts_by_threshold", "extreme_tokens", "calibration_firing"},
     ),
+    "calibration_choice": (
+        # Two domains drawn from the one local corpus: the hub's datasets are out of reach here.
+        "09_calibration_choice.ipynb", {"domains": "DOMAINS", "threshold": 5.0, "max_neurons": 6, "n_candidates": 6, "n_clusters": 2},
+        {"by_domain_and_choice", "domains", "n_neurons_evaluated", "bias_density_slope", "stop_words"},
+        {"by_domain_and_choice", "by_text", "candidates", "calibration_denominators", "bias_vs_density"},
+    ),
 }
 
 
@@ -77,6 +83,8 @@ def _execute(name: str, params: dict, nb_env, tmp_path: Path, monkeypatch):
 def test_notebook_runs_and_writes_documented_outputs(name, nb_env, tmp_path, monkeypatch):
     _, own, keys, tables = CASES[name]
     out = tmp_path / "out"
+    if own.get("domains") == "DOMAINS":
+        own = {**own, "domains": {"web": str(nb_env["corpus"]), "more-web": str(nb_env["corpus"])}}
     _execute(name, _common(nb_env, out, **own), nb_env, tmp_path, monkeypatch)
     folder = out / name
     summary = json.loads((folder / "summary.json").read_text())
@@ -142,12 +150,25 @@ def _check_neurons(h, f):
     assert 0 <= h["n_found_not_fired_on_calibration"] <= len(f["calibration_firing"])
 
 
+def _check_calibration_choice(h, f):
+    rows = h["by_domain_and_choice"]
+    assert {(r["domain"], r["choice"]) for r in rows} == {(d, c) for d in ("web", "more-web") for c in ("default", "domain", "cluster", "oracle")}
+    assert all(-1 <= r["median_r"] <= 1 and r["median_fvu"] >= 0 for r in rows)
+    t = f["by_text"]
+    assert len(t) == 2 * 4 * 4 and t["density_test"].between(0, 1).all()
+    assert (t.loc[t["choice"] == "oracle", "density_difference"] == 0).all()
+    cand = f["candidates"]
+    assert len(cand) == 6 and set(cand["cluster"]) == {0, 1} and cand["is_cluster_calibration"].sum() == 2
+    assert set(f["bias_vs_density"]["choice"]) == {"default", "domain", "cluster"}
+
+
 CHECKS = {
     "positional_kernels": _check_kernels,
     "tv_distance": _check_tv,
     "denominator_stability": _check_denominators,
     "contextual_circuit": _check_circuit,
     "context_neurons": _check_neurons,
+    "calibration_choice": _check_calibration_choice,
 }
 
 

@@ -80,3 +80,22 @@ def test_kernels_across_models_has_a_panel_per_model_and_escapes_labels():
     titles = [a.text for a in fig.layout.annotations]
     assert len(titles) == 2 and "toy<br>(offline)" in titles
     assert fig.layout.yaxis.type == "log" and len(fig.data) == 4  # a trace per (model, kind)
+
+
+def test_calibration_choice_figures_draw_their_tables_and_escape_domain_names():
+    by_text = pd.DataFrame([
+        {"domain": d, "choice": c, "text": t, "calibration": f"{d}#{t}", "density_test": 0.4, "density_calibration": 0.3,
+         "density_difference": 0.1 * t, "median_r": 0.9, "median_fvu": 0.1, "median_bias": -0.01 * t}
+        for d in (HOSTILE, "web") for c in ("default", "domain", "cluster", "oracle") for t in range(2)])
+    scores = plots.calibration_choice_scores(by_text)
+    _escaped(scores)
+    assert len(scores.data) == 8 and {t.name for t in scores.data} == {"default", "domain", "cluster", "oracle"}
+    density = plots.bias_vs_density(by_text)
+    _escaped(density)
+    assert "oracle" not in {t.legendgroup.split(",")[0] for t in density.data}
+    cand = pd.DataFrame({"candidate": [f"{HOSTILE}#1", "web#2"], "domain": [HOSTILE, "web"], "doc_id": [1, 2], "cluster": [0, 1],
+                         "is_cluster_calibration": [True, False], "density": [0.4, 0.2], "ln2_scale": [0.15, 0.16],
+                         "pc1": [0.1, -0.1], "pc2": [0.0, 0.01]})
+    cmap = plots.calibration_candidates_map(cand, (0.8, 0.15))
+    _escaped(cmap)
+    assert "80%" in cmap.layout.xaxis.title.text

@@ -18,9 +18,19 @@ def test_scorecard_reads_the_summaries_and_marks_missing_chapters():
     by_q = card.set_index("quantity")["this build"]
     assert by_q["median TV, true vs decomposed pattern (circuit heads)"] == "0.0312"
     assert by_q["median Pearson r, approximate vs true (neuron, text)"] == "0.91"
-    assert (card["this build"] == "not run").sum() == 3
+    assert (card["this build"] == "not run").sum() == 5
     assert by_q["denominator spread across texts at n_ctx/2 (largest CV over circuit heads)"] == "0.05"  # head 4 is not in the circuit
     assert "tv_distance · model toy" in card.set_index("quantity").loc["median TV, true vs decomposed pattern (circuit heads)", "from"]
+
+
+def test_scorecard_counts_domains_where_the_domain_calibration_wins():
+    rows = [{"domain": d, "choice": c, "median_r": 0.9, "median_fvu": f, "median_bias": 0.0}
+            for d, fd, fdom in (("web", 0.10, 0.12), ("terse", 0.20, 0.11)) for c, f in (("default", fd), ("domain", fdom))]
+    card = report.scorecard({"calibration_choice": _summary("calibration_choice", by_domain_and_choice=rows,
+                                                            bias_density_slope={"default": -0.25})})
+    by_q = card.set_index("quantity")["this build"]
+    assert by_q["domains where a domain-matched calibration text beats the book's (median FVU)"] == "1 of 2 (terse)"
+    assert by_q["bias against stop-word density difference, test − calibration (slope, book's calibration)"] == "-0.25"
 
 
 def test_banner_flags_the_toy_fallback_and_escapes():

@@ -64,6 +64,7 @@ def default_models(edition: str) -> list[str]:
 
 
 def label(name: str) -> str:
+    """How the chapter names a model: LABELS for the known names, else the name itself."""
     return LABELS.get(name, name)
 
 

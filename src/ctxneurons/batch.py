@@ -7,6 +7,13 @@ an interruption (Ctrl-C, SIGKILL, a dead machine) a folder without a suffix is a
 finished run, a ``.partial`` one never is, and a rerun does only what is missing. A
 failing notebook leaves ``<slug>.failed`` with ``error.json`` (the failing cell and the
 error) and the batch goes on; the next rerun tries it again.
+
+A grid too big for one machine is split with ``shard=(K, N)``: the jobs, in the order of
+their folder names, are dealt out round-robin, so the N shards are disjoint, their union
+is the grid, and each machine computes its part without talking to the others (folder
+names are planned from the whole grid, so a run has the same folder in every shard and
+unsharded). :func:`merge` then gathers the finished runs of the shard folders into one
+runs folder with its ``summary.csv``, the same layout a local batch writes.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 import shutil
@@ -78,6 +86,7 @@ def _absolute_paths(params: dict) -> dict:
 
 
 def plan(notebooks: list[Path], param_sets: list[dict], root: Path) -> list[Job]:
+    """One job per (notebook, parameter set), in the folder named from the parameters that vary."""
     varying = sorted({k for s in param_sets for k in s if len({json.dumps(p.get(k), default=str) for p in param_sets}) > 1})
     jobs = []
     for nb in notebooks:
@@ -85,6 +94,25 @@ def plan(notebooks: list[Path], param_sets: list[dict], root: Path) -> list[Job]
             folder = root.resolve() / nb.stem / run_slug(params, varying)
             jobs.append(Job(nb, {**_absolute_paths(params), "output_dir": str(folder / "outputs")}, folder))
     return jobs
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'K/N' -> (K, N) with 1 <= K <= N."""
+    k, sep, n = text.partition("/")
+    try:
+        k, n = int(k), int(n)
+    except ValueError:
+        k = n = 0
+    if not sep or not 1 <= k <= n:
+        raise ValueError(f"--shard {text!r}: expected K/N with 1 <= K <= N, e.g. --shard 2/4")
+    return k, n
+
+
+def shard(jobs: list[Job], k: int, n: int) -> list[Job]:
+    """The k-th (1-based) of n disjoint parts of ``jobs``: every n-th job in the order of
+    (notebook, folder name), so the split does not depend on the order of the grid's values."""
+    ordered = sorted(jobs, key=lambda j: (j.notebook.stem, j.folder.name))
+    return ordered[k - 1 :: n]
 
 
 def _failing_cell(err: BaseException) -> dict:
@@ -146,7 +174,8 @@ def _fix_output_dir(partial: Path, final: Path) -> None:
 def summarise(root: Path) -> pd.DataFrame:
     """One row per finished run: its notebook, parameters and scalar headline numbers."""
     rows = []
-    for run in sorted(root.glob("*/*/run.json")):
+    for folder in _finished_runs(root).values():
+        run = folder / "run.json"
         meta = json.loads(run.read_text())
         row = {"notebook": run.parent.parent.name, "run": run.parent.name}
         row.update({f"param.{k}": json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in meta["parameters"].items() if k != "output_dir"})
@@ -158,11 +187,17 @@ def summarise(root: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run_batch(notebooks: list[Path], param_sets: list[dict], root: Path, kernel_name: str = "python3", log=None) -> list[dict]:
-    """Run every job not finished yet; report failures with their folder and cell; write summary.csv."""
+def run_batch(notebooks: list[Path], param_sets: list[dict], root: Path, kernel_name: str = "python3", log=None,
+              shard_of: tuple[int, int] | None = None) -> list[dict]:
+    """Run every job not finished yet (only shard K of N when ``shard_of=(K, N)``); report
+    failures with their folder and cell; write summary.csv."""
     log = log or (lambda line: print(line, flush=True))
     root = Path(root)
     jobs = plan(notebooks, param_sets, root)
+    if shard_of is not None:
+        total = len(jobs)
+        jobs = shard(jobs, *shard_of)
+        log(f"shard {shard_of[0]}/{shard_of[1]}: {len(jobs)} of the grid's {total} runs")
     results = []
     for i, job in enumerate(jobs, 1):
         log(f"[{i}/{len(jobs)}] {job.label}: running")
@@ -178,6 +213,118 @@ def run_batch(notebooks: list[Path], param_sets: list[dict], root: Path, kernel_
         atomic_write_csv(root / "summary.csv", table)
         log(f"summary of {len(table)} finished runs: {root / 'summary.csv'}")
     return results
+
+
+class MergeConflict(ValueError):
+    """Two copies of one run (same notebook, same parameters) give different results."""
+
+
+@dataclass
+class MergeReport:
+    merged: list[str]  # runs copied into the merged folder
+    duplicates: list[str]  # runs found more than once (or already in the merged folder) that agree: kept once
+    unfinished: list[Path]  # .partial / .failed folders with no finished copy anywhere
+
+
+def _finished_runs(root: Path) -> dict[str, Path]:
+    """notebook/slug -> folder of every finished run under root (a killed run may have
+    written run.json into its .partial folder just before the rename)."""
+    return {f"{p.parent.parent.name}/{p.parent.name}": p.parent for p in sorted(root.glob("*/*/run.json"))
+            if p.parent.suffix not in (".partial", ".failed")}
+
+
+def unfinished_runs(root: Path) -> list[tuple[str, Path]]:
+    """(notebook/slug, folder) of every interrupted (.partial) or failed (.failed) run under root."""
+    return [(f"{p.parent.name}/{p.name.rsplit('.', 1)[0]}", p) for p in sorted(root.glob("*/*"))
+            if p.is_dir() and p.suffix in (".partial", ".failed")]
+
+
+def _results(run: Path) -> dict:
+    """The headline numbers of every notebook output in a finished run folder."""
+    return {s.parent.name: json.loads(s.read_text()).get("headline", {}) for s in sorted(run.glob("outputs/*/summary.json"))}
+
+
+# Copies of one run made on different machines may differ in the last bits of a float.
+_REL_TOL = 1e-6
+
+
+def _differences(a, b, where: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b), key=str) for d in _differences(a.get(k), b.get(k), f"{where}.{k}" if where else str(k))]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{where}[{i}]")]
+    numbers = (int, float)
+    if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool) and not isinstance(b, bool):
+        same = (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=_REL_TOL, abs_tol=1e-12)
+    else:
+        same = a == b
+    return [] if same else [f"{where}: {a!r} vs {b!r}"]
+
+
+def _relocate(run: Path, old: str, new: Path) -> None:
+    """A copied run's records name the folder it was made in; point them at its new one."""
+    for record in [run / "run.json", *run.glob("outputs/*/*.json")]:
+        text = record.read_text()
+        if old in text:
+            record.write_text(text.replace(old, str(new)))
+
+
+def merge(sources: list[Path], out: Path, log=None) -> MergeReport:
+    """Gather the finished runs of several batch folders (e.g. one per shard) into ``out``
+    and rebuild ``out/summary.csv``.
+
+    A run found in several folders (or already in ``out``) is kept once when its headline
+    numbers agree (floats to a relative 1e-6); when they disagree nothing is written and
+    :class:`MergeConflict` lists every difference. Interrupted (``.partial``) and failed
+    (``.failed``) runs are not merged; those without a finished copy are reported.
+    """
+    log = log or (lambda line: print(line, flush=True))
+    out = Path(out)
+    for src in sources:
+        if not Path(src).is_dir():
+            raise FileNotFoundError(f"batch merge: {src} is not a folder of runs")
+    copies: dict[str, list[Path]] = {}
+    for root in ([out] if out.is_dir() else []) + [Path(s) for s in sources if Path(s).resolve() != out.resolve()]:
+        for label, run in _finished_runs(root).items():
+            copies.setdefault(label, []).append(run)
+    conflicts = []
+    for label, runs in copies.items():
+        first = _results(runs[0])
+        for other in runs[1:]:
+            diffs = _differences(first, _results(other))
+            if diffs:
+                conflicts.append(f"{label}: {runs[0].parent.parent} and {other.parent.parent} disagree on " + "; ".join(diffs[:5])
+                                 + (f" (and {len(diffs) - 5} more)" if len(diffs) > 5 else ""))
+    if conflicts:
+        raise MergeConflict(
+            f"batch merge: {len(conflicts)} run(s) were computed twice with the same parameters and disagree; "
+            "nothing was merged. Rerun those runs (delete the wrong copy) and merge again:\n  " + "\n  ".join(conflicts)
+        )
+    report = MergeReport([], [], [])
+    for label, runs in sorted(copies.items()):
+        dest = out / label
+        if len(runs) > 1:
+            report.duplicates.append(label)
+        if (dest / "run.json").exists():
+            continue
+        partial = dest.with_name(dest.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(runs[0], partial)
+        recorded = json.loads((runs[0] / "run.json").read_text())["parameters"].get("output_dir")
+        _relocate(partial, str(Path(recorded).parent) if recorded else str(runs[0]), dest)
+        partial.rename(dest)
+        report.merged.append(label)
+    report.unfinished = [p for src in sources for label, p in unfinished_runs(Path(src)) if label not in copies]
+    table = summarise(out)
+    if not table.empty:
+        atomic_write_csv(out / "summary.csv", table)
+    log(f"merged {len(report.merged)} run(s) from {len(sources)} folder(s) into {out}"
+        + (f"; {len(report.duplicates)} found more than once, kept once" if report.duplicates else "")
+        + (f"; summary of {len(table)} finished runs: {out / 'summary.csv'}" if not table.empty else ""))
+    for p in report.unfinished:
+        why = "failed, see error.json" if p.suffix == ".failed" else "interrupted"
+        log(f"not merged, unfinished ({why}): {p}")
+    return report
 
 
 def find_notebooks(names: list[str] | None, notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:

@@ -27,6 +27,7 @@ CACHE_VERSION = 1
 
 
 def default_root() -> Path:
+    """$CTXN_CACHE/intermediates, else ~/.cache/ctxneurons/intermediates."""
     return Path(os.environ.get("CTXN_CACHE", Path.home() / ".cache" / "ctxneurons")) / "intermediates"
 
 
@@ -44,7 +45,8 @@ def _entry_path(root: Path, kind: str, key: dict) -> Path:
 
 
 def cached(kind: str, key: dict, compute: Callable[[], dict[str, torch.Tensor]], root: Path | None = None) -> dict[str, torch.Tensor]:
-    """compute() once per (kind, key); later calls load it, after checking version and checksum."""
+    """compute() once per (kind, key); later calls load it, after checking version and checksum.
+    compute() returns named tensors of any shape [...], given back as they were stored."""
     root = default_root() if root is None else Path(root)
     path = _entry_path(root, kind, key)
     checksum = path.with_suffix(".sha256")

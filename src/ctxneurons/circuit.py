@@ -91,7 +91,7 @@ class Circuit:
 
 
 def calibration_ln2_scale(w: Layer0, cal_tokens: torch.Tensor) -> float:
-    """The median LN2 scale over the calibration text's positions (position 0 excluded)."""
+    """The median LN2 scale over the calibration text's positions (position 0 excluded): cal_tokens [n] -> a number."""
     scale = layer0.run(w, cal_tokens[None]).ln2_scale[0, 1:, 0]
     return float(scale.median())
 

@@ -8,6 +8,7 @@ A *corpus* is named by one string:
   defaults to ``train``, column to ``text``), read through :mod:`ctxneurons.hub` from whole
   data files that the seed picks, cached for offline reruns;
 - ``'toy'``: the offline toy documents of :mod:`ctxneurons.toy`;
+- ``'toy:<domain>'``: the documents of one toy domain (a key of ``ctxneurons.toy.DOMAINS``);
 - a path: a ``.jsonl`` file with one ``{"text": ...}`` object per line, a ``.txt`` file
   (one document), or a folder searched recursively for both (files in sorted order).
 
@@ -180,6 +181,7 @@ class HubCorpus:
 
 
 def is_hub_corpus(name: str) -> bool:
+    """Whether ``name`` is read from the Hugging Face hub (openwebtext or hf:...), not from local files."""
     return name == "openwebtext" or name.startswith("hf:")
 
 
@@ -236,6 +238,13 @@ def _candidates(corpus: str | os.PathLike, n_texts: int, seed: int, pool_size: i
         from . import toy
 
         texts, source = toy.documents(n_texts, seed), "toy"
+    elif name.startswith("toy:"):
+        from . import toy
+
+        try:
+            texts, source = toy.domain_documents(name[len("toy:"):], n_texts, seed), name
+        except ValueError as err:
+            raise CorpusError(f"corpus={name!r}: {err}. Pass 'toy' or 'toy:<domain>'.") from None
     else:
         texts, source = load_texts(corpus), name
     order = list(range(len(texts)))

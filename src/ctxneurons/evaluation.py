@@ -35,13 +35,13 @@ def true_contributions(w: Layer0, tokens: torch.Tensor, heads: tuple[int, ...], 
 
 
 def pearson_r(x: torch.Tensor, y: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Pearson correlation along ``dim``; NaN where either side is constant."""
+    """Pearson correlation along ``dim``; NaN where either side is constant. x, y [..., n] -> [...] (dim=-1)."""
     xc, yc = x - x.mean(dim, keepdim=True), y - y.mean(dim, keepdim=True)
     return (xc * yc).sum(dim) / (xc.pow(2).sum(dim) * yc.pow(2).sum(dim)).sqrt()
 
 
 def fvu(true: torch.Tensor, approx: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """sum (true - approx)^2 / sum (true - mean true)^2 along ``dim``."""
+    """sum (true - approx)^2 / sum (true - mean true)^2 along ``dim``: [..., n] -> [...] (dim=-1)."""
     resid = (true - approx).pow(2).sum(dim)
     return resid / (true - true.mean(dim, keepdim=True)).pow(2).sum(dim)
 

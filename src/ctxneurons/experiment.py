@@ -45,6 +45,10 @@ from .outputs import atomic_write_csv, atomic_write_json
 log = logging.getLogger(__name__)
 
 
+# Where the built book keeps the chapters' tables for download (book/_ext/data_files.py).
+DATA_DIR = "_data"
+
+
 class ParameterError(ValueError):
     """A notebook parameter is unknown, of the wrong type, or out of range."""
 
@@ -133,6 +137,24 @@ def _as_float_list(name: str, v: Any) -> list[float]:
     return [_as_float(name, x) for x in v]
 
 
+def _as_domains(name: str, v: Any) -> dict[str, str] | str:
+    """'auto', or domain names mapped to corpora: a dict, its literal, or 'web=openwebtext,code=/path'."""
+    if isinstance(v, str):
+        text = v.strip()
+        if text == "auto":
+            return "auto"
+        try:
+            v = ast.literal_eval(text) if text.startswith("{") else dict(p.split("=", 1) for p in text.split(","))
+        except (ValueError, SyntaxError):
+            raise ParameterError(
+                f"parameter {name}={v!r} must map domain names to corpora, e.g. "
+                "{'web': 'openwebtext', 'wiki': 'hf:wikimedia/wikipedia:20231101.en:train'} or 'web=openwebtext,mine=/data/texts.jsonl'"
+            ) from None
+    if not isinstance(v, dict) or not v or not all(isinstance(k, str) and isinstance(c, (str, os.PathLike)) for k, c in v.items()):
+        raise ParameterError(f"parameter {name}={v!r} must be 'auto' or a non-empty mapping of domain names to corpus strings")
+    return {k.strip(): os.fspath(c).strip() for k, c in v.items()}
+
+
 # name: (coercion, meaning). Every notebook draws its parameters from this one table, so a
 # name means the same everywhere and papermill's -p is checked the same way everywhere.
 PARAMETERS: dict[str, tuple] = {
@@ -154,6 +176,9 @@ PARAMETERS: dict[str, tuple] = {
     "max_neurons": (_as_int, "at most this many discovered neurons are evaluated"),
     "n_examples": (_as_int, "texts shown as examples"),
     "extra_calibration_texts": (_as_int, "how many other corpus texts to try as calibration texts"),
+    "domains": (_as_domains, "domain name -> corpus (any corpus string); 'auto': the toy's domains for the toy, else web text, encyclopaedia and fiction"),
+    "n_candidates": (_as_int, "candidate calibration texts pooled from all domains for clustering"),
+    "n_clusters": (_as_int, "clusters of candidate calibration texts"),
 }
 CALIBRATION_SEED_OFFSET = 7919  # the default calibration text is drawn with seed + this, apart from the test texts
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
@@ -176,7 +201,7 @@ def validate(raw: dict) -> dict:
             f"unknown parameter(s) {', '.join(unknown)}; known parameters: {', '.join(PARAMETERS)}"
         )
     params = {name: PARAMETERS[name][0](name, value) for name, value in raw.items()}
-    for name in ("n_texts", "max_neurons", "n_examples"):
+    for name in ("n_texts", "max_neurons", "n_examples", "n_candidates", "n_clusters"):
         if name in params and params[name] < 1:
             raise ParameterError(f"parameter {name}={params[name]} must be at least 1")
     if "device" in params and params["device"] not in ("auto", "cpu", "cuda") and not params["device"].startswith("cuda:"):
@@ -251,6 +276,9 @@ class Run:
     output_dir: Path  # the finished results; written through ``staging``
     tables: dict = field(default_factory=dict)
     corpus_revision: str | None = None  # the hub commit of the corpus, once texts were drawn from it
+    # The tables behind the next figure: those saved since the last one (see ``show``).
+    _unshown: list = field(default_factory=list, init=False, repr=False)
+    _last_shown: list = field(default_factory=list, init=False, repr=False)
 
     @property
     def staging(self) -> Path:
@@ -330,6 +358,7 @@ class Run:
         return self.w.token_id(" the")
 
     def token_str(self, ids) -> list[str]:
+        """Each token id of ids [k] decoded on its own."""
         return [self.w.tokenizer.decode([int(i)]) for i in ids]
 
     # -- cached intermediates -----------------------------------------------------
@@ -347,7 +376,7 @@ class Run:
         return out["K"].to(self.w.device)
 
     def circuit(self, calibration_tokens: torch.Tensor | None = None, calibration_sha: str | None = None) -> Circuit:
-        """The circuit for this run's heads and calibration text (or the one given), cached on disk."""
+        """The circuit for this run's heads and calibration text (or calibration_tokens [n_cal + 1]), cached on disk."""
         cal = self.calibration_tokens if calibration_tokens is None else calibration_tokens
         sha = self.calibration.sha256 if calibration_sha is None else calibration_sha
         key = self._key(heads=list(self.heads), calibration=sha, n_cal=len(cal) - 1, n=self.n_tokens)
@@ -422,6 +451,7 @@ class Run:
         path = atomic_write_csv(self.staging / f"{table}.csv", df)
         atomic_write_json(self.staging / f"{table}.meta.json", {"columns": columns, "rows": len(df), **self.provenance})
         self.tables[table] = str(path.name)
+        self._unshown.append(table)
         return self.output_dir / path.name
 
     def save_summary(self, **headline) -> Path:
@@ -435,14 +465,54 @@ class Run:
         shutil.rmtree(previous, ignore_errors=True)
         return self.output_dir / "summary.json"
 
-    def show(self, fig, name: str | None = None) -> None:
-        """Display a plotly figure in the book (see :func:`figures.show`) with the provenance line under it."""
+    def data_links(self, tables: list[str]) -> str:
+        """HTML links to the CSV and .meta.json of ``tables``. In the book build they point
+        into the site's ``_data/<notebook>/`` (the book's data_files extension copies the
+        files there); elsewhere at the files in ``output_dir``."""
+        from . import figures
+
+        if os.environ.get(figures.BOOK_BUILD_ENV):
+            # The page sits where its notebook does, relative to the book's root.
+            base = Path(os.path.relpath(project_root(), Path.cwd())) / DATA_DIR / self.name
+        else:
+            base = Path(os.path.relpath(self.output_dir, Path.cwd()))
+        links = []
+        for t in tables:
+            csv, meta = ((base / f"{t}{ext}").as_posix() for ext in (".csv", ".meta.json"))
+            links.append(f'<a class="ctxn-data-link" href="{figures.escape_text(csv)}" download>{figures.escape_text(t)}.csv</a> '
+                         f'(<a class="ctxn-data-link" href="{figures.escape_text(meta)}" download>columns and provenance</a>)')
+        return "data: " + ", ".join(links)
+
+    def show(self, fig, name: str | None = None, tables: list[str] | None = None) -> None:
+        """Display a plotly figure in the book (see :func:`figures.show`) with the provenance
+        line under it and links to the tidy tables behind it: ``tables``, by default those
+        saved since the previous figure (or, when none was, the previous figure's)."""
         from IPython.display import HTML, display
 
         from . import figures
 
+        if tables is None:
+            tables = self._unshown or self._last_shown
+        self._last_shown, self._unshown = list(tables), []
         figures.show(fig, name)
-        display(HTML(f'<p class="ctxn-provenance"><small>{figures.escape_text(self.caption)}</small></p>'))
+        data = f" · {self.data_links(tables)}" if tables else ""
+        display(HTML(f'<p class="ctxn-provenance"><small>{figures.escape_text(self.caption)}{data}</small></p>'))
+
+
+def open_run(name: str, params: dict) -> Run:
+    """A :class:`Run` for parameters already through :func:`validate`: the model loaded on
+    its device and the heads checked against it. Nothing is written (``start`` prepares
+    the output folder; ``ctxneurons discover`` needs none)."""
+    device = resolve_device(params["device"])
+    model, fallback = resolve_model_choice(params["model"])
+    params = {**params, "model": model}
+    w = load_layer0(model, device=str(device))
+    if "heads" in params:
+        bad = [h for h in params["heads"] if not 0 <= h < w.n_heads]
+        if bad:
+            raise ParameterError(f"parameter heads={params['heads']}: {bad} outside 0..{w.n_heads - 1} (the model has {w.n_heads} heads)")
+    return Run(name=name, params=params, w=w, fallback=fallback, model_label=model_label(w, model),
+               output_dir=resolve_output_dir(params.get("output_dir", "outputs")) / name)
 
 
 def start(name: str, namespace: dict) -> Run:
@@ -452,15 +522,7 @@ def start(name: str, namespace: dict) -> Run:
     for required in ("model", "n_texts", "seed", "device", "output_dir"):
         if required not in params:
             raise ParameterError(f"notebook {name}: parameter {required!r} is missing from its parameters cell")
-    device = resolve_device(params["device"])
-    model, fallback = resolve_model_choice(params["model"])
-    params["model"] = model
-    w = load_layer0(model, device=str(device))
-    if "heads" in params:
-        bad = [h for h in params["heads"] if not 0 <= h < w.n_heads]
-        if bad:
-            raise ParameterError(f"parameter heads={params['heads']}: {bad} outside 0..{w.n_heads - 1} (the model has {w.n_heads} heads)")
-    run = Run(name=name, params=params, w=w, fallback=fallback, model_label=model_label(w, model), output_dir=resolve_output_dir(params["output_dir"]) / name)
+    run = open_run(name, params)
     shutil.rmtree(run.staging, ignore_errors=True)  # what an interrupted run left
     run.staging.mkdir(parents=True)
     return run

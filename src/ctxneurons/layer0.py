@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from .model import Layer0
 
-MATMUL_PRECISION = "highest"
+MATMUL_PRECISION = "highest"  #: torch.set_float32_matmul_precision for layer 0 (see the module docstring)
 CPU_BUDGET_BYTES = 1 << 30  # past ~8 texts a batch, CPU GEMMs gain nothing, so more memory buys no speed
 GPU_MEMORY_FRACTION = 0.5  # of the free memory: leaves room for the allocator's fragmentation and other tensors
 

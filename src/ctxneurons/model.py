@@ -132,6 +132,7 @@ class Layer0:
         return self.W_E.device
 
     def to(self, device=None, dtype=None) -> "Layer0":
+        """A copy with every weight moved to ``device`` and/or cast to ``dtype``."""
         moved = {
             f.name: getattr(self, f.name).to(device=device, dtype=dtype)
             for f in fields(self)

@@ -133,7 +133,7 @@ def calibration_firing(w: Layer0, tokens: torch.Tensor, neurons: torch.Tensor, t
 
 def precision_recall_frame(top: torch.Tensor, thresholds: torch.Tensor, true_neurons: torch.Tensor) -> pd.DataFrame:
     """:func:`precision_recall` with :func:`count_by_threshold` as a tidy table: threshold,
-    n_found, precision, recall."""
+    n_found, precision, recall; one row per threshold of thresholds [T]."""
     precision, recall = precision_recall(top, thresholds, true_neurons)
     return pd.DataFrame({"threshold": thresholds.tolist(), "n_found": count_by_threshold(top, thresholds).tolist(),
                          "precision": precision.tolist(), "recall": recall.tolist()})

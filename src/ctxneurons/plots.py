@@ -21,6 +21,7 @@ __all__ = [
     "denominators_along_sequence", "denominators_at_mid", "denominators_cv",
     "r_histogram", "fvu_histogram", "circuit_scatter", "circuit_trace", "r_by_calibration",
     "neurons_by_threshold", "toy_precision_recall", "extreme_tokens_table_html", "kernels_across_models",
+    "calibration_choice_scores", "calibration_candidates_map", "bias_vs_density",
 ]
 
 
@@ -265,4 +266,66 @@ def kernels_across_models(kernel_df: pd.DataFrame) -> go.Figure:
     fig.update_xaxes(matches=None)
     fig.update_yaxes(range=[-8, 0.1])  # log10: below 1e-8 a kernel weighs nothing; local heads fall far below
     fig.update_layout(margin={"t": 110})
+    return fig
+
+
+def calibration_choice_scores(by_text: pd.DataFrame) -> go.Figure:
+    """r (top) and bias (bottom) by domain and calibration choice, one box per (domain,
+    choice) over texts (each text's median over neurons). by_text: the ``by_text`` table."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=["Pearson r", "bias: mean(approx − true) / std(true)"])
+    colours = px.colors.qualitative.Plotly
+    for k, choice in enumerate(dict.fromkeys(by_text["choice"])):
+        d = by_text[by_text["choice"] == choice]
+        for row, col in ((1, "median_r"), (2, "median_bias")):
+            fig.add_trace(go.Box(x=d["domain"].map(escape_text), y=d[col], name=escape_text(choice), legendgroup=choice,
+                                 offsetgroup=choice, showlegend=row == 1, marker_color=colours[k % len(colours)],
+                                 boxpoints=False), row=row, col=1)
+    fig.add_hline(y=0, line_dash="dot", line_color="grey", row=2, col=1)
+    fig.update_layout(boxmode="group", legend_title_text="calibration", height=650,
+                      title="r and bias by domain and calibration (per text: median over neurons)")
+    fig.update_xaxes(title_text="test domain", row=2, col=1)
+    return fig
+
+
+def calibration_candidates_map(candidates: pd.DataFrame, explained: tuple[float, float]) -> go.Figure:
+    """The candidate calibration texts' log-denominator vectors in their first two principal
+    components, coloured by domain (left) and by cluster (right); diamonds mark each
+    cluster's calibration. candidates: the ``candidates`` table."""
+    views = []
+    for view, col in (("coloured by domain", "domain"), ("coloured by cluster", "cluster")):
+        v = candidates.assign(view=view, group=[f"{col} {escape_text(g)}" for g in candidates[col]])
+        views.append(v)
+    both = pd.concat(views, ignore_index=True)
+    both = both.assign(candidate_shown=both["candidate"].map(escape_text), domain_shown=both["domain"].map(escape_text),
+                       marker=np.where(both["is_cluster_calibration"], "cluster's calibration", "candidate"))
+    fig = px.scatter(both, x="pc1", y="pc2", color="group", facet_col="view", symbol="marker",
+                     symbol_map={"candidate": "circle", "cluster's calibration": "diamond"},
+                     hover_data={"candidate_shown": True, "domain_shown": True, "cluster": True, "density": ":.3f",
+                                 "pc1": ":.3f", "pc2": ":.3f", "group": False, "view": False, "marker": False},
+                     labels={"pc1": f"PC 1 ({explained[0]:.0%} of variance)", "pc2": f"PC 2 ({explained[1]:.0%})",
+                             "group": "", "candidate_shown": "candidate", "domain_shown": "domain", "density": "stop-word density"},
+                     title="Candidate calibration texts: their log D_h vectors")
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
+    fig.update_traces(marker={"size": 9})
+    fig.update_layout(legend_title_text="")
+    return fig
+
+
+def bias_vs_density(by_text: pd.DataFrame) -> go.Figure:
+    """Each (text, choice)'s median bias against the stop-word density difference test −
+    calibration. by_text: the ``by_text`` table (the oracle is left out: its difference is 0 by definition)."""
+    df = by_text[by_text["choice"] != "oracle"]
+    df = df.assign(domain=df["domain"].map(escape_text), calibration_shown=df["calibration"].map(escape_text))
+    fig = px.scatter(df, x="density_difference", y="median_bias", color="choice", symbol="domain",
+                     hover_data={"domain": True, "text": True, "calibration_shown": True, "density_test": ":.3f",
+                                 "density_calibration": ":.3f", "median_bias": ":.3f"},
+                     labels={"density_difference": "stop-word density: test text − calibration text",
+                             "median_bias": "bias (approx − true) / std(true), median over neurons",
+                             "calibration_shown": "calibration", "choice": "calibration"},
+                     title="Bias against the stop-word density difference")
+    fig.add_hline(y=0, line_dash="dot", line_color="grey")
+    fig.add_vline(x=0, line_dash="dot", line_color="grey")
     return fig

@@ -4,7 +4,9 @@
   build uses, resolved exactly as the chapters resolve them;
 - :func:`scorecard`: the paper's numbers next to this build's, with where each came from;
 - :func:`neuron_browser_html`: one searchable page of discovered neurons, every piece of
-  corpus text escaped.
+  corpus text escaped;
+- :func:`batch_table` / :func:`batch_html`: the runs of a ``ctxneurons batch`` folder, local or
+  merged from shards by ``ctxneurons batch merge`` (the two have the same layout).
 """
 
 from __future__ import annotations
@@ -118,7 +120,18 @@ def scorecard(summaries: dict[str, dict]) -> pd.DataFrame:
         lambda h, p: h.get("median_r"))
     add("median FVU, approximate vs true (neuron, text)", PAPER["median_fvu"], "contextual_circuit",
         lambda h, p: h.get("median_fvu"))
+    add("domains where a domain-matched calibration text beats the book's (median FVU)",
+        "domain analysis wants a domain calibration text", "calibration_choice", _domain_calibration_wins)
+    add("bias against stop-word density difference, test − calibration (slope, book's calibration)",
+        "underestimates when densities differ", "calibration_choice", lambda h, p: h.get("bias_density_slope", {}).get("default"))
     return pd.DataFrame(rows)
+
+
+def _domain_calibration_wins(h: dict, p: dict) -> str:
+    fvu = {(r["domain"], r["choice"]): r["median_fvu"] for r in h.get("by_domain_and_choice", [])}
+    domains = sorted({d for d, _ in fvu})
+    wins = [d for d in domains if fvu.get((d, "domain"), float("inf")) < fvu.get((d, "default"), float("-inf"))]
+    return f"{len(wins)} of {len(domains)}" + (f" ({', '.join(wins)})" if wins else "")
 
 
 def neuron_card_html(neuron: int, stats: dict, top: list[tuple[str, float]], bottom: list[tuple[str, float]],
@@ -162,3 +175,35 @@ def neuron_browser_html(cards: list[str]) -> str:
     search = ('<p><input id="ctxn-neuron-search" type="search" placeholder="filter by neuron or token, e.g. colour" '
               'style="width:100%;padding:4px"></p>')
     return search + "\n".join(cards) + _SEARCH_SCRIPT
+
+
+def runs_dir() -> Path:
+    """The batch runs this build shows: CTXN_RUNS_DIR (the folder ci/gpu_job.sh and
+    ci/batch_merge.sh write), else runs/ at the project root."""
+    return resolve_output_dir(os.environ.get("CTXN_RUNS_DIR", "runs"))
+
+
+def batch_table(root: str | os.PathLike | None = None) -> pd.DataFrame:
+    """One row per finished run under ``root`` (default :func:`runs_dir`): notebook, run
+    folder, parameters and headline numbers, as in the folder's summary.csv."""
+    from . import batch
+
+    root = runs_dir() if root is None else Path(root)
+    return batch.summarise(root) if root.is_dir() else pd.DataFrame()
+
+
+def batch_html(root: str | os.PathLike | None = None) -> str:
+    """The batch runs as an HTML table (every value escaped), with the unfinished runs named."""
+    from . import batch
+
+    root = runs_dir() if root is None else Path(root)
+    table = batch_table(root)
+    where = f"<code>{html.escape(str(root))}</code>"
+    if table.empty:
+        return f"<p>No finished batch runs in {where} for this build.</p>"
+    unfinished = [p for _, p in batch.unfinished_runs(root)] if root.is_dir() else []
+    note = (f"<p>{len(unfinished)} unfinished run(s), not shown: "
+            + ", ".join(f"<code>{html.escape(p.parent.name + '/' + p.name)}</code>" for p in unfinished) + "</p>") if unfinished else ""
+    shown = table.drop(columns=["run"]).round(4)
+    return (f"<p>{len(table)} finished run(s) in {where}.</p>" + note
+            + shown.to_html(index=False, escape=True, classes="table ctxn-batch", border=0, na_rep="—"))

@@ -217,6 +217,35 @@ def documents(n: int, seed: int = 0, min_tokens: int = 1100) -> list[str]:
     return texts
 
 
+# Domains beside the mixed corpus: each draws its documents' topics from one group of
+# topics only, or (terse) keeps the mixed topics but writes far fewer function words, the
+# way lists, headlines or code do. name -> (topic pool, range of the function-word rate).
+DOMAINS: dict[str, tuple[tuple[int, ...], tuple[float, float]]] = {
+    "topics-a": (tuple(range(0, 8)), (0.34, 0.5)),
+    "topics-b": (tuple(range(8, 16)), (0.34, 0.5)),
+    "topics-c": (tuple(range(16, 24)), (0.34, 0.5)),
+    "terse": (tuple(range(N_TOPICS)), (0.08, 0.14)),
+}
+
+
+def domain_documents(domain: str, n: int, seed: int = 0, min_tokens: int = 1100) -> list[str]:
+    """``n`` documents of the toy domain ``domain`` (a key of DOMAINS), made as
+    :func:`documents` makes its own but with the domain's topic pool and function-word
+    rate, and seeded apart from them and from every other domain's."""
+    if domain not in DOMAINS:
+        raise ValueError(f"toy domain {domain!r} does not exist; the toy domains are {', '.join(DOMAINS)}")
+    pool, (p_lo, p_hi) = DOMAINS[domain]
+    salt = 1 + list(DOMAINS).index(domain)
+    texts = []
+    for k in range(n):
+        rng = np.random.default_rng([seed, k, VOCAB_SEED, salt])
+        n_topics = rng.choice([1, 2, 3], p=[0.35, 0.4, 0.25])
+        topics = rng.choice(np.array(pool), size=n_topics, replace=False)
+        weights = rng.dirichlet(np.full(n_topics, 2.0))
+        texts.append(_generate(rng, min_tokens, topics, weights, p_function=rng.uniform(p_lo, p_hi)))
+    return texts
+
+
 def calibration_text() -> str:
     """The designated calibration text: 1100 tokens of mixed content over
     CALIBRATION_TOPICS only, so neurons of the other topics never fire on it."""
@@ -555,6 +584,7 @@ def build_model(path: Path, seed: int = 0, control: bool = False) -> Path:
 
 
 def default_root() -> Path:
+    """$CTXN_CACHE, else ~/.cache/ctxneurons: where :func:`ensure_model` builds the toy."""
     return Path(os.environ.get("CTXN_CACHE") or Path.home() / ".cache" / "ctxneurons")
 
 
