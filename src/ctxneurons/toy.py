@@ -523,7 +523,7 @@ def build_model(path: Path, seed: int = 0, control: bool = False) -> Path:
     """Write the toy model (config, safetensors weights, tokenizer, ground truth) to ``path``.
 
     Deterministic in ``seed``; the vocabulary is the same for every seed. ``control``
-    writes the negative control instead (see :func:`_weights`): the same model with its
+    writes the negative control instead (see ``_weights``): the same model with its
     slowly decaying heads made local. The ground truth (ground_truth.json) holds:
 
     - control: whether this is the control; heads: {'slow', 'local', 'uniform'} -> head
