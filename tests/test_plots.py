@@ -82,6 +82,29 @@ def test_kernels_across_models_has_a_panel_per_model_and_escapes_labels():
     assert fig.layout.yaxis.type == "log" and len(fig.data) == 4  # a trace per (model, kind)
 
 
+def test_head_attribution_figures_draw_their_tables():
+    heads = pd.DataFrame({"neuron": [5, 5, 9, 9], "head": [0, 1, 0, 1], "weight_share": [0.7, float("nan"), 0.2, float("nan")],
+                          "median_r": [0.9, float("nan"), 0.8, float("nan")], "lead_share": [1.0, 0.0, 0.5, 0.5],
+                          "ablation_drop_at_top_peaks": [1.0, 0.0, 0.3, -0.1]})
+    share = plots.head_share_heatmap(heads)
+    assert list(share.data[0].x) == ["5", "9"] and list(share.data[0].y) == ["head 0"]  # heads outside the circuit left out
+    assert len(plots.head_share_heatmap(heads, "lead_share").data[0].y) == 2
+    _json(plots.head_ablation_heatmap(heads))
+    _json(plots.head_r_box(heads))
+    _json(plots.head_consistency(pd.DataFrame({"neuron": [5, 9], "lead_head": [0, 1], "consistency": [1.0, 0.5], "n_top_texts": [2, 2]})))
+
+
+def test_core_token_figures_and_escaped_categories():
+    _json(plots.core_overlap_histogram(pd.DataFrame({"neuron": [1, 2], "jaccard": [0.2, 0.4], "jaccard_eligible": [0.5, 0.6]})))
+    seg = pd.DataFrame({"neuron": [1, 1, 2, 2], "core_set": ["activation"] * 4, "labelling": ["clusters"] * 4,
+                        "segment": [1, 2, 1, 2], "homogeneity": [0.2, 1.0, 0.4, 1.0]})
+    fig = plots.homogeneity_by_segment(seg)
+    assert list(fig.data[0].y) == [pytest.approx(0.3), 1.0]
+    tokens = pd.DataFrame({"neuron": [1, 1, 1], "rank": [1, 2, 3], "token": [HOSTILE, "b", "c"], "category": [0, 0, 1]})
+    html = plots.core_categories_html(tokens, [1], max_categories=1, per_category=1)
+    assert "<img" not in html and "onerror" in html and "(+1)" in html and "1 more categories" in html
+
+
 def test_calibration_choice_figures_draw_their_tables_and_escape_domain_names():
     by_text = pd.DataFrame([
         {"domain": d, "choice": c, "text": t, "calibration": f"{d}#{t}", "density_test": 0.4, "density_calibration": 0.3,

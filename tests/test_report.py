@@ -18,7 +18,8 @@ def test_scorecard_reads_the_summaries_and_marks_missing_chapters():
     by_q = card.set_index("quantity")["this build"]
     assert by_q["median TV, true vs decomposed pattern (circuit heads)"] == "0.0312"
     assert by_q["median Pearson r, approximate vs true (neuron, text)"] == "0.91"
-    assert (card["this build"] == "not run").sum() == 5
+    assert set(card.loc[card["this build"] == "not run", "from"]) == {"positional_kernels", "context_neurons", "head_attribution",
+                                                                      "core_tokens", "calibration_choice"}
     assert by_q["denominator spread across texts at n_ctx/2 (largest CV over circuit heads)"] == "0.05"  # head 4 is not in the circuit
     assert "tv_distance · model toy" in card.set_index("quantity").loc["median TV, true vs decomposed pattern (circuit heads)", "from"]
 
@@ -51,3 +52,26 @@ def test_neuron_cards_escape_corpus_text():
     assert "<script>alert" not in page and "<img src=x" not in page and "<i>" not in page
     assert "&lt;script&gt;" in page and 'data-neuron="7"' in page
     assert page.count("<script>") == 1  # only the search box's own script
+
+
+def test_scorecard_shows_the_chapters_beyond_the_paper():
+    card = report.scorecard({
+        "head_attribution": _summary("head_attribution", top_head_share={"8": 0.25, "10": 0.5, "0": 0.25}, consistency_median=0.75,
+                                     per_head_median_r={"0": 0.98, "10": 0.99}, toy_top_head_planted_share=1.0),
+        "core_tokens": _summary("core_tokens", homogeneity_by_segment=[0.35, 0.6, 1.0], weights_vs_activation_core_overlap_median=0.2,
+                                toy_homogeneity_by_segment=None),
+    }).set_index("quantity")["this build"]
+    assert card["heads leading the found neurons at their peaks (share of neurons)"] == "head 10: 50%, head 8: 25%, head 0: 25%"
+    assert card["  … median r per circuit head, its true contribution vs its part of the approximation"] == "head 10: 0.990, head 0: 0.980"
+    assert card["core-token homogeneity by activation segment, lowest → highest"] == "0.35 → 0.60 → 1.00"
+    assert card["  … toy: homogeneity by segment against the planted topics"] == "—"
+
+
+def test_neuron_cards_show_head_shares_and_escaped_sections():
+    heads = pd.DataFrame({"neuron": [7, 7, 7], "head": [0, 2, 5], "weight_share": [0.2, 0.8, float("nan")]})
+    lead = pd.DataFrame({"neuron": [7], "lead_head": [2], "consistency": [0.75], "ablation_top_head": [2]})
+    text = report.head_shares_html(heads, lead, 7)
+    assert text.startswith("share of the contribution spread (weights): head 2 80%, head 0 20%") and "75%" in text
+    assert report.head_shares_html(heads, lead, 8) == ""
+    card = report.neuron_card_html(7, {}, [], [], [], sections=[("heads <b>", text), ("empty", "")])
+    assert "heads &lt;b&gt;:" in card and "head 2 80%" in card and "empty" not in card

@@ -269,6 +269,118 @@ def kernels_across_models(kernel_df: pd.DataFrame) -> go.Figure:
     return fig
 
 
+# ---------------------------------------------------------------- beyond the paper: heads and core tokens
+
+__all__ += ["head_share_heatmap", "head_r_box", "head_consistency", "head_ablation_heatmap", "core_overlap_histogram",
+            "homogeneity_by_segment"]
+
+
+def _neuron_axis(df: pd.DataFrame) -> list[str]:
+    return [str(j) for j in dict.fromkeys(df["neuron"])]
+
+
+def head_share_heatmap(head_df: pd.DataFrame, value: str = "weight_share", title: str | None = None) -> go.Figure:
+    """Heads x neurons heatmap of one column of the ``head_by_neuron`` table (rows without a
+    value, e.g. heads outside the circuit for weight_share, are left out)."""
+    df = head_df.dropna(subset=[value])
+    grid = df.pivot(index="head", columns="neuron", values=value)
+    order = _neuron_axis(df)
+    grid.columns = grid.columns.astype(str)
+    grid = grid[order]
+    fig = go.Figure(go.Heatmap(
+        z=grid.values, x=order, y=[f"head {h}" for h in grid.index], colorscale="RdBu", zmid=0,
+        colorbar={"title": value.replace("_", " ")},
+        hovertemplate="neuron %{x}<br>%{y}<br>" + value.replace("_", " ") + " %{z:.3f}<extra></extra>",
+    ))
+    fig.update_layout(title=title or f"{value.replace('_', ' ')}: heads × neurons", xaxis={"title": "neuron", "type": "category"},
+                      height=220 + 22 * len(grid.index))
+    return fig
+
+
+def head_r_box(head_df: pd.DataFrame) -> go.Figure:
+    """Each circuit head's per-neuron median r (true part against approximated part). head_df: ``head_by_neuron``."""
+    df = head_df.dropna(subset=["median_r"]).assign(head=lambda d: d["head"].astype(str))
+    return px.box(df, x="head", y="median_r", points="all", hover_data={"neuron": True, "median_r": ":.3f"},
+                  labels={"head": "circuit head", "median_r": "median r over texts, per neuron"},
+                  title="Per head: its true contribution against its part of the approximation")
+
+
+def head_consistency(neuron_df: pd.DataFrame) -> go.Figure:
+    """Consistency per neuron, coloured by lead head. neuron_df: the ``neurons`` table of head_attribution."""
+    df = neuron_df.assign(lead=lambda d: "head " + d["lead_head"].astype(str), neuron_s=lambda d: d["neuron"].astype(str))
+    fig = px.bar(df, x="neuron_s", y="consistency", color="lead", hover_data={"n_top_texts": True, "consistency": ":.2f", "neuron_s": False},
+                 labels={"neuron_s": "neuron", "consistency": "share of top texts led by the lead head", "lead": "lead head"},
+                 title="How often the same head leads at the neuron's peaks (top texts)")
+    fig.update_xaxes(type="category")
+    return fig
+
+
+def head_ablation_heatmap(head_df: pd.DataFrame) -> go.Figure:
+    """Heads x neurons: the drop in pre-activation at the top texts' peaks when one head is zeroed."""
+    return head_share_heatmap(head_df, "ablation_drop_at_top_peaks",
+                              "Zero-ablation: drop of the neuron's pre-activation at its top texts' peaks")
+
+
+def core_overlap_histogram(overlap_df: pd.DataFrame) -> go.Figure:
+    """Jaccard overlap of the two core-token sets per neuron. overlap_df: the ``core_overlap`` table."""
+    long = overlap_df.melt(id_vars=["neuron"], value_vars=["jaccard", "jaccard_eligible"], var_name="comparison", value_name="value")
+    long["comparison"] = long["comparison"].map({"jaccard": "weights (all tokens) vs activation",
+                                                 "jaccard_eligible": "weights (eligible tokens) vs activation"})
+    return px.histogram(long, x="value", color="comparison", barmode="overlay", nbins=20, opacity=0.7,
+                        labels={"value": "Jaccard overlap of the two core-token sets"},
+                        title=f"Weights against activations: core-token overlap over {overlap_df['neuron'].nunique()} neurons")
+
+
+def homogeneity_by_segment(seg_df: pd.DataFrame) -> go.Figure:
+    """Mean homogeneity per activation segment, one line per (core set, labelling).
+    seg_df: the ``homogeneity`` table (neuron, core_set, labelling, segment, homogeneity)."""
+    mean = seg_df.groupby(["core_set", "labelling", "segment"], as_index=False)["homogeneity"].mean()
+    mean["series"] = mean["core_set"] + " core, " + mean["labelling"]
+    return px.line(mean, x="segment", y="homogeneity", color="series", markers=True,
+                   hover_data={"homogeneity": ":.3f"},
+                   labels={"segment": "activation segment (1 = lowest)", "homogeneity": "mean homogeneity over neurons"},
+                   title="Categorical homogeneity by activation segment")
+
+
+__all__ += ["token_list_html"]
+
+
+def token_list_html(extreme_df: pd.DataFrame, neuron: int, sign: str, k: int) -> str:
+    """One neuron's k most extreme tokens on one side ('+' or '-') of an ``extreme_tokens``-shaped table, as escaped HTML."""
+    return _token_list(extreme_df, neuron, sign, k)
+
+
+__all__ += ["core_categories_list_html", "core_categories_html"]
+
+
+def core_categories_list_html(tokens_df: pd.DataFrame, neuron: int, max_categories: int = 4, per_category: int = 6) -> str:
+    """One neuron's core tokens by category, largest categories first, tokens in order of
+    value, as escaped HTML. tokens_df: rows of one core set of the ``core_tokens`` table."""
+    df = tokens_df[tokens_df["neuron"] == neuron].sort_values("rank")
+    if df.empty:
+        return ""
+    parts = []
+    for cat, grp in sorted(df.groupby("category"), key=lambda kv: (-len(kv[1]), kv[0]))[:max_categories]:
+        toks = ", ".join(f"<code>{escape_text(repr(t))}</code>" for t in grp["token"].head(per_category))
+        more = f" … (+{len(grp) - per_category})" if len(grp) > per_category else ""
+        parts.append(f"<b>{len(grp)}</b>: {toks}{more}")
+    rest = df["category"].nunique() - max_categories
+    tail = f"; {rest} more categories" if rest > 0 else ""
+    return "; ".join(parts) + tail
+
+
+def core_categories_html(tokens_df: pd.DataFrame, neurons: list[int], max_categories: int = 4, per_category: int = 6) -> str:
+    """A table: per neuron, the number of categories among its core tokens and the largest ones
+    (:func:`core_categories_list_html`)."""
+    body = "".join(
+        f"<tr><td>{int(j)}</td><td>{tokens_df.loc[tokens_df['neuron'] == j, 'category'].nunique()}</td>"
+        f"<td>{core_categories_list_html(tokens_df, j, max_categories, per_category)}</td></tr>"
+        for j in neurons
+    )
+    return ("<table><thead><tr><th>neuron</th><th>categories</th><th>largest categories (size: tokens by activation)</th></tr></thead>"
+            f"<tbody>{body}</tbody></table>")
+
+
 def calibration_choice_scores(by_text: pd.DataFrame) -> go.Figure:
     """r (top) and bias (bottom) by domain and calibration choice, one box per (domain,
     choice) over texts (each text's median over neurons). by_text: the ``by_text`` table."""

@@ -120,11 +120,40 @@ def scorecard(summaries: dict[str, dict]) -> pd.DataFrame:
         lambda h, p: h.get("median_r"))
     add("median FVU, approximate vs true (neuron, text)", PAPER["median_fvu"], "contextual_circuit",
         lambda h, p: h.get("median_fvu"))
+    # Beyond the paper: the neighbouring papers' questions (chapters 07 and 08).
+    add("heads leading the found neurons at their peaks (share of neurons)", "Neo et al. 2024: early heads switch on context neurons",
+        "head_attribution", lambda h, p: _fmt_shares(h.get("top_head_share")))
+    add("  … median consistency: share of a neuron's top texts led by the same head", "Neo et al.: consistent across similar prompts",
+        "head_attribution", lambda h, p: h.get("consistency_median"))
+    add("  … median r per circuit head, its true contribution vs its part of the approximation", "—",
+        "head_attribution", lambda h, p: _fmt_shares(h.get("per_head_median_r"), percent=False))
+    add("  … toy: share of found neurons led by a planted slowly decaying head", "1 (planted)",
+        "head_attribution", lambda h, p: h.get("toy_top_head_planted_share"))
+    add("core-token homogeneity by activation segment, lowest → highest", "Pichat et al. 2025: rises at the highest activations",
+        "core_tokens", lambda h, p: fmt_list(h.get("homogeneity_by_segment")))
+    add("  … median Jaccard overlap, weights vs activation core tokens", "—",
+        "core_tokens", lambda h, p: h.get("weights_vs_activation_core_overlap_median"))
+    add("  … toy: homogeneity by segment against the planted topics", "—",
+        "core_tokens", lambda h, p: fmt_list(h.get("toy_homogeneity_by_segment")))
     add("domains where a domain-matched calibration text beats the book's (median FVU)",
         "domain analysis wants a domain calibration text", "calibration_choice", _domain_calibration_wins)
     add("bias against stop-word density difference, test − calibration (slope, book's calibration)",
         "underestimates when densities differ", "calibration_choice", lambda h, p: h.get("bias_density_slope", {}).get("default"))
     return pd.DataFrame(rows)
+
+
+def _fmt_shares(shares: dict | None, percent: bool = True, k: int = 6) -> str | None:
+    """{'head': value} as 'head 10: 23%, head 8: 21%, …', largest first (at most k)."""
+    if not shares:
+        return None
+    items = sorted(shares.items(), key=lambda kv: -kv[1])
+    text = ", ".join(f"head {h}: {v:.0%}" if percent else f"head {h}: {v:.3f}" for h, v in items[:k])
+    return text + (", …" if len(items) > k else "")
+
+
+def fmt_list(values: list | None) -> str | None:
+    """A list of numbers as '0.35 → 0.60 → 1.00' (None stays None)."""
+    return None if values is None else " → ".join(f"{v:.2f}" for v in values)
 
 
 def _domain_calibration_wins(h: dict, p: dict) -> str:
@@ -135,10 +164,13 @@ def _domain_calibration_wins(h: dict, p: dict) -> str:
 
 
 def neuron_card_html(neuron: int, stats: dict, top: list[tuple[str, float]], bottom: list[tuple[str, float]],
-                     examples: list[dict]) -> str:
-    """One neuron: its extreme tokens, r and FVU, and example texts shaded by approximate and true values.
+                     examples: list[dict], sections: list[tuple[str, str]] = ()) -> str:
+    """One neuron: its extreme tokens, r and FVU, further sections, and example texts shaded
+    by approximate and true values.
 
     examples: dicts with 'title', 'tokens' (strings), 'approx' and 'true' (floats per token).
+    sections: (title, HTML) pairs shown after the tokens; the HTML must already be escaped
+    (e.g. from :func:`head_shares_html` or plots.core_categories_list_html), titles are escaped here.
     """
     def token_list(items):
         return ", ".join(f"<code>{figures.escape_text(repr(t))}</code>&nbsp;{v:+.2f}" for t, v in items)
@@ -147,12 +179,27 @@ def neuron_card_html(neuron: int, stats: dict, top: list[tuple[str, float]], bot
     parts = [f'<details class="ctxn-neuron" data-neuron="{int(neuron)}"><summary><b>neuron {int(neuron)}</b> · {stat}</summary>',
              f"<p><b>most positive tokens:</b> {token_list(top)}</p>",
              f"<p><b>most negative tokens:</b> {token_list(bottom)}</p>"]
+    parts += [f"<p><b>{html.escape(title)}:</b> {body}</p>" for title, body in sections if body]
     for ex in examples:
         vmax = max([abs(v) for v in ex["approx"] + ex["true"]] + [1e-9])
         parts.append(figures.token_heatmap_html(ex["tokens"], ex["approx"], vmax=vmax, title=f"{ex['title']} — approximation"))
         parts.append(figures.token_heatmap_html(ex["tokens"], ex["true"], vmax=vmax, title=f"{ex['title']} — true"))
     parts.append("</details>")
     return "\n".join(parts)
+
+
+def head_shares_html(head_df: pd.DataFrame, neuron_df: pd.DataFrame, neuron: int, k: int = 4) -> str:
+    """One neuron's heads from the head_attribution chapter's tables (``head_by_neuron`` and
+    ``neurons``): the circuit heads' weight shares, largest first, and the head leading at its
+    peaks with its consistency. Empty when the neuron is not in the tables."""
+    rows = head_df[(head_df["neuron"] == neuron) & head_df["weight_share"].notna()].sort_values("weight_share", ascending=False)
+    lead = neuron_df[neuron_df["neuron"] == neuron]
+    if rows.empty or lead.empty:
+        return ""
+    shares = ", ".join(f"head {int(h)} {v:.0%}" for h, v in zip(rows["head"].head(k), rows["weight_share"].head(k)))
+    first = lead.iloc[0]
+    return (f"share of the contribution spread (weights): {shares}; leads at the peaks: head {int(first['lead_head'])} "
+            f"in {float(first['consistency']):.0%} of its top texts; zeroing head {int(first['ablation_top_head'])} lowers it most")
 
 
 _SEARCH_SCRIPT = """

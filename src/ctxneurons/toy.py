@@ -15,7 +15,8 @@ the paper finds in GPT-2 Small:
 - the slowly decaying heads' OV circuits map each topic's shared embedding direction
   g_k to an output direction u_k, so their summed output is a decaying average of
   "how much topic k is in the recent context";
-- context neurons read u_k (their bias sets how much topic k is needed); other neurons
+- context neurons read u_k (their bias sets how much topic k is needed) and write topic k's
+  embedding direction, which the tied unembedding reads as topic k's words; other neurons
   read single tokens' embeddings directly, or random directions.
 
 The decomposition of METHOD.md section 1 is not exact on this model, for the reasons it is
@@ -48,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-VERSION = "toy-v2"
+VERSION = "toy-v3"  # v3: context neurons write their topic (W_out)
 STAMP_FILE = "toy_version.txt"
 GROUND_TRUTH_FILE = "ground_truth.json"
 EOT = "<|endoftext|>"
@@ -73,6 +74,7 @@ CALIBRATION_TOPICS = (0, 3, 7, 12, 16)
 CONTEXT_TOP_MIN = 3.0
 NOISE_TOPIC_READ = 0.6
 NOISE_TOP_CEILING = NOISE_TOPIC_READ * 4.3  # NOISE_TOPIC_READ x the largest of ~3000 x 25 standard normals
+CONTEXT_WRITE = 0.5  # a context neuron's output weight along its topic's direction
 
 # Geometry (GPT-2 Small's layer 0).
 D_MODEL, N_HEADS, D_HEAD, D_MLP, N_CTX = 768, 12, 64, 3072, 1024
@@ -468,6 +470,12 @@ def _weights(seed: int, control: bool = False) -> tuple[dict[str, torch.Tensor],
     b_in[noise] = torch.from_numpy(rng.normal(-1.0, 0.5, size=len(noise)))
     truth["noise_neurons"] = noise.tolist()
     W_out = randn(M, d) @ basis @ basis.T * 0.02
+    # Context neurons also write their topic's direction g_k: through the tied unembedding
+    # (W_U = W_E) they promote their topic's words, as Neo et al.'s "next-token neurons" promote
+    # the tokens their context predicts. g_k's logit for a topic word, alpha * |W_E| ~ 1.9 per
+    # unit of CONTEXT_WRITE, stands far above the random part's (std ~0.07).
+    for planted in truth["context_neurons"]:
+        W_out[planted["neuron"]] += CONTEXT_WRITE * g[:, planted["topic"]]
 
     weights = dict(W_E=W_E, W_pos=W_pos, W_Q=W_Q, b_Q=b_Q, W_K=W_K, b_K=b_K, W_V=W_V, b_V=b_V, W_O=W_O, W_in=W_in, b_in=b_in, W_out=W_out)
     cos = _unit(W_E[ordinary].T).T @ _unit(W_pos.T)  # [ordinary tokens, N]
@@ -532,8 +540,9 @@ def build_model(path: Path, seed: int = 0, control: bool = False) -> Path:
       (for the query ' the'; a query token whose LN1 scale is x% larger decays x% faster);
     - topics [K]: name, words, token_ids (spaced and bare forms); silent_topics: topics
       no neuron reads; calibration_topics: the only topics in :func:`calibration_text`;
-    - context_neurons: neuron, topic, against (a topic whose presence it subtracts, or
-      None), top (its designed largest contribution, for an alpha=0.75 word taking all
+    - context_neurons: neuron, topic (it reads that topic, and its output weights write the
+      topic's direction, so through the tied unembedding it promotes the topic's words),
+      against (a topic whose presence it subtracts, or None), top (its designed largest contribution, for an alpha=0.75 word taking all
       the attention with exp(s)/D = 1; the method's statistic comes out somewhat higher
       because function words take less attention), need (the attention share of such
       words needed to fire); context_top_min (the smallest designed top) and
@@ -633,3 +642,18 @@ def ensure_model(root: Path | None = None, control: bool = False) -> Path:
 def ground_truth(model_dir: str | os.PathLike) -> dict:
     """The planted structure saved with a toy model (see :func:`build_model`)."""
     return json.loads((Path(model_dir) / GROUND_TRUTH_FILE).read_text())
+
+
+def planted_categories(truth: dict, n_vocab: int) -> list[str]:
+    """The category each token id [V] has by construction: 'topic-KK' for a topic's words
+    (both forms), 'function' for function words and punctuation (they share a planted
+    embedding direction), 'glitch' for glitch tokens, and a category of its own ('token-ID')
+    for every other token (generic words share nothing)."""
+    labels = [f"token-{t}" for t in range(n_vocab)]
+    for topic in truth["topics"]:
+        for t in topic["token_ids"]:
+            labels[t] = topic["name"]
+    for key, name in (("function_token_ids", "function"), ("glitch_token_ids", "glitch")):
+        for t in truth[key]:
+            labels[t] = name
+    return labels
