@@ -182,6 +182,22 @@ def test_discovery_selects_by_threshold_and_skips_glitch_tokens(tiny):
     assert g[50256] and 0.005 < g.float().mean() < 0.02
 
 
+def test_top_statistic_is_the_rank_th_largest_over_non_glitch_tokens_across_blocks():
+    """Blocked over the vocabulary: the running top-rank must carry across blocks."""
+    gen = torch.Generator().manual_seed(0)
+    contribution = torch.randn(3 * neurons.TOKEN_BLOCK + 17, 5, generator=gen)
+    glitch = torch.rand(len(contribution), generator=gen) < 0.1
+    contribution[glitch] += 100.0  # glitch tokens would win every column
+    for rank in (1, 2, 7):
+        expected = contribution[~glitch].topk(rank, dim=0).values[-1]
+        torch.testing.assert_close(neurons.top_statistic(contribution, glitch, rank=rank), expected)
+    ids, vals, bids, bvals = neurons.extreme_tokens(contribution, 3, glitch, k=4)
+    allowed = contribution[:, 3].masked_fill(glitch, float("nan"))
+    assert vals.tolist() == allowed.nan_to_num(float("-inf")).sort(descending=True).values[:4].tolist()
+    assert bvals.tolist() == allowed.nan_to_num(float("inf")).sort().values[:4].tolist()
+    assert not glitch[ids].any() and not glitch[bids].any()
+
+
 def test_circuit_uses_the_median_kernel_of_its_heads(tiny, tiny_tokens):
     c = circuit.build_circuit(tiny, tiny_tokens[0], heads=(0, 1, 3), n_positions=128)
     per_head = kernels.kernel_matrix(tiny.select_heads((0, 1, 3)), tiny.token_id(" the"), 128)
@@ -213,3 +229,21 @@ def test_bad_neuron_indices_name_the_problem(tiny, tiny_tokens):
     c = circuit.build_circuit(tiny, tiny_tokens[0], heads=(0, 2), n_positions=128)
     with pytest.raises(ValueError, match=r"neurons: \[5000\] outside 0..255"):
         evaluation.evaluate(tiny, c, tiny_tokens[1:], [1, 5000])
+
+
+@pytest.mark.parametrize("block_bytes,texts_per_block,rows", [(1 << 30, 3, 100), (320_000, 2, 100), (12_000, 1, 7)])
+def test_blocked_tv_and_denominators_match_the_whole_matrices(tiny, tiny_tokens, monkeypatch, block_bytes, texts_per_block, rows):
+    """One block; blocks of two texts with a shorter last one; one text and a few rows with a
+    shorter last row block: the blocked kernels agree with the [B, H, n, n] formulas they replace."""
+    monkeypatch.setattr(layer0, "BLOCK_BYTES_CPU", block_bytes)
+    toks = tiny_tokens[:3, :100]
+    blocks = list(layer0.score_blocks(3, 100, tiny.n_heads * 100, "cpu"))
+    assert blocks[0] == (slice(0, texts_per_block), 0, rows) and blocks[-1][0].stop == 3 and blocks[-1][2] == 100
+    q, k = decomposition.true_queries_keys(tiny, toks)
+    A = layer0.causal_scores(q, k).softmax(-1)
+    A_approx = decomposition.approximate_pattern(tiny, toks, 2.0)
+    torch.testing.assert_close(decomposition.tv_by_position(tiny, toks, C=2.0), decomposition.tv_distance(A, A_approx), atol=2e-6, rtol=1e-4)
+    the = tiny.token_id(" the")
+    q_the = decomposition.query(tiny, the, 100)[None]
+    direct = layer0.causal_scores(q_the.expand(3, -1, -1, -1), k).logsumexp(-1)
+    torch.testing.assert_close(denominators.log_denominators(tiny, toks, the), direct, atol=1e-5, rtol=1e-5)

@@ -51,6 +51,28 @@ def positional_keys(w: Layer0, n: int, C: float = DEFAULT_C) -> torch.Tensor:
     return torch.einsum("id,hde->hie", (p - w.W_pos[n]) * scale, w.W_K)
 
 
+def _positional_weights(p: torch.Tensor, d: int, C: float) -> torch.Tensor:
+    """a_i = sqrt(d) / sqrt(|W_pos[i]|^2 + C^2) for p = W_pos[:n]: -> [n]."""
+    return math.sqrt(d) / (p.pow(2).sum(-1) + C**2).sqrt()
+
+
+def _head_keys(w: Layer0, x: torch.Tensor) -> torch.Tensor:
+    """x W_K for every head, without bias: x [..., m, d] -> [..., H, m, e], one GEMM."""
+    *lead, m, d = x.shape
+    H, _, e = w.W_K.shape
+    out = x.reshape(-1, d) @ w.W_K.permute(1, 0, 2).reshape(d, H * e)
+    return out.view(*lead, m, H, e).transpose(-2, -3)
+
+
+def _inverse_norms(e_tok: torch.Tensor, p: torch.Tensor, d: int) -> torch.Tensor:
+    """sqrt(d) / |W_E[t_i] + W_pos[n]| for e_tok [B, i, d] and rows p = W_pos[n] [r, d]: -> [B, r, i].
+
+    |e + p|^2 = |e|^2 + 2 e.p + |p|^2: one batched matmul with the squared norms added in it."""
+    base = e_tok.pow(2).sum(-1)[:, None, :] + p.pow(2).sum(-1)[None, :, None]  # [B, r, i]
+    norm2 = torch.baddbmm(base, p.expand(e_tok.shape[0], -1, -1), e_tok.transpose(-1, -2), alpha=2)
+    return norm2.clamp_min_(1e-12).rsqrt_().mul_(math.sqrt(d))
+
+
 def positional_scores(w: Layer0, q: torch.Tensor, C: float = DEFAULT_C) -> torch.Tensor:
     """q_n . P[n, i] / sqrt(e) for queries q [..., H, n, e] at positions 0..n-1: -> [..., H, n, n].
 
@@ -59,8 +81,8 @@ def positional_scores(w: Layer0, q: torch.Tensor, C: float = DEFAULT_C) -> torch
     """
     n = q.shape[-2]
     p = w.W_pos[:n]
-    a = math.sqrt(w.d_model) / (p.pow(2).sum(-1) + C**2).sqrt()  # [n]
-    pk = torch.einsum("id,hde->hie", p, w.W_K)  # W_pos[i] W_K: [H, n, e]
+    a = _positional_weights(p, w.d_model, C)  # [n]
+    pk = _head_keys(w, p)  # W_pos[i] W_K: [H, n, e]
     own = (q * pk).sum(-1, keepdim=True)  # q_n . W_pos[n] W_K: [..., H, n, 1]
     scores = (q @ pk.transpose(-1, -2) - own) * a / math.sqrt(q.shape[-1])
     return _mask_causal(scores)
@@ -69,15 +91,15 @@ def positional_scores(w: Layer0, q: torch.Tensor, C: float = DEFAULT_C) -> torch
 def content_scores(w: Layer0, q: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """q_n . E[n, t_i] / sqrt(e) for queries q [B, H, n, e] and tokens [B, n]: -> [B, H, n, n].
 
-    With u_n = W_K q_n (in d_model), q_n . E[n, t] = sqrt(d) u_n.(e_t + p_n) / |e_t + p_n|,
-    and |e_t + p_n|^2 = |e_t|^2 + 2 e_t.p_n + |p_n|^2: all [n, n] terms are matmuls.
+    q_n . E[n, t] = sqrt(d) (q_n . W_E[t] W_K + q_n . W_pos[n] W_K) / |W_E[t] + W_pos[n]|:
+    the numerator is a d_head-sized matmul against the tokens' keys, the norm is shared
+    by every head.
     """
     n = tokens.shape[-1]
-    e_tok, p = w.W_E[tokens], w.W_pos[:n]  # [B, n, d], [n, d]
-    u = torch.einsum("bhne,hde->bhnd", q, w.W_K)
-    numer = u @ e_tok[:, None].transpose(-1, -2) + (u * p).sum(-1, keepdim=True)  # [B, H, n, i]
-    norm2 = e_tok.pow(2).sum(-1)[:, None, :] + 2 * p @ e_tok.transpose(-1, -2) + p.pow(2).sum(-1)[None, :, None]
-    scores = math.sqrt(w.d_model) * numer / norm2.clamp_min(1e-12).sqrt()[:, None] / math.sqrt(q.shape[-1])
+    e_tok = w.W_E[tokens]  # [B, n, d]
+    own = (q * _head_keys(w, w.W_pos[:n])).sum(-1, keepdim=True)  # [B, H, n, 1]
+    numer = q @ _head_keys(w, e_tok).transpose(-1, -2) + own  # [B, H, n, i]
+    scores = numer * _inverse_norms(e_tok, w.W_pos[:n], w.d_model)[:, None] / math.sqrt(q.shape[-1])
     return _mask_causal(scores)
 
 
@@ -91,7 +113,7 @@ def content_scores_all_tokens(w: Layer0, q_n: torch.Tensor, n: int) -> torch.Ten
 def true_queries_keys(w: Layer0, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The true q, k [B, H, n, e] of a text, through the same layer-0 code as everything else."""
     x_hat, _ = layer0.layer_norm(layer0.residual(w, tokens), w.eps)
-    return layer0.project(x_hat, w.W_Q, w.b_Q), layer0.project(x_hat, w.W_K, w.b_K)
+    return layer0.projections(w, x_hat, "QK")
 
 
 def approximate_pattern(w: Layer0, tokens: torch.Tensor, C: float = DEFAULT_C) -> torch.Tensor:
@@ -106,12 +128,52 @@ def tv_distance(A: torch.Tensor, A_approx: torch.Tensor) -> torch.Tensor:
 
 
 def tv_by_position(w: Layer0, tokens: torch.Tensor, heads: list[int] | None = None, C: float = DEFAULT_C) -> torch.Tensor:
-    """TV between the true and decomposed patterns, per text, head and query position: [B, h, n]."""
+    """TV between the true and decomposed patterns, per text, head and query position: [B, h, n].
+
+    The same scores as :func:`content_scores` + :func:`positional_scores` against the
+    true pattern, computed one block of texts and query rows at a time (:func:`layer0.score_blocks`),
+    keys up to the block's last row only: both patterns of a block are made, compared and
+    dropped, so no [B, h, n, n] tensor exists and the causal upper half is not computed.
+    With 1/sqrt(e) folded into q and q_n . W_pos[n] W_K appended to it as one more
+    coordinate, each score of a block is a single matmul against extended keys:
+
+        true        q_n . k_i
+        content     [q_n, own_n] . [W_E[t_i] W_K, 1]          x  sqrt(d) / |W_E[t_i] + W_pos[n]|
+        positional  [q_n, own_n] . a_i [W_pos[i] W_K, -1]
+    """
     w = w if heads is None else w.select_heads(heads)
-    q, k = true_queries_keys(w, tokens)
-    A = layer0.causal_scores(q, k).softmax(-1)
-    A_approx = (content_scores(w, q, tokens) + positional_scores(w, q, C)).softmax(-1)
-    return tv_distance(A, A_approx)
+    B, n = tokens.shape
+    h, d = w.n_heads, w.d_model
+    p, e_tok = w.W_pos[:n], w.W_E[tokens]  # [n, d], [B, n, d]
+    x_hat, _ = layer0.layer_norm(e_tok + p, w.eps)  # layer0.residual, sharing the W_E gather with the content keys
+    q, k = layer0.projections(w, x_hat, "QK")
+    q = q * (1 / math.sqrt(w.d_head))  # [B, h, n, e], contiguous
+    k = k.contiguous()
+    p_sq, e_sq = p.pow(2).sum(-1), e_tok.pow(2).sum(-1)  # [n], [B, n]
+    pk = _head_keys(w, p)  # [h, n, e]
+    q_ext = torch.cat([q, (q * pk).sum(-1, keepdim=True)], -1)  # [B, h, n, e+1]
+    # sqrt(d) of the content score rides on its keys; the positional keys are expanded to
+    # every text once, so that each block's matmul reads them in place.
+    tok_keys = _head_keys(w, e_tok)
+    content_keys = torch.cat([tok_keys, tok_keys.new_ones(*tok_keys.shape[:-1], 1)], -1).mul_(math.sqrt(d))
+    pos_keys = torch.cat([pk, -pk.new_ones(*pk.shape[:-1], 1)], -1).mul_(_positional_weights(p, d, C)[:, None])
+    pos_keys = pos_keys.expand(B, -1, -1, -1).contiguous()  # [B, h, n, e+1]
+    tv = q.new_empty(B, h, n)
+    upper = None
+    for b, r0, r1 in layer0.score_blocks(B, n, h * n, q.device):
+        r = r1 - r0
+        upper = layer0.upper_mask(r, q.device) if upper is None else upper
+        q_r, qx_r = q[b, :, r0:r1], q_ext[b, :, r0:r1]
+        # 1/|W_E[t_i] + W_pos[n]|, shared by the heads: [b, 1, r, r1]
+        norm2 = torch.baddbmm(e_sq[b, None, :r1] + p_sq[r0:r1, None], p[r0:r1].expand(q_r.shape[0], -1, -1),
+                              e_tok[b, :r1].transpose(-1, -2), alpha=2)
+        inv_norm = norm2.clamp_min_(1e-12).rsqrt_()[:, None]
+        approx = (qx_r @ pos_keys[b, :, :r1].transpose(-1, -2)).addcmul_(qx_r @ content_keys[b, :, :r1].transpose(-1, -2), inv_norm)
+        true = q_r @ k[b, :, :r1].transpose(-1, -2)  # [b, h, r, r1]
+        true[..., r0:].masked_fill_(upper[:r, :r], float("-inf"))
+        approx[..., r0:].masked_fill_(upper[:r, :r], float("-inf"))
+        tv[b, :, r0:r1] = torch.linalg.vector_norm(true.softmax(-1).sub_(approx.softmax(-1)), 1, -1)
+    return tv.mul_(0.5)
 
 
 def tv_statistics(

@@ -25,9 +25,10 @@ from .stats import histogram
 
 def log_denominators(w: Layer0, tokens: torch.Tensor, query_token: int) -> torch.Tensor:
     """log denom_{h,i,query}(text) for every head and position: tokens [B, n] -> [B, H, n]."""
-    _, k = decomposition.true_queries_keys(w, tokens)
+    x_hat, _ = layer0.layer_norm(layer0.residual(w, tokens), w.eps)
+    (k,) = layer0.projections(w, x_hat, "K")
     q = decomposition.query(w, query_token, tokens.shape[-1])  # [H, n, e], the same for every text
-    return layer0.causal_scores(q[None], k).logsumexp(-1)
+    return layer0.causal_logsumexp(q[None], k.contiguous())
 
 
 def log_factorised_denominators(w: Layer0, tokens: torch.Tensor, query_token: int, kernel: torch.Tensor) -> torch.Tensor:

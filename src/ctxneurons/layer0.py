@@ -28,6 +28,7 @@ from .model import Layer0
 MATMUL_PRECISION = "highest"  #: torch.set_float32_matmul_precision for layer 0 (see the module docstring)
 CPU_BUDGET_BYTES = 1 << 30  # past ~8 texts a batch, CPU GEMMs gain nothing, so more memory buys no speed
 GPU_MEMORY_FRACTION = 0.5  # of the free memory: leaves room for the allocator's fragmentation and other tensors
+BLOCK_BYTES_CPU = 4 << 20  # a block of scores that stays in cache (see score_blocks)
 
 
 @contextmanager
@@ -78,13 +79,62 @@ def auto_batch_size(
     return max(1, budget // bytes_per_text(w, n_tokens, keep_pattern, mlp))
 
 
+def score_blocks(n_texts: int, n_rows: int, elems_per_row: int, device: torch.device | str) -> Iterator[tuple[slice, int, int]]:
+    """Blocks (texts, r0, r1) of a blocked score computation over n_texts texts and query rows
+    0..n_rows-1 whose block holds about ``elems_per_row`` floats per text and row (e.g.
+    heads x keys). Rows come in equal blocks, the last one shorter.
+
+    CPU: blocks of about BLOCK_BYTES_CPU, one text at a time, so that the several passes
+    over a block (scores, softmax, reductions) run from cache rather than memory and the
+    matmuls still have a few hundred rows. GPU: up to 1/16 of the free memory per block,
+    which leaves room for the block's few temporaries.
+    """
+    device = torch.device(device)
+    budget = torch.cuda.mem_get_info(device)[0] // 16 if device.type == "cuda" else BLOCK_BYTES_CPU
+    elems = max(1, budget // 4)
+    rows = max(1, min(n_rows, elems // max(1, elems_per_row)))
+    texts = max(1, min(n_texts, elems // (rows * max(1, elems_per_row))))
+    for t0 in range(0, n_texts, texts):
+        for r0 in range(0, n_rows, rows):
+            yield slice(t0, min(n_texts, t0 + texts)), r0, min(n_rows, r0 + rows)
+
+
+def causal_logsumexp(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """log sum_{i <= n} exp(q_n . k_i / sqrt(e)): q [B or 1, H, n, e], k [B, H, n, e] -> [B, H, n].
+
+    A q shared by every text (batch size 1) is broadcast to the batch.
+
+    One block of texts and query rows at a time (:func:`score_blocks`), keys 0..r1-1
+    only: the [B, H, n, n] scores never exist and the causal upper half is not computed
+    beyond the diagonal block. The log-sum-exp of a row is read off log_softmax (one
+    fused pass) at key 0, which every query sees: log_softmax(s)_0 = s_0 - logsumexp(s).
+    """
+    B, H, n, e = k.shape
+    out = k.new_empty(B, H, n)
+    # Materialised for the batch (cheap next to the scores): with a broadcast, stride-0 q,
+    # chapter 03's benchmark peaked 1.3 GB higher on one machine; the cause is not established.
+    q = q.expand(B, -1, -1, -1) * (1 / math.sqrt(e))
+    upper = None
+    for texts, r0, r1 in score_blocks(B, n, H * n, q.device):
+        upper = upper_mask(r1 - r0, q.device) if upper is None else upper
+        s = q[texts, :, r0:r1] @ k[texts, :, :r1].transpose(-1, -2)  # [b, H, r, r1]
+        s[..., r0:].masked_fill_(upper[: r1 - r0, : r1 - r0], float("-inf"))
+        out[texts, :, r0:r1] = s[..., 0] - s.log_softmax(-1)[..., 0]
+    return out
+
+
+def upper_mask(n: int, device) -> torch.Tensor:
+    """True strictly above the diagonal of an [n, n] block: the keys after each query."""
+    return torch.ones(n, n, dtype=torch.bool, device=device).triu(1)
+
+
 def layer_norm(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(x - mean) / scale and scale = sqrt(var + eps), for x [..., d]; scale [..., 1].
 
-    The fused F.layer_norm and one var_mean pass: on CPU these elementwise passes over
-    [B, n, d] otherwise cost a fifth of the layer."""
-    var, _ = torch.var_mean(x, -1, correction=0, keepdim=True)
-    return F.layer_norm(x, x.shape[-1:], eps=eps), (var + eps).sqrt()
+    One fused native_layer_norm pass, which also returns 1/scale: on CPU a separate
+    var_mean pass costs ten times the normalisation itself."""
+    x_hat, _, rstd = torch.native_layer_norm(x, x.shape[-1:], None, None, eps)
+    return x_hat, rstd.reciprocal().view(*x.shape[:-1], 1)
 
 
 def residual(w: Layer0, tokens: torch.Tensor) -> torch.Tensor:
@@ -101,16 +151,18 @@ def project(x_hat: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tens
     return out.view(B, n, H, e).transpose(1, 2) + b[None, :, None, :]
 
 
-def _qkv(w: Layer0, x_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q, k, v [B, H, n, e] (strided views) from x_hat [B, n, d]: one [B*n, d] x [d, 3*H*e]
-    GEMM with the biases added inside it (addmm), which on CPU takes about 40% less time
-    than three projections, each followed by its own bias pass and copy."""
+def projections(w: Layer0, x_hat: torch.Tensor, which: str = "QKV") -> tuple[torch.Tensor, ...]:
+    """The per-head projections named in ``which`` (a string of Q, K, V), as strided views
+    [B, H, n, e] of one [B*n, d] x [d, len(which)*H*e] GEMM with the biases added inside it
+    (addmm): on CPU about 40% less time than one projection at a time, each followed by
+    its own bias pass and copy. x_hat [B, n, d]."""
     B, n, d = x_hat.shape
     H, _, e = w.W_Q.shape
-    W = torch.cat([W.permute(1, 0, 2).reshape(d, H * e) for W in (w.W_Q, w.W_K, w.W_V)], dim=1)
-    b = torch.cat([w.b_Q.flatten(), w.b_K.flatten(), w.b_V.flatten()])
-    qkv = torch.addmm(b, x_hat.reshape(B * n, d), W).view(B, n, 3, H, e)
-    return qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    Ws = [getattr(w, f"W_{m}") for m in which]
+    W = torch.cat([W.permute(1, 0, 2).reshape(d, H * e) for W in Ws], dim=1)
+    b = torch.cat([getattr(w, f"b_{m}").flatten() for m in which])
+    out = torch.addmm(b, x_hat.reshape(B * n, d), W).view(B, n, len(which), H, e)
+    return out.permute(2, 0, 3, 1, 4).unbind(0)
 
 
 def causal_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -148,7 +200,7 @@ def run(w: Layer0, tokens: torch.Tensor, keep_pattern: bool = False, mlp: bool =
     else attention runs through the fused scaled_dot_product_attention kernel."""
     x = residual(w, tokens)
     x_hat, _ = layer_norm(x, w.eps)
-    q, k, v = _qkv(w, x_hat)
+    q, k, v = projections(w, x_hat)
     pattern = None
     if keep_pattern:
         pattern = causal_scores(q, k).softmax(-1)

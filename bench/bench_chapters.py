@@ -1,0 +1,333 @@
+"""Each chapter's dominant computation at the paper's scale: time, peak memory and FLOP
+rate against the measured matmul peak.
+
+    python bench/bench_chapters.py [--n-texts 1000] [--chapters 01,02,03,04,05] [--device cpu|cuda]
+                                   [--flat-n 100] [--json out.json]
+
+What each chapter runs is what its notebook calls through the library, on N texts of
+1024 tokens with GPT-2 Small's layer-0 shapes (random weights from
+``_common.synthetic_layer0``: torch alone, so the same script runs on a bare GPU
+machine), the paper's circuit heads (0, 2, 6, 8, 9, 10) and 100 evaluated neurons:
+
+  01  positional kernels of every head at every query position (kernel_matrix; what the
+      circuit and run.kernels() use), plus the chapter's own kernels at n = 500
+  02  TV streamed over N texts (tv_over_texts), the C sweep over 16 texts x 5 C values
+      (tv_by_C) and one example text (tv_along_text)
+  03  the two denominator passes over N texts (stream_denominators, deviation_histogram)
+      and the concentration bounds
+  04  four circuits (the run's and three other calibration texts: build_circuit), the
+      evaluation of 100 neurons over N texts (evaluate) and the calibration comparison
+      over 32 texts (compare_calibrations)
+  05  one circuit, the discovery statistic and extreme tokens of 100 neurons, one text's
+      pre-activations and the calibration firing check
+
+FLOPs are counted analytically (2 per multiply-add) for the matmuls each computation
+does; causal score matrices count their lower half, which is what the blocked kernels
+compute. The rate is FLOPs / wall time, against the best of four float32 GEMMs on the
+same device. Elementwise work (softmax exps, LayerNorm) is not counted: where it, not
+the matmuls, bounds the time, the fraction says so by being low, and the report names
+the memory-bound passes. Each chapter runs in its own subprocess, so its peak RSS
+(ru_maxrss) is its own; on a GPU the peak is torch.cuda.max_memory_allocated.
+``--flat-n`` reruns the streaming chapters (02, 03, 04) at a smaller N: their peak
+memory must not grow with N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+import _common as c  # noqa: E402
+
+N_TOKENS = 1024
+HEADS = (0, 2, 6, 8, 9, 10)
+N_NEURONS = 100
+BATCH = 8  # what notebooks 02-04 pass to iter_batches
+C_VALUES = [1.0, 2.0, 3.5, 5.0, 8.0]
+N_SWEEP, N_COMPARE, N_CALIBRATIONS = 16, 32, 4
+CAL_POSITION = 512
+
+
+# ---- FLOP counts (2 per multiply-add) --------------------------------------------------------
+
+
+def causal(n: int) -> int:
+    return n * (n + 1) // 2
+
+
+def tv_flops(n: int, d: int, h: int, e: int) -> float:
+    """decomposition.tv_by_position per text: q and k (one GEMM), the tokens' keys, the
+    three causal score matmuls (true, content and positional, the latter two with one
+    extra coordinate) and the causal cross term of |W_E[t_i] + W_pos[n]|."""
+    return 2 * n * d * 3 * h * e + 2 * causal(n) * (h * e + 2 * h * (e + 1) + d)
+
+
+def denominator_flops(n: int, d: int, H: int, e: int) -> float:
+    """denominators.log_denominators per text: k for every head, causal scores."""
+    return 2 * n * d * H * e + 2 * causal(n) * H * e
+
+
+def layer0_flops(n: int, d: int, H: int, e: int) -> float:
+    """layer0.run without the MLP per text: q, k, v, causal attention, W_O."""
+    return 2 * n * d * 3 * H * e + 2 * 2 * causal(n) * H * e + 2 * n * H * e * d
+
+
+def evaluate_flops(n: int, d: int, H: int, e: int, h: int, J: int) -> float:
+    """evaluation.evaluate per text: layer 0, the heads' write onto J neurons, and the
+    circuit's kernel [n, n] @ per-token contributions [n, J] (a dense matmul)."""
+    return layer0_flops(n, d, H, e) + 2 * n * h * e * J + 2 * n * n * J
+
+
+def kernel_flops(n: int, d: int, H: int, e: int) -> float:
+    """kernels.kernel_matrix: positional keys and dense [n, n] scores per head."""
+    return 2 * n * d * H * e + 2 * H * n * n * e
+
+
+def circuit_flops(w, n: int, n_cal: int, h: int) -> float:
+    """circuit.build_circuit: kernels of h heads, the calibration text's layer 0 and
+    factorised denominators, every token's scores and values, the [V, M] contribution
+    matrix through the folded [h*e, M] OV_in, and the offset."""
+    V, d, H, e, M = w.d_vocab, w.d_model, w.n_heads, w.d_head, w.d_mlp
+    m = n_cal + 1
+    f = kernel_flops(max(n, m), d, h, e) + layer0_flops(m, d, H, e) + 2 * m * d * M
+    f += 2 * m * d * 3 * h * e + 2 * m * m * (h * e + d)  # content scores of the calibration text
+    f += 2 * V * d * h * 2 + 2 * V * d * h * e  # all tokens' scores (x @ u) and values
+    f += 2 * h * e * d * M + 2 * V * h * e * M + 2 * n * d * h * e + 2 * n * h * e * M + 2 * n * n * M
+    return f
+
+
+# ---- chapters (each runs in a child process) ---------------------------------------------------
+
+
+def _setup(args):
+    torch.set_grad_enabled(False)
+    w = c.synthetic_layer0(args.device)
+    _sync(w.device)
+    return w
+
+
+def _tokens(n_texts: int, seed: int = 0) -> torch.Tensor:
+    return torch.cat(list(c.texts(n_texts, N_TOKENS, seed=seed, batch_size=256))) if n_texts else torch.empty(0, N_TOKENS, dtype=torch.long)
+
+
+def ch01(args, w) -> tuple[float, dict]:
+    from ctxneurons import kernels
+
+    with torch.inference_mode():
+        K = kernels.kernel_matrix(w, c.THE, N_TOKENS)
+        row = kernels.positional_kernel(w, c.THE, 500)
+        kernels.classify_heads(row.cpu())
+        _sync(w.device)
+    assert K.shape == (w.n_heads, N_TOKENS, N_TOKENS)
+    return kernel_flops(N_TOKENS, w.d_model, w.n_heads, w.d_head), {}
+
+
+def ch02(args, w) -> tuple[float, dict]:
+    from ctxneurons import decomposition
+    from ctxneurons.corpus import iter_batches
+
+    tokens = _tokens(args.n)
+    edges = torch.cat([torch.zeros(1), torch.logspace(-6, 0, 2400)])
+    heads = list(HEADS)
+    decomposition.tv_along_text(w, tokens[0], heads, 3.5, [""] * N_TOKENS)
+    per_text, _ = decomposition.tv_over_texts(w, iter_batches(tokens, BATCH), heads, 3.5, edges, list(range(args.n)))
+    sweep = decomposition.tv_by_C(w, tokens[:N_SWEEP], heads, C_VALUES, edges, BATCH)
+    _sync(w.device)
+    n_tv = 1 + args.n + min(N_SWEEP, args.n) * len(C_VALUES)
+    return n_tv * tv_flops(N_TOKENS, w.d_model, len(heads), w.d_head), {"median_tv": float(per_text["median_tv"].median()),
+                                                                        "sweep_rows": len(sweep)}
+
+
+def ch03(args, w) -> tuple[float, dict]:
+    from ctxneurons import denominators, kernels
+    from ctxneurons.corpus import iter_batches
+
+    tokens = _tokens(args.n)
+    mid = N_TOKENS // 2
+    with torch.inference_mode():
+        kernel_mid = kernels.positional_kernel(w, c.THE, mid).cpu()
+    log_c, at_mid, _ = denominators.stream_denominators(w, iter_batches(tokens, BATCH), c.THE, mid, 5)
+    edges = torch.cat([torch.zeros(1), torch.logspace(-5, 1, 2400)])
+    denominators.deviation_histogram(w, iter_batches(tokens, BATCH), c.THE, log_c, edges)
+    p_token = denominators.token_distribution(tokens[:, 1:], w.d_vocab)
+    with torch.inference_mode():
+        conc = denominators.concentration(w, at_mid, kernel_mid, c.THE, mid, p_token)
+    _sync(w.device)
+    return 2 * args.n * denominator_flops(N_TOKENS, w.d_model, w.n_heads, w.d_head), {"cv_head0": conc[0].cv_empirical}
+
+
+def _circuit(w, seed: int):
+    from ctxneurons import circuit
+
+    cal = _tokens(1, seed=seed)[0, : CAL_POSITION + 1].to(w.device)
+    with torch.inference_mode():
+        return circuit.build_circuit(w, cal, heads=HEADS, query_token=c.THE, n_positions=N_TOKENS)
+
+
+def ch04(args, w) -> tuple[float, dict]:
+    from ctxneurons import evaluation, neurons
+    from ctxneurons.corpus import iter_batches
+
+    tokens = _tokens(args.n)
+    circ = _circuit(w, 1)
+    with torch.inference_mode():
+        top = neurons.top_statistic(circ.contribution, neurons.glitch_mask(w))
+        found, _ = neurons.select_capped(top, 5.0, N_NEURONS)
+    ev = evaluation.evaluate(w, circ, iter_batches(tokens, BATCH), found, n_traces=3)
+    others = ((f"cal{s}", s == 1, circ if s == 1 else _circuit(w, s)) for s in range(1, 1 + N_CALIBRATIONS))
+    evaluation.compare_calibrations(w, others, tokens[:N_COMPARE], found, BATCH)
+    _sync(w.device)
+    J, h = len(found), len(HEADS)
+    per_text = evaluate_flops(N_TOKENS, w.d_model, w.n_heads, w.d_head, h, J)
+    flops = N_CALIBRATIONS * circuit_flops(w, N_TOKENS, CAL_POSITION, h) + (args.n + N_CALIBRATIONS * min(N_COMPARE, args.n)) * per_text
+    return flops, {"median_r": ev.median_r}
+
+
+def ch05(args, w) -> tuple[float, dict]:
+    from ctxneurons import neurons
+
+    circ = _circuit(w, 1)
+    tokens = _tokens(1).to(w.device)
+    with torch.inference_mode():
+        glitch = neurons.glitch_mask(w)
+        top = neurons.top_statistic(circ.contribution, glitch)
+        found, _ = neurons.select_capped(top, 5.0, N_NEURONS)
+        for j in found.tolist():
+            neurons.extreme_tokens(circ.contribution, j, glitch, k=10)
+        circ.approximate(tokens, found[:1])
+        neurons.preactivations(w, tokens, found[:1])
+        neurons.max_preactivation(w, tokens[:, : CAL_POSITION + 1], found)
+        _sync(w.device)
+    f = circuit_flops(w, N_TOKENS, CAL_POSITION, len(HEADS))
+    f += 2 * (layer0_flops(N_TOKENS, w.d_model, w.n_heads, w.d_head) + 2 * N_TOKENS * w.d_model * w.d_mlp)
+    return f, {}
+
+
+CHAPTERS = {"01": ch01, "02": ch02, "03": ch03, "04": ch04, "05": ch05}
+
+
+def item_peak(args) -> dict:
+    """The float32 matmul peak (best of four GEMM shapes) and the memory bandwidth (a large
+    copy, bytes read plus written) on the device."""
+    dev = torch.device(args.device)
+    best = 0.0
+    for m, k, n in [(2048, 2048, 2048), (4096, 4096, 4096), (8192, 768, 3072), (8192, 768, 2304)]:
+        a, b = torch.randn(m, k, device=dev), torch.randn(k, n, device=dev)
+        for rep in range(6):
+            _sync(dev)
+            t0 = time.perf_counter()
+            a @ b
+            _sync(dev)
+            if rep:
+                best = max(best, 2 * m * k * n / (time.perf_counter() - t0))
+    x = torch.randn(64 << 20, device=dev)
+    y = torch.empty_like(x)
+    bw = 0.0
+    for rep in range(6):
+        _sync(dev)
+        t0 = time.perf_counter()
+        y.copy_(x)
+        _sync(dev)
+        if rep:
+            bw = max(bw, 2 * x.numel() * 4 / (time.perf_counter() - t0))
+    return {"flops_peak": best, "bandwidth": bw, "threads": torch.get_num_threads()}
+
+
+def item_chapter(args) -> dict:
+    w = _setup(args)
+    if w.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    base = c.rss_mb()
+    t0 = time.perf_counter()
+    flops, extra = CHAPTERS[args.item](args, w)
+    seconds = time.perf_counter() - t0
+    out = {"seconds": seconds, "flops": flops, "peak_rss_mb": c.peak_rss_mb(), "base_rss_mb": base, **extra}
+    if w.device.type == "cuda":
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def _sync(dev) -> None:
+    if torch.device(dev).type == "cuda":
+        torch.cuda.synchronize()
+
+
+# ---- the parent ----------------------------------------------------------------------------------
+
+
+def child(item: str, n: int, args) -> dict:
+    cmd = [sys.executable, __file__, "--item", item, "--n", str(n), "--device", args.device]
+    print(f"  running {item} (N={n}) ...", file=sys.stderr, flush=True)
+    load = os.getloadavg()[0]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        raise SystemExit(f"{item} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):]) | {"load_before": load, "load_after": os.getloadavg()[0]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n-texts", type=int, default=1000)
+    p.add_argument("--chapters", default=",".join(CHAPTERS))
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--flat-n", type=int, default=0, help="also run 02-04 at this N: their peak memory must not grow with N")
+    p.add_argument("--json", help="write every figure to this file")
+    p.add_argument("--item", choices=["peak", *CHAPTERS], help=argparse.SUPPRESS)
+    p.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.item:
+        c.emit(item_peak(args) if args.item == "peak" else item_chapter(args))
+        return
+    chapters = [ch for ch in args.chapters.split(",") if ch]
+    r = {"n_texts": args.n_texts, "n_tokens": N_TOKENS, "device": args.device, "torch": torch.__version__,
+         "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(), "chapters": {}, "flat": {}}
+    if args.device == "cuda":
+        r["gpu"] = torch.cuda.get_device_name(0)
+    r["flat_n"] = args.flat_n
+    r["peak"] = child("peak", 0, args)
+    for ch in chapters:
+        r["chapters"][ch] = child(ch, args.n_texts, args)
+        if args.flat_n and ch in ("02", "03", "04"):
+            r["flat"][ch] = child(ch, args.flat_n, args)
+        if args.json:  # after every chapter, so that a run cut short keeps what it measured
+            Path(args.json).write_text(json.dumps(r, indent=2))
+    report(r)
+
+
+def report(r: dict) -> None:
+    peak, bw = r["peak"]["flops_peak"], r["peak"]["bandwidth"]
+    where = r.get("gpu", r["cpu"])
+    print(f"\n{r['n_texts']} texts x {r['n_tokens']} tokens, GPT-2 Small layer-0 shapes, device {r['device']} ({where}), "
+          f"torch {r['torch']}, {r['threads']} threads")
+    print(f"matmul peak (float32, best GEMM) {peak / 1e9:.1f} GFLOP/s; memory bandwidth (copy) {bw / 1e9:.1f} GB/s\n")
+    mem = "peak GPU" if r["device"] == "cuda" else "peak RSS"
+    rows = [("chapter", "N", "seconds", "GFLOP", "GFLOP/s", "of peak", mem, "load")]
+    for ch, x in r["chapters"].items():
+        m = x.get("peak_gpu_mb", x["peak_rss_mb"])
+        rows.append((ch, r["n_texts"], f"{x['seconds']:.1f}", f"{x['flops'] / 1e9:.0f}", f"{x['flops'] / x['seconds'] / 1e9:.1f}",
+                     f"{x['flops'] / x['seconds'] / peak:.0%}", f"{m / 1024:.2f} GB", f"{x['load_before']:.1f}-{x['load_after']:.1f}"))
+    for ch, x in r["flat"].items():
+        m = x.get("peak_gpu_mb", x["peak_rss_mb"])
+        rows.append((f"{ch} (flatness)", r["flat_n"], f"{x['seconds']:.1f}", f"{x['flops'] / 1e9:.0f}",
+                     f"{x['flops'] / x['seconds'] / 1e9:.1f}", f"{x['flops'] / x['seconds'] / peak:.0%}", f"{m / 1024:.2f} GB",
+                     f"{x['load_before']:.1f}-{x['load_after']:.1f}"))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(str(v).ljust(wd) for v, wd in zip(row, widths)))
+    total = sum(x["seconds"] for x in r["chapters"].values())
+    print(f"\nall chapters' computations: {total:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
