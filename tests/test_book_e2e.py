@@ -23,10 +23,9 @@ HOSTILE = [
     '<div><b>unbalanced <i>tags</table>',
 ]
 PAGES = ["book/intro", "notebooks/01_positional_kernels", "notebooks/02_tv_distance", "notebooks/03_denominator_stability",
-         "notebooks/04_contextual_circuit", "notebooks/05_context_neurons", "notebooks/07_head_attribution",
-         "notebooks/08_core_tokens", "notebooks/09_calibration_choice", "reports/scorecard", "reports/neuron_browser",
-         "reports/try_a_neuron", "reports/toy_ground_truth", "reports/batch_runs", "book/reproduction_notes", "book/rerun",
-         "book/api/index", "book/api/circuit"]
+         "notebooks/04_contextual_circuit", "notebooks/05_context_neurons", "notebooks/06_across_models", "notebooks/07_head_attribution",
+         "notebooks/08_core_tokens", "notebooks/09_calibration_choice", "reports/scorecard", "reports/neuron_browser", "reports/try_a_neuron", "reports/toy_ground_truth",
+         "reports/batch_runs", "book/reproduction_notes", "book/rerun", "book/api/index", "book/api/circuit"]
 
 
 def _copy_repo(dst: Path) -> Path:

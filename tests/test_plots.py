@@ -72,6 +72,16 @@ def test_every_figure_draws_its_table():
     assert "4 planted" in plots.toy_precision_recall(pr, 4).layout.title.text
 
 
+def test_kernels_across_models_has_a_panel_per_model_and_escapes_labels():
+    rows = [{"model": m, "head": h, "kind": k, "in_circuit": k == "slow", "key_position": i, "distance": 2 - i, "weight": w}
+            for m in ("toy (offline)", HOSTILE) for h, k in ((0, "slow"), (1, "local")) for i, w in enumerate((0.2, 0.3, 0.5))]
+    fig = plots.kernels_across_models(pd.DataFrame(rows))
+    _escaped(fig)
+    titles = [a.text for a in fig.layout.annotations]
+    assert len(titles) == 2 and "toy<br>(offline)" in titles
+    assert fig.layout.yaxis.type == "log" and len(fig.data) == 4  # a trace per (model, kind)
+
+
 def test_head_attribution_figures_draw_their_tables():
     heads = pd.DataFrame({"neuron": [5, 5, 9, 9], "head": [0, 1, 0, 1], "weight_share": [0.7, float("nan"), 0.2, float("nan")],
                           "median_r": [0.9, float("nan"), 0.8, float("nan")], "lead_share": [1.0, 0.0, 0.5, 0.5],

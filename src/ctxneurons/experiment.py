@@ -108,6 +108,24 @@ def _as_int_list(name: str, v: Any) -> list[int]:
     return out
 
 
+def _as_str_list(name: str, v: Any) -> list[str] | str:
+    """'auto', or a list of strings, also from papermill's -p: 'a,b' or "['a', 'b']"."""
+    if isinstance(v, str):
+        text = v.strip()
+        if text == "auto":
+            return text
+        try:
+            v = ast.literal_eval(text) if text.startswith(("[", "(")) else [s for s in text.split(",") if s.strip()]
+        except (ValueError, SyntaxError):
+            raise ParameterError(f"parameter {name}={v!r} must be 'auto' or a list of names, e.g. ['gpt2', 'gpt2-medium']") from None
+    if not isinstance(v, (list, tuple)) or not v or not all(isinstance(x, str) and x.strip() for x in v):
+        raise ParameterError(f"parameter {name}={v!r} must be 'auto' or a non-empty list of names, e.g. ['gpt2', 'gpt2-medium']")
+    out = [x.strip() for x in v]
+    if len(set(out)) != len(out):
+        raise ParameterError(f"parameter {name}={out} has duplicates; list each once")
+    return out
+
+
 def _as_float_list(name: str, v: Any) -> list[float]:
     if isinstance(v, str):
         try:
@@ -140,7 +158,8 @@ def _as_domains(name: str, v: Any) -> dict[str, str] | str:
 # name: (coercion, meaning). Every notebook draws its parameters from this one table, so a
 # name means the same everywhere and papermill's -p is checked the same way everywhere.
 PARAMETERS: dict[str, tuple] = {
-    "model": (_as_str, "'gpt2' (or any hub name, NAME@REVISION), a local Hugging Face GPT-2 directory, 'toy', or 'auto' (gpt2 when reachable, else toy)"),
+    "model": (_as_str, "'gpt2' (or any hub name, NAME@REVISION; the other GPT-2 sizes, distilgpt2, gpt-neo-125M), a local Hugging Face GPT-2 or GPT-Neo directory, 'toy', or 'auto' (gpt2 when reachable, else toy)"),
+    "models": (_as_str_list, "models to compare: a list of names as for `model`, or toy-control (the toy's negative control); 'auto': toy and toy-control for the toy, the GPT-2 sizes and GPT-Neo 125M for gpt2, else the model alone"),
     "corpus": (_as_str, "'openwebtext', 'hf:ORG/NAME[@REV][:CONFIG[:SPLIT[:COLUMN]]]', a .jsonl/.txt file or folder, 'toy', or 'auto' (toy for the toy model, else openwebtext)"),
     "calibration_text": (_as_opt_str, "a text file or the text itself; None: a corpus text outside the test set (toy: its calibration text)"),
     "n_texts": (_as_int, "how many test texts"),
@@ -295,7 +314,9 @@ class Run:
             text = toy.calibration_text()
             return corpus.CalibrationText(text=text, name="toy-calibration"), None
         # A corpus text drawn with another seed; ``texts`` keeps it out of the test set.
-        pick = corpus.select_token_batch(self.corpus, self.w.tokenizer, 1, self.n_tokens,
+        # Long enough for the texts and for the calibration position n_ctx/2 (GPT-Neo: 1024).
+        length = max(self.n_tokens, self.calibration_position + 1)
+        pick = corpus.select_token_batch(self.corpus, self.w.tokenizer, 1, length,
                                          seed=self.params["seed"] + CALIBRATION_SEED_OFFSET)
         self.corpus_revision = pick.revision
         text = pick.texts[0]
@@ -385,6 +406,16 @@ class Run:
             contribution=t["contribution"].to(dev), offset=t["offset"].to(dev), ln2_scale=ln2, C=self.C,
             value_C=value_C, calibration_position=int(n_cal), query_token=int(q),
         )
+
+    def for_model(self, model: str, w: Layer0, label: str) -> "Run":
+        """This run's corpus, calibration text, texts and outputs with another model's layer 0.
+
+        The texts keep this run's n_tokens (clipped to the model's n_ctx), so that models
+        that share a tokenizer read the same texts; the other run's tables are saved with
+        this run's."""
+        params = {**self.params, "model": model, "corpus": self.corpus, "n_tokens": self.n_tokens}
+        return Run(name=self.name, params=params, w=w, fallback=self.fallback, model_label=label,
+                   output_dir=self.output_dir, tables=self.tables)
 
     # -- provenance and outputs -----------------------------------------------------
     @property

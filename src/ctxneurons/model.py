@@ -7,13 +7,23 @@ folds LayerNorm weights into the following matrices and centres W_E, W_pos and t
 writing weights), then copy layer 0's processed weights into :class:`Layer0`.
 
 The rest of the library works on :class:`Layer0` alone, so only layer 0 is ever
-computed and the bridge (all 12 layers) is dropped after loading.
+computed. :func:`load_layer0` never holds the whole model: it reads only the embeddings,
+layer 0 and the final LayerNorm from the checkpoint (safetensors are memory-mapped, so the
+other layers' bytes are never touched) into a one-layer copy of the model, and boots the
+bridge on that. TransformerLens processes each layer on its own, so layer 0's weights come
+out the same as from the full model (tests/test_architectures.py checks it).
+
+Supported architectures: GPT-2 (every size, distilgpt2) and GPT-Neo, whose learned
+absolute positions are added to the tokens before layer 0's LayerNorm. Whatever differs
+between them (d_model, heads, n_ctx, the attention score scale, biases, LN eps, the MLP
+activation) is read from the model.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import warnings
 from dataclasses import dataclass, field, fields, replace
@@ -27,8 +37,24 @@ log = logging.getLogger(__name__)
 # tqdm.auto warns on import wherever ipywidgets is absent (a papermill kernel, the book build).
 warnings.filterwarnings("ignore", message="IProgress not found")
 
-SUPPORTED_MODEL_TYPES = ("gpt2",)
-HUB_ALIASES = {"gpt2": "openai-community/gpt2", "gpt2-small": "openai-community/gpt2"}
+SUPPORTED_MODEL_TYPES = ("gpt2", "gpt_neo")
+HUB_ALIASES = {
+    "gpt2": "openai-community/gpt2",
+    "gpt2-small": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+    "distilgpt2": "distilbert/distilgpt2",
+    "gpt-neo-125M": "EleutherAI/gpt-neo-125M",
+}
+# Architectures whose positions are not learned vectors added before layer 0's LayerNorm,
+# by how they encode position (model_type as in config.json).
+ROTARY_MODEL_TYPES = (
+    "gpt_neox", "gptj", "llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi",
+    "phi3", "olmo", "olmo2", "stablelm", "codegen", "falcon", "persimmon", "cohere", "starcoder2", "granite",
+)
+RELATIVE_MODEL_TYPES = ("t5", "mt5", "longt5", "umt5", "deberta", "deberta-v2", "transfo-xl", "xlnet")
+ALIBI_MODEL_TYPES = ("bloom", "mpt")
 
 
 class ModelLoadError(RuntimeError):
@@ -48,6 +74,12 @@ class Layer0:
     b_Q, b_K, b_V [H, e] with LN1's weights folded in; W_O [H, e, d], b_O [d];
     W_in [d, M], b_in [M] with LN2's weights folded in.  Both LayerNorms are then
     LN(x) = (x - mean x) / sqrt(var x + eps).
+
+    Attention scores are q.k / sqrt(d_head) for every model. A model that divides by
+    another scale s (GPT-Neo: s = 1, no scaling) has sqrt(d_head)/s folded into W_Q and
+    b_Q at loading, so the scores, and every function computing them, stay the model's
+    own; ``score_scale`` records s. ``eps`` and ``act_fn`` are the model's (config.json);
+    ``architecture`` its model_type.
     """
 
     W_E: torch.Tensor
@@ -65,6 +97,8 @@ class Layer0:
     eps: float = 1e-5
     act_fn: str = "gelu_new"
     name: str = "unnamed"
+    score_scale: float | None = None
+    architecture: str = "gpt2"
     tokenizer: object = field(default=None, repr=False, compare=False)
     revision: str | None = None  # the hub commit the weights came from; None for local folders
     paper_model: bool = False  # GPT-2 Small, the paper's model (by its config and weight shapes)
@@ -220,19 +254,65 @@ def is_gpt2_small(config: dict) -> bool:
     return all(config.get(k) == v for k, v in want.items()) and config.get("n_inner") in (None, 3072)
 
 
-def _check_architecture(model_dir: Path) -> dict:
+def _read_config(model_dir: Path) -> dict:
     try:
-        config = json.loads((model_dir / "config.json").read_text())
+        return json.loads((model_dir / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise ModelLoadError(f"{model_dir}/config.json cannot be read: {err}") from None
+
+
+def _position_encoding(config: dict) -> str | None:
+    """How a model we do not support encodes position ('rotary', 'relative', 'ALiBi'), or None if unknown."""
     model_type = config.get("model_type")
+    if model_type in ROTARY_MODEL_TYPES or any(k in config for k in ("rope_theta", "rotary_pct", "rotary_dim", "rope_scaling")):
+        return "rotary"
+    if model_type in RELATIVE_MODEL_TYPES or "relative_attention_num_buckets" in config or config.get("position_embedding_type", "absolute") != "absolute":
+        return "relative"
+    if model_type in ALIBI_MODEL_TYPES or config.get("alibi") or (config.get("attn_config") or {}).get("alibi"):
+        return "ALiBi"
+    return None
+
+
+def _check_architecture(model_dir: Path) -> dict:
+    """config.json of a supported model, or a ModelLoadError naming the architecture and why."""
+    config = _read_config(model_dir)
+    model_type = config.get("model_type")
+    arch = f"{model_type!r} ({', '.join(config.get('architectures') or ['no architectures listed'])})"
+    encoding = _position_encoding(config) if model_type not in SUPPORTED_MODEL_TYPES else None
+    if encoding is not None:
+        raise ModelLoadError(
+            f"{model_dir} holds a {arch} model, which encodes position with {encoding} "
+            f"{'embeddings' if encoding == 'rotary' else 'attention biases' if encoding == 'ALiBi' else 'position terms'} "
+            "inside attention, not as learned absolute vectors added to the tokens before layer 0's "
+            "LayerNorm. The decomposition splits each key into a token part and a position part "
+            "W_pos[i] taken before that LayerNorm, so it does not apply; supported: "
+            f"{', '.join(SUPPORTED_MODEL_TYPES)} (GPT-2 of every size, distilgpt2, GPT-Neo)."
+        )
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ModelLoadError(
-            f"{model_dir} holds a {model_type!r} model; supported: {', '.join(SUPPORTED_MODEL_TYPES)} "
+            f"{model_dir} holds a {arch} model; supported: {', '.join(SUPPORTED_MODEL_TYPES)} "
             "(GPT-2-shaped models with learned absolute positions). The method needs absolute "
             "positional embeddings added before layer 0's LayerNorm."
         )
+    if model_type == "gpt_neo" and _neo_layer_types(config)[0] != "global":
+        raise ModelLoadError(
+            f"{model_dir}: this GPT-Neo's layer 0 uses local (windowed) attention; the method's "
+            "kernels assume layer 0 attends to the whole causal context (GPT-Neo 125M's layer 0 is global)."
+        )
     return config
+
+
+def _neo_layer_types(config: dict) -> list[str]:
+    return [kind for kinds, repeat in config["attention_types"] for _ in range(repeat) for kind in kinds]
+
+
+def score_scale(config: dict, d_head: int) -> float:
+    """What layer 0 of this model divides q.k by: sqrt(d_head) for GPT-2 (unless
+    scale_attn_weights is off; scale_attn_by_inverse_layer_idx divides by layer + 1 = 1
+    at layer 0), 1 for GPT-Neo, which does not scale its scores."""
+    if config.get("model_type") == "gpt_neo" or config.get("scale_attn_weights", True) is False:
+        return 1.0
+    return math.sqrt(d_head)
 
 
 def load_bridge(model: str | os.PathLike = "gpt2", device: str = "auto", source: ModelSource | None = None):
@@ -249,15 +329,23 @@ def load_bridge(model: str | os.PathLike = "gpt2", device: str = "auto", source:
     return bridge
 
 
-def layer0_from_bridge(bridge, name: str = "unnamed") -> Layer0:
-    """Copy layer 0's processed weights out of a TransformerBridge (compatibility mode)."""
+def layer0_from_bridge(bridge, name: str = "unnamed", config: dict | None = None) -> Layer0:
+    """Copy layer 0's processed weights out of a TransformerBridge (compatibility mode).
+
+    ``config`` (the model's config.json; default: the bridge's Hugging Face config) gives
+    the score scale, LN eps and MLP activation; the bridge's own cfg assumes GPT-2's score
+    scale for every model."""
+    config = bridge.original_model.config.to_dict() if config is None else config
     with torch.no_grad():
         get = lambda attr: getattr(bridge, attr).detach().clone()  # noqa: E731
+        W_Q, b_Q = get("W_Q")[0], get("b_Q")[0]
+        scale = score_scale(config, W_Q.shape[-1])
+        fold = math.sqrt(W_Q.shape[-1]) / scale  # q.k / scale == (fold q).k / sqrt(d_head)
         return Layer0(
             W_E=get("W_E"),
             W_pos=get("W_pos"),
-            W_Q=get("W_Q")[0],
-            b_Q=get("b_Q")[0],
+            W_Q=W_Q * fold,
+            b_Q=b_Q * fold,
             W_K=get("W_K")[0],
             b_K=get("b_K")[0],
             W_V=get("W_V")[0],
@@ -266,19 +354,60 @@ def layer0_from_bridge(bridge, name: str = "unnamed") -> Layer0:
             b_O=get("b_O")[0],
             W_in=get("W_in")[0],
             b_in=get("b_in")[0],
-            eps=float(bridge.cfg.eps),
-            act_fn=str(getattr(bridge.cfg, "act_fn", "gelu_new")),
+            eps=float(config.get("layer_norm_epsilon", bridge.cfg.eps)),
+            act_fn=str(config.get("activation_function", getattr(bridge.cfg, "act_fn", "gelu_new"))),
             name=name,
+            score_scale=scale,
+            architecture=str(config.get("model_type")),
             tokenizer=bridge.tokenizer,
         )
 
 
+def _one_layer_config(model_dir: Path, config: dict):
+    """The model's Hugging Face config cut to its first layer."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(str(model_dir))
+    if config["model_type"] == "gpt_neo":
+        cfg.num_layers = 1
+        cfg.attention_types = [[[_neo_layer_types(config)[0]], 1]]
+        cfg.attention_layers = cfg.expand_attention_types_params(cfg.attention_types)
+    else:
+        cfg.n_layer = 1
+    return cfg
+
+
+def _layer0_model(model_dir: Path, config: dict):
+    """A one-layer Hugging Face model holding the checkpoint's embeddings, layer 0 and final
+    LayerNorm. from_pretrained with the cut config reads only the tensors the model has:
+    safetensors are memory-mapped, so the other layers are never read into memory."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the unused layers' "weights not used" warning is expected
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            str(model_dir), config=_one_layer_config(model_dir, config), dtype=torch.float32, attn_implementation="eager"
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
 def load_layer0(model: str | os.PathLike = "gpt2", device: str = "auto") -> Layer0:
-    """Load ``model`` (hub name, local directory or 'toy') and keep its layer 0."""
+    """Load ``model`` (hub name, local directory or 'toy') and keep its layer 0, without
+    ever holding its other layers (see the module docstring)."""
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     source = resolve_model(model)
     config = _check_architecture(source.path)
-    bridge = load_bridge(model, device, source=source)
-    layer0 = layer0_from_bridge(bridge, name=str(model))
+    dev = resolve_device(device)
+    hf_model = _layer0_model(source.path, config).to(dev)
+    bridge = TransformerBridge.boot_transformers(str(source.path), device=dev, hf_model=hf_model)
+    bridge.enable_compatibility_mode()
+    layer0 = layer0_from_bridge(bridge, name=str(model), config=config)
     del bridge
     shapes = (layer0.d_vocab, layer0.n_ctx, layer0.d_model, layer0.n_heads, layer0.d_mlp) == (50257, 1024, 768, 12, 3072)
     return replace(layer0, revision=source.revision, paper_model=is_gpt2_small(config) and shapes)

@@ -20,7 +20,7 @@ __all__ = [
     "kernels_by_distance", "head_classes", "tv_one_text", "tv_per_text_box", "tv_cdf", "tv_vs_C",
     "denominators_along_sequence", "denominators_at_mid", "denominators_cv",
     "r_histogram", "fvu_histogram", "circuit_scatter", "circuit_trace", "r_by_calibration",
-    "neurons_by_threshold", "toy_precision_recall", "extreme_tokens_table_html",
+    "neurons_by_threshold", "toy_precision_recall", "extreme_tokens_table_html", "kernels_across_models",
     "calibration_choice_scores", "calibration_candidates_map", "bias_vs_density",
 ]
 
@@ -246,6 +246,27 @@ def extreme_tokens_table_html(extreme_df: pd.DataFrame, rows: list[tuple[int, st
     )
     head = "".join(f"<th>{h}</th>" for h in headers)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def kernels_across_models(kernel_df: pd.DataFrame) -> go.Figure:
+    """Every model's kernels side by side, one panel per model, against distance, log y, coloured
+    by kind. kernel_df: the ``kernels`` table of notebook 06 (model, head, kind, distance, weight)."""
+    # Long labels break onto two lines so that neighbouring panel titles do not overlap.
+    plot_df = kernel_df.assign(model=kernel_df["model"].map(lambda m: escape_text(m).replace(" (", "<br>(", 1)),
+                               head_name=[f"head {h}" for h in kernel_df["head"]])
+    n_models = plot_df["model"].nunique()
+    fig = px.line(plot_df, x="distance", y="weight", color="kind", line_group="head_name", facet_col="model",
+                  facet_col_wrap=min(3, n_models), log_y=True, facet_row_spacing=0.12,
+                  color_discrete_map={"local": "#1f77b4", "slow": "#d62728", "uniform": "#7f7f7f"},
+                  hover_data={"head_name": True, "distance": True, "weight": ":.3g", "kind": True},
+                  labels={"distance": "distance n − i", "weight": "pos[n, i]", "head_name": "head"},
+                  title="Layer-0 kernels by model (query ' the', n = n_ctx/2 − 12)",
+                  height=380 * math.ceil(n_models / 3) + 100)
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
+    fig.update_xaxes(matches=None)
+    fig.update_yaxes(range=[-8, 0.1])  # log10: below 1e-8 a kernel weighs nothing; local heads fall far below
+    fig.update_layout(margin={"t": 110})
+    return fig
 
 
 # ---------------------------------------------------------------- beyond the paper: heads and core tokens

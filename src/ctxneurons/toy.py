@@ -282,8 +282,13 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=0, keepdim=True)
 
 
-def _weights(seed: int) -> tuple[dict[str, torch.Tensor], dict]:
+def _weights(seed: int, control: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
     """Layer 0's weights in TransformerLens's layout (float64) and the ground truth.
+
+    ``control``: the negative control, the same model with its slowly decaying heads made
+    local: their query-key circuits get a local head's decay rate (drawn from a stream of
+    their own, so every other weight is the same as the toy's) and a local head's content
+    scores; what they read and write (their OV circuits) is unchanged.
 
     Returns W_E [V, d], W_pos [N, d], W_Q/W_K/W_V [H, d, e], b_Q/b_K/b_V [H, e],
     W_O [H, e, d], W_in [d, M], b_in [M], W_out [M, d].
@@ -359,6 +364,11 @@ def _weights(seed: int) -> tuple[dict[str, torch.Tensor], dict]:
     function_offset = {"slow": -0.4, "local": 0.0, "uniform": 0.0}
     jitter = {"slow": 0.15, "local": 0.5, "uniform": 0.1}
     lam = [decay[kind[h]]() for h in range(H)]
+    qk_kind = list(kind)
+    if control:
+        control_rng = np.random.default_rng([seed, VOCAB_SEED, 2])
+        for h in SLOW_HEADS:
+            qk_kind[h], lam[h] = "local", float(control_rng.uniform(1.0, 2.5))
     W_Q, W_K, W_V = (torch.zeros(H, d, e, dtype=torch.float64) for _ in range(3))
     b_Q, b_K, b_V = (torch.zeros(H, e, dtype=torch.float64) for _ in range(3))
     W_O = torch.zeros(H, e, d, dtype=torch.float64)
@@ -374,7 +384,7 @@ def _weights(seed: int) -> tuple[dict[str, torch.Tensor], dict]:
         v = _unit(own @ randn(own.shape[1]))
         spread = (W_E[ordinary] @ v).std()
         W_K[h, :, 1] = math.sqrt(e) / ln1 * (
-            jitter[kind[h]] / spread * v + function_offset[kind[h]] / (g_norm * 0.5) * g[:, _FUNCTION]
+            jitter[qk_kind[h]] / spread * v + function_offset[qk_kind[h]] / (g_norm * 0.5) * g[:, _FUNCTION]
         )
 
     # Values: the slow heads map topic k's direction to u_k (and the glitch direction to
@@ -479,8 +489,9 @@ def _weights(seed: int) -> tuple[dict[str, torch.Tensor], dict]:
             "max_abs_cos_token_pos": float(cos.abs().max()),
             "ln1_scale_relative_std": float(x_norm.std() / x_norm.mean()),
         },
-        heads={name: list(heads) for name, heads in HEAD_KINDS.items()},
-        head_kind=kind,
+        heads={name: [h for h in range(H) if qk_kind[h] == name] for name in HEAD_KINDS},
+        head_kind=qk_kind,
+        control=control,
         decay_per_token=lam,
         silent_topics=sorted(silent.tolist()),
         context_top_min=CONTEXT_TOP_MIN,
@@ -516,13 +527,15 @@ def _hf_state(weights: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) 
     return out
 
 
-def build_model(path: Path, seed: int = 0) -> Path:
+def build_model(path: Path, seed: int = 0, control: bool = False) -> Path:
     """Write the toy model (config, safetensors weights, tokenizer, ground truth) to ``path``.
 
-    Deterministic in ``seed``; the vocabulary is the same for every seed. The ground
-    truth (ground_truth.json) holds:
+    Deterministic in ``seed``; the vocabulary is the same for every seed. ``control``
+    writes the negative control instead (see ``_weights``): the same model with its
+    slowly decaying heads made local. The ground truth (ground_truth.json) holds:
 
-    - heads: {'slow', 'local', 'uniform'} -> head indices; head_kind [H];
+    - control: whether this is the control; heads: {'slow', 'local', 'uniform'} -> head
+      indices (the control has no slow head; SLOW_HEADS are its heads made local); head_kind [H];
       decay_per_token [H]: lambda, the kernel is exp(-lambda (n - i)) up to content
       (for the query ' the'; a query token whose LN1 scale is x% larger decays x% faster);
     - topics [K]: name, words, token_ids (spaced and bare forms); silent_topics: topics
@@ -555,7 +568,7 @@ def build_model(path: Path, seed: int = 0) -> Path:
         activation_function="gelu_new", layer_norm_epsilon=1e-5,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
     )
-    weights, truth = _weights(seed)
+    weights, truth = _weights(seed, control)
     model = GPT2LMHeadModel(config)
     model.load_state_dict(_hf_state(weights, model.state_dict()))
     model.save_pretrained(path)
@@ -575,7 +588,7 @@ def build_model(path: Path, seed: int = 0) -> Path:
         pos_norm=POS_NORM,
     )
     (path / GROUND_TRUTH_FILE).write_text(json.dumps(truth, indent=1))
-    (path / STAMP_FILE).write_text(VERSION)
+    (path / STAMP_FILE).write_text(_version(control))
     return path
 
 
@@ -584,34 +597,42 @@ def default_root() -> Path:
     return Path(os.environ.get("CTXN_CACHE") or Path.home() / ".cache" / "ctxneurons")
 
 
-def _is_current(path: Path) -> bool:
+def _version(control: bool) -> str:
+    return f"{VERSION}-control" if control else VERSION
+
+
+def _is_current(path: Path, control: bool = False) -> bool:
     stamp = path / STAMP_FILE
-    return stamp.is_file() and stamp.read_text().strip() == VERSION
+    return stamp.is_file() and stamp.read_text().strip() == _version(control)
 
 
-def ensure_model(root: Path | None = None) -> Path:
+def ensure_model(root: Path | None = None, control: bool = False) -> Path:
     """The toy model's directory ``root/VERSION`` (root: $CTXN_CACHE, else ~/.cache/ctxneurons),
-    built on first use or when its version stamp is stale.
+    built on first use or when its version stamp is stale; with ``control``, the negative
+    control's ``root/VERSION-control``.
 
     The build happens in a temporary sibling that is renamed into place, so a reader
     never sees a half-written model and concurrent builders agree on one result.
     """
     root = Path(root) if root is not None else default_root()
-    target = root / VERSION
-    if _is_current(target):
+    target = root / _version(control)
+    if _is_current(target, control):
         return target
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{VERSION}-build-", dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-build-", dir=root))
     try:
-        build_model(tmp)
-        if target.exists() and not _is_current(target):
-            stale = Path(tempfile.mkdtemp(prefix=f".{VERSION}-stale-", dir=root))
+        if control:
+            build_model(tmp, control=True)
+        else:
+            build_model(tmp)
+        if target.exists() and not _is_current(target, control):
+            stale = Path(tempfile.mkdtemp(prefix=f".{target.name}-stale-", dir=root))
             target.rename(stale / "old")
             shutil.rmtree(stale, ignore_errors=True)
         try:
             tmp.rename(target)
         except OSError:
-            if not _is_current(target):  # another process won the race with a current build
+            if not _is_current(target, control):  # another process won the race with a current build
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
