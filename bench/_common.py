@@ -138,3 +138,24 @@ def synthetic_layer0(device: str = "cpu", seed: int = 0):
         W_in=rnd(d, M, std=0.05), b_in=rnd(M, std=0.1), name="gpt2-small-synthetic",
     )
     return w.to(device)
+
+
+def sync(dev) -> None:
+    """Wait for the GPU, so that a timer read after it measures the work, not its launch."""
+    if torch.device(dev).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(dev) -> float:
+    """The torch float32 matmul peak in FLOP/s: best of several square and layer-0-shaped GEMMs."""
+    best = 0.0
+    for m, k, n in [(2048, 2048, 2048), (4096, 4096, 4096), (8192, 768, 3072), (8192, 768, 2304)]:
+        a, b = torch.randn(m, k, device=dev), torch.randn(k, n, device=dev)
+        for rep in range(6):
+            sync(dev)
+            t0 = time.perf_counter()
+            a @ b
+            sync(dev)
+            if rep:  # the first run warms up the allocator and the BLAS
+                best = max(best, 2 * m * k * n / (time.perf_counter() - t0))
+    return best

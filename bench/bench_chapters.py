@@ -112,7 +112,7 @@ def circuit_flops(w, n: int, n_cal: int, h: int) -> float:
 def _setup(args):
     torch.set_grad_enabled(False)
     w = c.synthetic_layer0(args.device)
-    _sync(w.device)
+    c.sync(w.device)
     return w
 
 
@@ -127,7 +127,7 @@ def ch01(args, w) -> tuple[float, dict]:
         K = kernels.kernel_matrix(w, c.THE, N_TOKENS)
         row = kernels.positional_kernel(w, c.THE, 500)
         kernels.classify_heads(row.cpu())
-        _sync(w.device)
+        c.sync(w.device)
     assert K.shape == (w.n_heads, N_TOKENS, N_TOKENS)
     return kernel_flops(N_TOKENS, w.d_model, w.n_heads, w.d_head), {}
 
@@ -142,7 +142,7 @@ def ch02(args, w) -> tuple[float, dict]:
     decomposition.tv_along_text(w, tokens[0], heads, 3.5, [""] * N_TOKENS)
     per_text, _ = decomposition.tv_over_texts(w, iter_batches(tokens, BATCH), heads, 3.5, edges, list(range(args.n)))
     sweep = decomposition.tv_by_C(w, tokens[:N_SWEEP], heads, C_VALUES, edges, BATCH)
-    _sync(w.device)
+    c.sync(w.device)
     n_tv = 1 + args.n + min(N_SWEEP, args.n) * len(C_VALUES)
     return n_tv * tv_flops(N_TOKENS, w.d_model, len(heads), w.d_head), {"median_tv": float(per_text["median_tv"].median()),
                                                                         "sweep_rows": len(sweep)}
@@ -162,7 +162,7 @@ def ch03(args, w) -> tuple[float, dict]:
     p_token = denominators.token_distribution(tokens[:, 1:], w.d_vocab)
     with torch.inference_mode():
         conc = denominators.concentration(w, at_mid, kernel_mid, c.THE, mid, p_token)
-    _sync(w.device)
+    c.sync(w.device)
     return 2 * args.n * denominator_flops(N_TOKENS, w.d_model, w.n_heads, w.d_head), {"cv_head0": conc[0].cv_empirical}
 
 
@@ -186,7 +186,7 @@ def ch04(args, w) -> tuple[float, dict]:
     ev = evaluation.evaluate(w, circ, iter_batches(tokens, BATCH), found, n_traces=3)
     others = ((f"cal{s}", s == 1, circ if s == 1 else _circuit(w, s)) for s in range(1, 1 + N_CALIBRATIONS))
     evaluation.compare_calibrations(w, others, tokens[:N_COMPARE], found, BATCH)
-    _sync(w.device)
+    c.sync(w.device)
     J, h = len(found), len(HEADS)
     per_text = evaluate_flops(N_TOKENS, w.d_model, w.n_heads, w.d_head, h, J)
     flops = N_CALIBRATIONS * circuit_flops(w, N_TOKENS, CAL_POSITION, h) + (args.n + N_CALIBRATIONS * min(N_COMPARE, args.n)) * per_text
@@ -207,7 +207,7 @@ def ch05(args, w) -> tuple[float, dict]:
         circ.approximate(tokens, found[:1])
         neurons.preactivations(w, tokens, found[:1])
         neurons.max_preactivation(w, tokens[:, : CAL_POSITION + 1], found)
-        _sync(w.device)
+        c.sync(w.device)
     f = circuit_flops(w, N_TOKENS, CAL_POSITION, len(HEADS))
     f += 2 * (layer0_flops(N_TOKENS, w.d_model, w.n_heads, w.d_head) + 2 * N_TOKENS * w.d_model * w.d_mlp)
     return f, {}
@@ -220,24 +220,15 @@ def item_peak(args) -> dict:
     """The float32 matmul peak (best of four GEMM shapes) and the memory bandwidth (a large
     copy, bytes read plus written) on the device."""
     dev = torch.device(args.device)
-    best = 0.0
-    for m, k, n in [(2048, 2048, 2048), (4096, 4096, 4096), (8192, 768, 3072), (8192, 768, 2304)]:
-        a, b = torch.randn(m, k, device=dev), torch.randn(k, n, device=dev)
-        for rep in range(6):
-            _sync(dev)
-            t0 = time.perf_counter()
-            a @ b
-            _sync(dev)
-            if rep:
-                best = max(best, 2 * m * k * n / (time.perf_counter() - t0))
+    best = c.matmul_peak(dev)
     x = torch.randn(64 << 20, device=dev)
     y = torch.empty_like(x)
     bw = 0.0
     for rep in range(6):
-        _sync(dev)
+        c.sync(dev)
         t0 = time.perf_counter()
         y.copy_(x)
-        _sync(dev)
+        c.sync(dev)
         if rep:
             bw = max(bw, 2 * x.numel() * 4 / (time.perf_counter() - t0))
     return {"flops_peak": best, "bandwidth": bw, "threads": torch.get_num_threads()}
@@ -256,10 +247,6 @@ def item_chapter(args) -> dict:
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
 
-
-def _sync(dev) -> None:
-    if torch.device(dev).type == "cuda":
-        torch.cuda.synchronize()
 
 
 # ---- the parent ----------------------------------------------------------------------------------

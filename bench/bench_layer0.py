@@ -49,18 +49,7 @@ def layer0_flops(w, n_tokens: int, mlp: bool) -> float:
 
 def item_peak(args) -> dict:
     """The torch float32 matmul peak: best of several square and layer-0-shaped GEMMs."""
-    dev = torch.device(args.device)
-    best = 0.0
-    for m, k, n in [(2048, 2048, 2048), (4096, 4096, 4096), (8192, 768, 3072), (8192, 768, 2304)]:
-        a, b = torch.randn(m, k, device=dev), torch.randn(k, n, device=dev)
-        for rep in range(6):
-            _sync(dev)
-            t0 = time.perf_counter()
-            a @ b
-            _sync(dev)
-            if rep:  # the first run warms up the allocator and the BLAS
-                best = max(best, 2 * m * k * n / (time.perf_counter() - t0))
-    return {"flops_peak": best, "threads": torch.get_num_threads()}
+    return {"flops_peak": c.matmul_peak(torch.device(args.device)), "threads": torch.get_num_threads()}
 
 
 def item_ours(args) -> dict:
@@ -78,10 +67,10 @@ def item_ours(args) -> dict:
     with torch.inference_mode(), layer0.matmul_precision(), c.Timer() as t:
         for tokens in c.texts(args.n, N_TOKENS, batch_size=B):
             tokens = tokens.to(w.device)
-            _sync(w.device)
+            c.sync(w.device)
             t0 = time.perf_counter()
             acts = layer0.run(w, tokens, mlp=True)
-            _sync(w.device)
+            c.sync(w.device)
             dt = time.perf_counter() - t0
             fwd_total += dt
             if len(tokens) == B:
@@ -89,7 +78,7 @@ def item_ours(args) -> dict:
             pre_sum += acts.mlp_pre.sum((0, 1)).double()
             pre_max = torch.maximum(pre_max, acts.mlp_pre.amax((0, 1)))
             ln2_sum += float(acts.ln2_scale.sum())
-        _sync(w.device)
+        c.sync(w.device)
     fl = layer0_flops(w, N_TOKENS, mlp=True)
     return {"seconds": t.seconds, "peak_rss_mb": c.peak_rss_mb(), "base_rss_mb": base, "batch": B,
             "forward_seconds": fwd_total, "flops_per_s": fl * args.n / fwd_total,
@@ -113,7 +102,7 @@ def item_naive(args) -> dict:
             if len(kept) == 1:
                 first = (tokens, pre.clone())
             del cache
-        _sync(torch.device(args.device))
+        c.sync(torch.device(args.device))
     peak = c.peak_rss_mb()
     # The two paths must agree: our layer 0 on the same first batch.
     del bridge
@@ -135,7 +124,7 @@ def item_circuit(args) -> dict:
     base = c.rss_mb()
     with torch.inference_mode(), c.Timer() as t:
         circ = circuit.build_circuit(w, cal.to(w.device))
-        _sync(w.device)
+        c.sync(w.device)
     peak = c.peak_rss_mb()
     with torch.inference_mode():
         top = neurons.top_statistic(circ.contribution, neurons.glitch_mask(w))
@@ -157,7 +146,7 @@ def item_eval(args) -> dict:
     base = c.rss_mb()
     with c.Timer() as t:
         ev = evaluation.evaluate(w, circ, c.texts(args.n, N_TOKENS, batch_size=B), saved["neurons"], n_traces=2)
-        _sync(w.device)
+        c.sync(w.device)
     fl = layer0_flops(w, N_TOKENS, mlp=False) * args.n
     return {"seconds": t.seconds, "peak_rss_mb": c.peak_rss_mb(), "base_rss_mb": base, "batch": B,
             "flops_per_s": fl / t.seconds, "pairs": list(ev.r.shape), "median_r": ev.median_r}
@@ -182,10 +171,6 @@ def item_book(args) -> dict:
 ITEMS = {"peak": item_peak, "ours": item_ours, "naive": item_naive, "circuit": item_circuit,
          "eval": item_eval, "book": item_book}
 
-
-def _sync(dev) -> None:
-    if torch.device(dev).type == "cuda":
-        torch.cuda.synchronize()
 
 
 # ---- the parent ---------------------------------------------------------------------------
@@ -223,7 +208,7 @@ def main() -> None:
 
     t_start = time.perf_counter()
     print("  preparing the random model and its layer-0 weights ...", file=sys.stderr, flush=True)
-    with c.Timer() as t_prep:
+    with c.Timer():
         subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
                         "import _common; _common.model_dir(); _common.layer0_weights()"], check=True,
                        capture_output=True)

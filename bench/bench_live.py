@@ -47,13 +47,7 @@ def gpt2_shaped_site(root: Path) -> tuple[Path, str]:
                    ln2_scale=1.0, C=3.5, value_C=3.5, calibration_position=N // 2, query_token=c.THE)
     export = root / "export"
     manifest = live.export(circ, list(range(N_NEURONS)), tok, export, model=f"GPT-2 Small shape, {kind} tokenizer")
-    live_static._check_library()
-    live_static.install(root / "_static" / live_static.SITE_DIR, export)
-    (root / "index.html").write_text(
-        '<!doctype html><html><head><meta charset="utf-8"><title>bench</title>'
-        f'<script type="module" src="_static/{live_static.SITE_DIR}/live.js"></script></head>'
-        f"<body>{live.widget_html(manifest, 'The colour of the centre.')}</body></html>"
-    )
+    live_static.standalone_page(root, manifest, export, "The colour of the centre.")
     return root, "index.html"
 
 

@@ -146,14 +146,7 @@ def test_the_tokenizer_library_is_pinned_and_its_absence_named(monkeypatch, tmp_
 
 def _site(root: Path, manifest: dict, export: Path, text: str) -> Path:
     """The widget's markup on a page, with the extension's copy of script, library and data."""
-    live_static._check_library()
-    live_static.install(root / "_static" / live_static.SITE_DIR, export)
-    (root / "index.html").write_text(
-        '<!doctype html><html><head><meta charset="utf-8"><title>try</title>'
-        f'<script type="module" src="_static/{live_static.SITE_DIR}/live.js"></script></head>'
-        f"<body>{live.widget_html(manifest, text)}</body></html>"
-    )
-    return root
+    return live_static.standalone_page(root, manifest, export, text).parent
 
 
 def _open(browser, base):

@@ -79,6 +79,21 @@ def install(dest: Path, export: Path | None) -> None:
         shutil.copytree(export, dest / "data")
 
 
+def standalone_page(root: Path, manifest: dict, export: Path, text: str) -> Path:
+    """A one-page site holding the widget, assembled as the book build assembles it: the
+    script, the library and the export under _static, the widget's markup in index.html. For
+    the browser tests and the page-load benchmark."""
+    _check_library()
+    install(root / "_static" / SITE_DIR, export)
+    page = root / "index.html"
+    page.write_text(
+        '<!doctype html><html><head><meta charset="utf-8"><title>Try a neuron</title>'
+        f'<script type="module" src="_static/{SITE_DIR}/live.js"></script></head>'
+        f"<body>{live.widget_html(manifest, text)}</body></html>"
+    )
+    return page
+
+
 def _copy(app, exception):
     # Without an export no page can work: a book without the page gets nothing.
     export = _export_dir(app)
