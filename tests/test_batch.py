@@ -22,6 +22,7 @@ params = experiment.validate({"seed": seed, "n_texts": n_texts, "output_dir": ou
 if params["seed"] == 13:
     raise RuntimeError("unlucky seed")
 if params["seed"] == 99 and os.environ.get("SLOW_SEED"):
+    Path(os.environ["SLOW_SEED"]).touch()  # tells the test the slow cell is running
     time.sleep(60)
 out = Path(output_dir) / "demo"
 out.mkdir(parents=True, exist_ok=True)
@@ -80,17 +81,22 @@ def test_unknown_parameter_stops_the_batch_before_running(notebook_dir, tmp_path
     assert not (tmp_path / "runs").exists()
 
 
+def _wait_for(marker: Path, proc) -> None:
+    """Until the slow run's cell is running (a kernel may take long to start on a loaded machine)."""
+    deadline = time.time() + 180
+    while not marker.exists():
+        assert time.time() < deadline and proc.poll() is None, "the slow run never started"
+        time.sleep(0.2)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_interrupted_batch_keeps_finished_runs_and_resumes(notebook_dir, tmp_path, sig):
     root = tmp_path / "runs"
-    env = {**os.environ, "SLOW_SEED": "1"}
+    marker = tmp_path / "sleeping"
+    env = {**os.environ, "SLOW_SEED": str(marker)}
     proc = subprocess.Popen(_cli(notebook_dir, root, "--grid", "seed=1,99,3"), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 120
-    while not list(root.glob("01_demo/seed=99__*.partial/*.ipynb")):
-        assert time.time() < deadline and proc.poll() is None, "the slow run never started"
-        time.sleep(0.5)
-    time.sleep(3)  # inside the slow cell
+    _wait_for(marker, proc)
     os.killpg(proc.pid, sig)
     proc.wait(timeout=60)
     demo = root / "01_demo"
@@ -164,13 +170,10 @@ def test_two_shards_merged_give_the_unsharded_summary(notebook_dir, tmp_path):
 def test_killed_shard_resumes_only_what_is_missing(notebook_dir, tmp_path):
     root = tmp_path / "shard2"
     grid = ("--grid", "seed=1,99,3,5", "--shard", "2/2")  # folders sort 1, 3, 5, 99: shard 2 is seed 3 then 99
-    proc = subprocess.Popen(_cli(notebook_dir, root, *grid), env={**os.environ, "SLOW_SEED": "1"},
+    marker = tmp_path / "sleeping"
+    proc = subprocess.Popen(_cli(notebook_dir, root, *grid), env={**os.environ, "SLOW_SEED": str(marker)},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 120
-    while not list(root.glob("01_demo/seed=99__*.partial/*.ipynb")):
-        assert time.time() < deadline and proc.poll() is None, "the slow run never started"
-        time.sleep(0.5)
-    time.sleep(3)
+    _wait_for(marker, proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     done = next(root.glob("01_demo/seed=3__*/run.json"))
