@@ -204,7 +204,9 @@ def test_gpu_job_builds_the_gpt2_edition_through_the_hub_then_reruns_from_the_ca
     home = tmp_path / "hf-home"
     settings = {"CTXN_MODEL": "gpt2", "CTXN_DEVICE": "cpu", "CTXN_N_TEXTS": "4", "CTXN_HEADS": "[0, 2]",
                 "CTXN_MAX_NEURONS": "6", "CTXN_THRESHOLD": "0.5", "CTXN_BATCH_NOTEBOOKS": "04", "CTXN_SKIP_SETUP": "1",
-                # Chapter 09's domains, both from the hub: the two dataset layouts side by side.
+                # Chapter 06 compares the served model alone (the GPT-2 sizes and GPT-Neo are not served here);
+                # chapter 09's domains both come from the hub: the two dataset layouts side by side.
+                "CTXN_MODELS": "gpt2",
                 "CTXN_DOMAINS": json.dumps({"web": "openwebtext", "jsonl": "hf:ctxn-test/webtext-jsonl:web:train"}),
                 "CTXN_CACHE": str(tmp_path / "cache"), "CTXN_OUTPUT_DIR": str(tmp_path / "outputs")}
     env = hub_env(hub["url"], home, CTXN_RUNS_DIR=str(tmp_path / "runs"), **settings)
