@@ -94,8 +94,11 @@ def test_interrupted_batch_keeps_finished_runs_and_resumes(notebook_dir, tmp_pat
     root = tmp_path / "runs"
     marker = tmp_path / "sleeping"
     env = {**os.environ, "SLOW_SEED": str(marker)}
+    # A shell that runs the suite in the background (`bash .ci/run &`) ignores SIGINT and its
+    # children inherit that: give the batch a user's Ctrl-C back.
     proc = subprocess.Popen(_cli(notebook_dir, root, "--grid", "seed=1,99,3"), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     _wait_for(marker, proc)
     os.killpg(proc.pid, sig)
     proc.wait(timeout=60)
