@@ -30,17 +30,21 @@ out.mkdir(parents=True, exist_ok=True)
 '''
 
 
-@pytest.fixture
-def notebook_dir(tmp_path):
+def write_demo_notebook(folder: Path) -> Path:
+    """The batch tests' demo notebook (SOURCE after a parameters cell) as folder/01_demo.ipynb."""
     nb = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell('seed = 0\nn_texts = 1\noutput_dir = "outputs"')
     params.metadata["tags"] = ["parameters"]
     nb.cells = [params, nbformat.v4.new_code_cell(SOURCE)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    d = tmp_path / "notebooks"
-    d.mkdir()
-    nbformat.write(nb, d / "01_demo.ipynb")
-    return d
+    folder.mkdir()
+    nbformat.write(nb, folder / "01_demo.ipynb")
+    return folder
+
+
+@pytest.fixture
+def notebook_dir(tmp_path):
+    return write_demo_notebook(tmp_path / "notebooks")
 
 
 def _cli(notebook_dir, root, *grid, env=None):

@@ -1,6 +1,5 @@
 """The GitHub workflows and the ci/ scripts they call, checked on this CPU machine."""
 
-import json
 import os
 import shutil
 import subprocess
@@ -45,16 +44,9 @@ def test_batch_workflow_runs_the_shard_and_merge_scripts():
 
 
 def test_shard_and_merge_scripts_split_quoted_grid_arguments_and_merge(tmp_path):
-    from test_batch import SOURCE  # the demo notebook of the batch tests
-    import nbformat
+    from test_batch import write_demo_notebook
 
-    nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell('seed = 0\nn_texts = 1\noutput_dir = "outputs"')
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell(SOURCE)]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    (tmp_path / "nbs").mkdir()
-    nbformat.write(nb, tmp_path / "nbs" / "01_demo.ipynb")
+    write_demo_notebook(tmp_path / "nbs")
     # A JSON list with spaces must reach the CLI as one argument, and $(...) must stay text.
     args = f"--notebook-dir {tmp_path / 'nbs'} --set 'n_texts=3' --grid 'seed=[1, 2]'"
     for k in (1, 2):
