@@ -173,10 +173,22 @@ def _function_probs() -> np.ndarray:
     return np.concatenate([[THE_SHARE], rest])  # FUNCTION_WORDS[0] is 'the'
 
 
+@lru_cache(maxsize=1)
+def _spaced_words() -> np.ndarray:
+    """Every corpus word with its leading space, as an object array: function words,
+    then generic words, then topic k's words at F + N_GENERIC + k * WORDS_PER_TOPIC."""
+    vocab = vocabulary()
+    words = [*vocab.function_words, *vocab.generic_words, *(w for t in vocab.topic_words for w in t)]
+    return np.array([" " + w for w in words], dtype=object)
+
+
 def _generate(rng: np.random.Generator, n_tokens: int, topics: np.ndarray, weights: np.ndarray, p_function: float) -> str:
     """One text of exactly ``n_tokens`` tokens: i.i.d. words from a topic mixture, with
-    function words and sentence punctuation."""
-    vocab = vocabulary()
+    function words and sentence punctuation.
+
+    Token i is a stop ('.' or ',') when at least sentence_gap[i] words came since the
+    previous stop; it then replaces the word drawn for i. The random draws, and so the
+    text, are those of the original word-by-word loop (tests/test_toy_documents.py pins them)."""
     p_generic = 0.2 * (1 - p_function)
     p_topic = (1 - p_function - p_generic) * weights
     kinds = rng.choice(2 + len(topics), size=n_tokens, p=np.concatenate([[p_function, p_generic], p_topic]))
@@ -184,22 +196,22 @@ def _generate(rng: np.random.Generator, n_tokens: int, topics: np.ndarray, weigh
     generic = rng.integers(N_GENERIC, size=n_tokens)
     in_topic = rng.choice(WORDS_PER_TOPIC, size=n_tokens, p=_zipf(WORDS_PER_TOPIC))
     sentence_gap = rng.integers(8, 25, size=n_tokens)
-    pieces, since_stop = [], 0
-    for i in range(n_tokens):
-        if since_stop >= sentence_gap[i] and i > 0:
-            pieces.append("." if rng.random() < 0.7 else ",")
-            since_stop = 0
-            continue
-        kind = kinds[i]
-        if kind == 0:
-            word = vocab.function_words[function[i]]
-        elif kind == 1:
-            word = vocab.generic_words[generic[i]]
-        else:
-            word = vocab.topic_words[topics[kind - 2]][in_topic[i]]
-        pieces.append(word if i == 0 else " " + word)
-        since_stop += 1
-    return "".join(pieces)
+    # Stops: after a stop at s, the next is the first i with i - s - 1 >= sentence_gap[i],
+    # i.e. i - sentence_gap[i] > s (i > 0 holds since gaps are >= 8).
+    stops, s = [], -1
+    for i, r in enumerate((np.arange(n_tokens) - sentence_gap).tolist()):
+        if r > s:
+            stops.append(i)
+            s = i
+    n_function = len(FUNCTION_WORDS)
+    topic_of = np.asarray(topics)[np.maximum(kinds - 2, 0)]
+    word = np.where(kinds == 0, function,
+                    np.where(kinds == 1, n_function + generic, n_function + N_GENERIC + topic_of * WORDS_PER_TOPIC + in_topic))
+    pieces = _spaced_words()[word]
+    # One uniform draw per stop, in order, as the loop drew them.
+    pieces[stops] = np.where(rng.random(len(stops)) < 0.7, ".", ",")
+    pieces[0] = pieces[0][1:]  # the text starts without a space (token 0 is never a stop)
+    return "".join(pieces.tolist())
 
 
 def documents(n: int, seed: int = 0, min_tokens: int = 1100) -> list[str]:
