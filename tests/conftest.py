@@ -80,6 +80,17 @@ def write_random_gpt2(path: Path, seed: int = 0, n_layer: int = 2, n_embd: int =
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _layer0_cache_in_scratch(tmp_path_factory):
+    """load_layer0 keeps loaded layers on disk; the tests' throwaway models go to a scratch
+    folder, not the user's cache."""
+    from ctxneurons import model
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(model, "LAYER0_CACHE_ROOT", tmp_path_factory.mktemp("layer0-cache"))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     return write_random_gpt2(tmp_path_factory.mktemp("tiny") / "model")

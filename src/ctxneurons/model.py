@@ -394,20 +394,152 @@ def _layer0_model(model_dir: Path, config: dict):
         hf_logging.set_verbosity(verbosity)
 
 
-def load_layer0(model: str | os.PathLike = "gpt2", device: str = "auto") -> Layer0:
-    """Load ``model`` (hub name, local directory or 'toy') and keep its layer 0, without
-    ever holding its other layers (see the module docstring)."""
+# Bump when what a layer-0 cache entry holds, or how it is made, changes.
+LAYER0_CACHE_FORMAT = 1
+# Where load_layer0 keeps loaded layers; None: $CTXN_CACHE/intermediates/layer0 (the tests
+# point it at a scratch folder, so their throwaway models do not pile up in the user's cache).
+LAYER0_CACHE_ROOT: Path | None = None
+_TENSORS, _MANIFEST, _TOKENIZER = "layer0.pt", "manifest.json", "tokenizer"
+_SCALARS = ("eps", "act_fn", "score_scale", "architecture")
+
+
+def _layer0_cache_key(source: ModelSource) -> dict:
+    """What a loaded layer 0 depends on: the model directory's files (name, size, mtime;
+    symlinks followed, as hub snapshots are links into a blob store), the hub commit,
+    config.json's content, and the versions of the code that processes the weights."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def pkg(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    files = []
+    for f in sorted(source.path.rglob("*")):
+        if f.is_file():
+            st = f.stat()
+            files.append([f.relative_to(source.path).as_posix(), st.st_size, st.st_mtime_ns])
+    return {
+        "format": LAYER0_CACHE_FORMAT,
+        "path": str(source.path.resolve()),
+        "files": files,
+        "revision": source.revision,
+        "config": (source.path / "config.json").read_text(encoding="utf-8"),
+        "versions": {p: pkg(p) for p in ("transformer-lens", "transformers", "torch", "tokenizers")},
+    }
+
+
+def _layer0_cache_dir(key: dict) -> Path:
+    import hashlib
+
+    from . import cache
+
+    root = cache.default_root() / "layer0" if LAYER0_CACHE_ROOT is None else Path(LAYER0_CACHE_ROOT)
+    return root / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _read_layer0_entry(entry: Path, key: dict) -> Layer0:
+    """The layer stored in ``entry`` (on CPU), after checking its key and every file's
+    SHA-256 against its manifest; any mismatch or unreadable file raises."""
+    from transformers import AutoTokenizer
+
+    from .outputs import sha256_file
+
+    manifest = json.loads((entry / _MANIFEST).read_text())
+    if manifest.get("key") != key:
+        raise ValueError("the entry was made for other files or versions")
+    for rel, digest in manifest["sha256"].items():
+        if sha256_file(entry / rel) != digest:
+            raise ValueError(f"{rel} fails its checksum")
+    payload = torch.load(entry / _TENSORS, map_location="cpu", weights_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(entry / _TOKENIZER))
+    return Layer0(**payload["tensors"], **payload["scalars"], tokenizer=tokenizer)
+
+
+def _write_layer0_entry(entry: Path, key: dict, layer0: Layer0) -> None:
+    """Store ``layer0`` in ``entry`` through a temporary sibling folder renamed into place,
+    so a reader sees a whole entry or none; when another process got there first, its
+    entry stands."""
+    import shutil
+    import tempfile
+
+    from .outputs import atomic_write_text, sha256_file
+
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
+    try:
+        tensors = {f.name: getattr(layer0, f.name).contiguous() for f in fields(layer0)
+                   if isinstance(getattr(layer0, f.name), torch.Tensor)}
+        torch.save({"tensors": tensors, "scalars": {k: getattr(layer0, k) for k in _SCALARS}}, tmp / _TENSORS)
+        layer0.tokenizer.save_pretrained(str(tmp / _TOKENIZER))
+        stored = sorted(p for p in tmp.rglob("*") if p.is_file())
+        sums = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in stored}
+        atomic_write_text(tmp / _MANIFEST, json.dumps({"key": key, "sha256": sums}, indent=1))
+        try:
+            tmp.rename(entry)
+        except OSError:
+            pass  # another process renamed its own entry into place first; it holds the same layer
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _boot_layer0(source: ModelSource, config: dict) -> Layer0:
+    """Layer 0 read from the checkpoint through TransformerLens's bridge, on CPU."""
     from transformer_lens.model_bridge import TransformerBridge
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    cpu = torch.device("cpu")
+    hf_model = _layer0_model(source.path, config)
+    bridge = TransformerBridge.boot_transformers(str(source.path), device=cpu, hf_model=hf_model)
+    bridge.enable_compatibility_mode()
+    return layer0_from_bridge(bridge, config=config)
+
+
+def _discard(entry: Path) -> None:
+    """Move ``entry`` aside and delete it (a rename first, so no reader sees it half deleted)."""
+    import shutil
+    import tempfile
+
+    stale = Path(tempfile.mkdtemp(prefix=f".{entry.name}-stale-", dir=entry.parent))
+    try:
+        entry.rename(stale / "old")
+    except OSError:
+        pass  # another process moved it first
+    shutil.rmtree(stale, ignore_errors=True)
+
+
+def _cached_layer0(source: ModelSource, config: dict) -> Layer0:
+    """Layer 0 of ``source`` on CPU: from the on-disk cache, or booted and then stored there.
+    An entry that fails any check is rebuilt, never used."""
+    key = _layer0_cache_key(source)
+    entry = _layer0_cache_dir(key)
+    if entry.exists():
+        try:
+            return _read_layer0_entry(entry, key)
+        except Exception as err:  # a damaged or foreign entry is rebuilt, never trusted
+            log.warning("layer-0 cache entry %s is unusable (%s); loading %s again", entry, err, source.label)
+            _discard(entry)
+    layer0 = _boot_layer0(source, config)
+    try:
+        _write_layer0_entry(entry, key, layer0)
+    except OSError as err:  # a read-only or full cache costs the next run a boot, nothing more
+        log.warning("could not store layer 0 of %s in %s (%s)", source.label, entry.parent, err)
+    return layer0
+
+
+def load_layer0(model: str | os.PathLike = "gpt2", device: str = "auto") -> Layer0:
+    """Load ``model`` (hub name, local directory or 'toy') and keep its layer 0, without
+    ever holding its other layers (see the module docstring).
+
+    The first load of a model's files boots TransformerLens on CPU and stores the layer
+    (tensors, scalars and tokenizer, checksummed) under $CTXN_CACHE/intermediates/layer0;
+    later loads of the same files, with the same library versions, read it back without
+    importing TransformerLens."""
     source = resolve_model(model)
     config = _check_architecture(source.path)
     dev = resolve_device(device)
-    hf_model = _layer0_model(source.path, config).to(dev)
-    bridge = TransformerBridge.boot_transformers(str(source.path), device=dev, hf_model=hf_model)
-    bridge.enable_compatibility_mode()
-    layer0 = layer0_from_bridge(bridge, name=str(model), config=config)
-    del bridge
+    layer0 = _cached_layer0(source, config).to(dev)
     shapes = (layer0.d_vocab, layer0.n_ctx, layer0.d_model, layer0.n_heads, layer0.d_mlp) == (50257, 1024, 768, 12, 3072)
-    return replace(layer0, revision=source.revision, paper_model=is_gpt2_small(config) and shapes)
+    return replace(layer0, name=str(model), revision=source.revision, paper_model=is_gpt2_small(config) and shapes)

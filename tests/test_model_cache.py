@@ -1,0 +1,195 @@
+"""The on-disk cache of loaded layers 0 (model.load_layer0): a later load of the same files
+reads the layer back, equal tensor for tensor and with a tokenizer that behaves the same,
+without booting TransformerLens; changed files, other versions or a damaged entry load afresh."""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import write_random_gpt2
+from ctxneurons import model
+from ctxneurons.model import Layer0, load_layer0
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "  leading spaces, trailing ones  \n\nand a blank line",
+    "naïve café — “quotes”, emoji 🤖🧠, 中文字符, Ελληνικά, ½ ∑ ∞",
+    "<|endoftext|>a special token<|endoftext|> inside text",
+    "tabs\tand\r\nCRLF, and     runs of spaces",
+    "",
+]
+
+
+@pytest.fixture
+def cache_root(tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "layer0-cache"
+    monkeypatch.setattr(model, "LAYER0_CACHE_ROOT", root)
+    return root
+
+
+@pytest.fixture
+def small_dir(tmp_path) -> Path:
+    return write_random_gpt2(tmp_path / "model", n_layer=2, n_embd=32, n_head=2, n_positions=64)
+
+
+def counting_boot(monkeypatch) -> list:
+    calls = []
+    real = model._boot_layer0
+
+    def boot(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "_boot_layer0", boot)
+    return calls
+
+
+def refuse_boot(monkeypatch) -> None:
+    def boot(*args, **kwargs):
+        raise AssertionError("the bridge was booted although the layer is cached")
+
+    monkeypatch.setattr(model, "_boot_layer0", boot)
+
+
+def assert_same_layer(a: Layer0, b: Layer0) -> None:
+    for f in fields(Layer0):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, torch.Tensor):
+            assert x.dtype == y.dtype and x.shape == y.shape, f.name
+            assert torch.equal(x, y), f.name
+        elif f.name != "tokenizer":
+            assert x == y, f.name
+
+
+def assert_same_tokenizer(a, b, tmp_path: Path) -> None:
+    for text in TEXTS:
+        for special in (False, True):
+            ids = a.encode(text, add_special_tokens=special)
+            assert b.encode(text, add_special_tokens=special) == ids, (text, special)
+            assert b.decode(ids) == a.decode(ids)
+            assert b.decode(ids, skip_special_tokens=True) == a.decode(ids, skip_special_tokens=True)
+        assert b(text)["input_ids"] == a(text)["input_ids"]
+    assert b(TEXTS, add_special_tokens=False)["input_ids"] == a(TEXTS, add_special_tokens=False)["input_ids"]
+    ids = [a.encode(t, add_special_tokens=False) for t in TEXTS]
+    assert b.batch_decode(ids) == a.batch_decode(ids)
+    for attr in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id", "bos_token", "eos_token",
+                 "pad_token", "model_max_length", "padding_side", "clean_up_tokenization_spaces", "vocab_size"):
+        assert getattr(b, attr) == getattr(a, attr), attr
+    assert b.get_vocab() == a.get_vocab()
+    assert len(b) == len(a)
+    # live.py ships these two files to the browser page: they must come out the same.
+    for tok, where in ((a, tmp_path / "a"), (b, tmp_path / "b")):
+        tok.save_pretrained(str(where))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        left, right = json.loads((tmp_path / "a" / name).read_text()), json.loads((tmp_path / "b" / name).read_text())
+        left.pop("name_or_path", None), right.pop("name_or_path", None)
+        assert left == right, name
+
+
+def test_a_cached_load_equals_a_fresh_one_and_does_not_boot(small_dir, cache_root, monkeypatch, tmp_path):
+    calls = counting_boot(monkeypatch)
+    fresh = load_layer0(small_dir, device="cpu")
+    assert len(calls) == 1 and any(cache_root.iterdir())
+    refuse_boot(monkeypatch)
+    cached = load_layer0(small_dir, device="cpu")
+    assert_same_layer(fresh, cached)
+    assert cached.name == str(small_dir) and cached.revision is None and cached.paper_model is False
+    assert cached.token_id(" the") == fresh.token_id(" the")
+    assert_same_tokenizer(fresh.tokenizer, cached.tokenizer, tmp_path)
+
+
+def test_the_toy_tokenizer_survives_the_cache(toy_dir, cache_root, tmp_path):
+    fresh = load_layer0(toy_dir, device="cpu")
+    cached = load_layer0(toy_dir, device="cpu")
+    assert fresh.tokenizer is not cached.tokenizer  # the second one was read back from disk
+    assert_same_layer(fresh, cached)
+    assert_same_tokenizer(fresh.tokenizer, cached.tokenizer, tmp_path)
+    from ctxneurons import toy
+
+    doc = toy.documents(1, seed=5)[0]
+    assert cached.tokenizer.encode(doc, add_special_tokens=False) == fresh.tokenizer.encode(doc, add_special_tokens=False)
+
+
+def test_a_cached_load_does_not_import_transformer_lens(small_dir, cache_root):
+    load_layer0(small_dir, device="cpu")
+    code = ("import sys; from ctxneurons import model; from pathlib import Path\n"
+            f"model.LAYER0_CACHE_ROOT = Path({str(cache_root)!r})\n"
+            f"w = model.load_layer0({str(small_dir)!r}, device='cpu')\n"
+            "print(w.d_model, 'transformer_lens' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["32", "False"]
+
+
+def test_rewritten_weights_are_loaded_afresh(small_dir, cache_root, monkeypatch):
+    calls = counting_boot(monkeypatch)
+    before = load_layer0(small_dir, device="cpu")
+    # The same folder with other weights, written over the old file.
+    write_random_gpt2(small_dir, seed=1, n_layer=2, n_embd=32, n_head=2, n_positions=64)
+    after = load_layer0(small_dir, device="cpu")
+    assert len(calls) == 2
+    assert not torch.equal(before.W_E, after.W_E)
+    # Only touching a file (same bytes, new mtime) is enough to load it again.
+    st = (small_dir / "model.safetensors").stat()
+    os.utime(small_dir / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    again = load_layer0(small_dir, device="cpu")
+    assert len(calls) == 3
+    assert_same_layer(after, again)
+
+
+def test_other_library_versions_are_loaded_afresh(small_dir, cache_root, monkeypatch):
+    calls = counting_boot(monkeypatch)
+    load_layer0(small_dir, device="cpu")
+    monkeypatch.setattr(model, "LAYER0_CACHE_FORMAT", model.LAYER0_CACHE_FORMAT + 1)
+    load_layer0(small_dir, device="cpu")
+    key = model._layer0_cache_key(model.resolve_model(small_dir))
+    assert set(key["versions"]) >= {"transformer-lens", "transformers", "torch"} and all(key["versions"].values())
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("damage", ["tensors", "manifest", "tokenizer", "missing"])
+def test_a_damaged_entry_is_rebuilt_not_used(small_dir, cache_root, monkeypatch, damage, caplog):
+    fresh = load_layer0(small_dir, device="cpu")
+    (entry,) = [p for p in cache_root.iterdir() if not p.name.startswith(".")]
+    if damage == "tensors":
+        data = bytearray((entry / "layer0.pt").read_bytes())
+        data[len(data) // 2] ^= 0xFF  # one flipped byte inside a weight
+        (entry / "layer0.pt").write_bytes(bytes(data))
+    elif damage == "manifest":
+        (entry / "manifest.json").write_text("{not json")
+    elif damage == "tokenizer":
+        (entry / "tokenizer" / "tokenizer.json").write_text("{}")
+    else:
+        (entry / "layer0.pt").unlink()
+    calls = counting_boot(monkeypatch)
+    again = load_layer0(small_dir, device="cpu")
+    assert len(calls) == 1 and "unusable" in caplog.text
+    assert_same_layer(fresh, again)
+    refuse_boot(monkeypatch)  # the rebuilt entry is whole again
+    assert_same_layer(fresh, load_layer0(small_dir, device="cpu"))
+    assert [p.name for p in cache_root.iterdir()] == [entry.name]  # no stale or temporary folders left
+
+
+def test_a_second_writer_leaves_the_first_entry_whole(small_dir, cache_root, monkeypatch):
+    """Two processes that both missed the cache both write; the second finds the first's
+    entry in place, keeps it, and cleans up after itself."""
+    w = load_layer0(small_dir, device="cpu")
+    source = model.resolve_model(small_dir)
+    key = model._layer0_cache_key(source)
+    entry = model._layer0_cache_dir(key)
+    model._write_layer0_entry(entry, key, w)
+    assert [p.name for p in cache_root.iterdir()] == [entry.name]
+    refuse_boot(monkeypatch)
+    assert_same_layer(w, load_layer0(small_dir, device="cpu"))
+
+
+def test_an_unwritable_cache_still_loads(small_dir, tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setattr(model, "LAYER0_CACHE_ROOT", blocker / "cache")
+    assert load_layer0(small_dir, device="cpu").d_model == 32
