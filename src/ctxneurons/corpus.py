@@ -36,6 +36,7 @@ from . import hub
 OPENWEBTEXT = "Skylion007/openwebtext"
 CORPUS_SUFFIXES = (".txt", ".jsonl")
 CALIBRATION_SUFFIXES = (".txt", ".md", ".jsonl")
+_TOKENIZE_CHUNK = 256  # texts per batch call of the tokenizer: bounds the memory of long documents
 _LOCAL_HINT = ("Or use a local corpus: corpus='/path/texts.jsonl' ({\"text\": ...} per line), a .txt file "
                "or a folder of them.")
 
@@ -265,7 +266,7 @@ def select_token_batch(
     """A seeded choice of ``n_texts`` texts from ``corpus``, as tokens [n_texts, n_tokens].
 
     corpus: 'openwebtext', 'hf:...', 'toy', or a path to a .jsonl / .txt file or a folder of them.
-    tokenizer: the model's tokenizer; texts go through ``encode(text, add_special_tokens=False)``.
+    tokenizer: the model's Hugging Face tokenizer; texts are encoded without special tokens.
     n_texts: rows wanted (>= 1).
     n_tokens: tokens per row (>= 2), counting the BOS token when ``bos``; each text is cut there.
     seed: picks the texts; the same seed and corpus give the same batch.
@@ -297,19 +298,24 @@ def select_token_batch(
         prefix = [tokenizer.bos_token_id]
 
     candidates, source, revision, capped = _candidates(corpus, n_texts, seed, pool_size)
-    rows, doc_ids, texts = [], [], []
+    # Tokenised a chunk at a time (the fast tokenizer's batch call), each chunk no longer
+    # than the rows still missing: every candidate read could have been a row, so no more
+    # are read (no further hub shard fetched) than one text at a time would. No truncation
+    # in the call: it would stay set in the tokenizer and go out with its saved files.
+    need = min_tokens - len(prefix)
+    rows, doc_ids = [], []
     seen = 0
-    for doc_id, text in candidates:
-        seen += 1
-        ids = prefix + tokenizer.encode(text, add_special_tokens=False)
-        if len(ids) < min_tokens:
-            continue
-        rows.append(ids[:n_tokens])
-        doc_ids.append(doc_id)
-        texts.append(tokenizer.decode(rows[-1][len(prefix):]))
-        if len(rows) == n_texts:
+    while len(rows) < n_texts:
+        chunk = list(itertools.islice(candidates, min(n_texts - len(rows), _TOKENIZE_CHUNK)))
+        if not chunk:
             break
-    else:
+        seen += len(chunk)
+        encoded = tokenizer([text for _, text in chunk], add_special_tokens=False, verbose=False)["input_ids"]
+        for (doc_id, _), ids in zip(chunk, encoded):
+            if len(ids) >= need:
+                rows.append(prefix + ids[: n_tokens - len(prefix)])
+                doc_ids.append(doc_id)
+    if len(rows) < n_texts:
         counted = " (BOS counted)" if bos else ""
         more = ", or raise pool_size" if capped else ""
         raise CorpusError(
@@ -317,6 +323,7 @@ def select_token_batch(
             f"{counted}; {seen - len(rows)} are shorter, and n_texts={n_texts} were asked for — "
             f"lower n_texts or min_tokens{more}, or use a larger corpus."
         )
+    texts = tokenizer.batch_decode([r[len(prefix):] for r in rows])
     return TokenBatch(torch.tensor(rows, dtype=torch.long), doc_ids, texts, source, revision)
 
 
@@ -379,7 +386,7 @@ def calibration_tokens(cal: CalibrationText, tokenizer, position: int, bos: bool
     if bos and tokenizer.bos_token_id is None:
         raise CorpusError("bos=True but the tokenizer has no bos_token_id; pass bos=False.")
     prefix = [tokenizer.bos_token_id] if bos else []
-    ids = prefix + tokenizer.encode(cal.text, add_special_tokens=False)
+    ids = prefix + tokenizer.encode(cal.text, add_special_tokens=False, verbose=False)
     if len(ids) < position + 1:
         counted = " including BOS" if bos else ""
         raise CorpusError(
