@@ -100,3 +100,51 @@ def test_selection_leaves_the_tokenizer_as_it_was(tmp_path, tok, webtext):
     tok.save_pretrained(str(tmp_path / "after"))
     for name in ("tokenizer.json", "tokenizer_config.json"):
         assert (tmp_path / "before" / name).read_text() == (tmp_path / "after" / name).read_text()
+
+
+def test_a_toy_batch_is_kept_on_disk_and_read_back_the_same(tmp_path, monkeypatch):
+    monkeypatch.setenv("CTXN_CACHE", str(tmp_path))
+    tokenizer = toy.tokenizer()
+    first = select_token_batch("toy:terse", tokenizer, 9, 300, seed=2)
+    assert list((tmp_path / "intermediates").glob("tokens-*.pt"))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the toy batch was tokenised again although it is cached")
+
+    real = corpus._select
+    monkeypatch.setattr(corpus, "_select", refuse)
+    again = select_token_batch("toy:terse", tokenizer, 9, 300, seed=2)
+    assert torch.equal(again.tokens, first.tokens) and again.tokens.dtype == torch.long
+    assert again.doc_ids == first.doc_ids and again.texts == first.texts
+    assert (again.source, again.revision) == (first.source, first.revision) == ("toy:terse", None)
+    rows, doc_ids, decoded, _ = one_at_a_time(seeded(toy.domain_documents("terse", 9, 2), 2), tokenizer, 9, 300)
+    assert again.tokens.tolist() == rows and again.doc_ids == doc_ids and again.texts == decoded
+    # Another request, or a tokenizer that differs in anything, is selected afresh.
+    calls = []
+    monkeypatch.setattr(corpus, "_select", lambda *a, **k: calls.append(a) or real(*a, **k))
+    select_token_batch("toy:terse", tokenizer, 9, 300, seed=3)
+    other = toy.tokenizer()
+    other.add_tokens(["zzzzqq"])
+    select_token_batch("toy:terse", other, 9, 300, seed=2)
+    select_token_batch("toy:terse", tokenizer, 9, 300, seed=2, bos=False)
+    assert len(calls) == 3
+
+
+def test_a_damaged_toy_batch_is_selected_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("CTXN_CACHE", str(tmp_path))
+    tokenizer = toy.tokenizer()
+    first = select_token_batch("toy", tokenizer, 4, 100, seed=1)
+    (entry,) = (tmp_path / "intermediates").glob("tokens-*.pt")
+    data = bytearray(entry.read_bytes())
+    data[-100] ^= 0xFF
+    entry.write_bytes(bytes(data))
+    again = select_token_batch("toy", tokenizer, 4, 100, seed=1)
+    assert torch.equal(again.tokens, first.tokens) and again.texts == first.texts
+
+
+def test_file_and_hub_corpora_are_not_kept(tmp_path, monkeypatch, tok, webtext):
+    monkeypatch.setenv("CTXN_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in webtext[:20]))
+    select_token_batch(path, tok, 3, 32)
+    assert not (tmp_path / "cache").exists()

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import hub
@@ -297,6 +298,54 @@ def select_token_batch(
             raise CorpusError("bos=True but the tokenizer has no bos_token_id; pass bos=False.")
         prefix = [tokenizer.bos_token_id]
 
+    key = _toy_batch_key(str(corpus), tokenizer, n_texts, n_tokens, seed, prefix, min_tokens)
+    if key is None:
+        return _select(corpus, tokenizer, n_texts, n_tokens, seed, prefix, min_tokens, pool_size)
+    # A toy corpus is fully determined by its name and the generator's code: its batch is
+    # kept on disk, so the chapters of a build tokenise it once.
+    from . import cache
+
+    made = {}
+
+    def select():
+        made["batch"] = batch = _select(corpus, tokenizer, n_texts, n_tokens, seed, prefix, min_tokens, pool_size)
+        encoded = [t.encode("utf-8") for t in batch.texts]
+        return {"tokens": batch.tokens, "doc_ids": torch.tensor(batch.doc_ids, dtype=torch.long),
+                "text_bytes": torch.from_numpy(np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()),
+                "text_ends": torch.tensor(list(itertools.accumulate(map(len, encoded))), dtype=torch.long)}
+
+    stored = cache.cached("tokens", key, select)
+    if "batch" in made:
+        return made["batch"]
+    data, ends = stored["text_bytes"].numpy().tobytes(), [0] + stored["text_ends"].tolist()
+    texts = [data[a:b].decode("utf-8") for a, b in zip(ends, ends[1:])]
+    return TokenBatch(stored["tokens"], stored["doc_ids"].tolist(), texts, str(corpus))
+
+
+def _toy_batch_key(name: str, tokenizer, n_texts: int, n_tokens: int, seed: int, prefix: list[int], min_tokens: int) -> dict | None:
+    """What a toy corpus's token batch depends on, or None for corpora that are read from
+    files or the hub (or a tokenizer without a serialisable fast backend): the corpus
+    name and request, the toy generator's source and numpy (its random streams), and the
+    tokenizer's full definition and decoding settings."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if not (name == "toy" or name.startswith("toy:")) or backend is None:
+        return None
+    from importlib.metadata import version
+
+    from . import toy
+
+    return {
+        "corpus": name, "n_texts": n_texts, "n_tokens": n_tokens, "seed": seed, "prefix": prefix, "min_tokens": min_tokens,
+        "generator": hashlib.sha256(Path(toy.__file__).read_bytes()).hexdigest(), "numpy": np.__version__,
+        "tokenizer": hashlib.sha256(backend.to_str().encode("utf-8")).hexdigest(),
+        "decoding": [type(tokenizer).__name__, bool(getattr(tokenizer, "clean_up_tokenization_spaces", False)),
+                     version("transformers"), version("tokenizers")],
+    }
+
+
+def _select(corpus, tokenizer, n_texts: int, n_tokens: int, seed: int, prefix: list[int], min_tokens: int,
+            pool_size: int) -> TokenBatch:
+    bos = bool(prefix)
     candidates, source, revision, capped = _candidates(corpus, n_texts, seed, pool_size)
     # Tokenised a chunk at a time (the fast tokenizer's batch call), each chunk no longer
     # than the rows still missing: every candidate read could have been a row, so no more
