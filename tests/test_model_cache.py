@@ -193,3 +193,19 @@ def test_an_unwritable_cache_still_loads(small_dir, tmp_path, monkeypatch):
     blocker.write_text("")
     monkeypatch.setattr(model, "LAYER0_CACHE_ROOT", blocker / "cache")
     assert load_layer0(small_dir, device="cpu").d_model == 32
+
+
+def test_two_processes_filling_the_cache_at_once_both_load(small_dir, cache_root):
+    code = ("import sys; from ctxneurons import model; from pathlib import Path\n"
+            f"model.LAYER0_CACHE_ROOT = Path({str(cache_root)!r})\n"
+            f"w = model.load_layer0({str(small_dir)!r}, device='cpu')\n"
+            "print(float(w.W_E.double().sum()))")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    assert outs[0][0] == outs[1][0]
+    assert len([p for p in cache_root.iterdir()]) == 1  # one whole entry, no temporary folders left
+    refuse = "model._boot_layer0 = lambda *a: sys.exit('booted')\n"
+    again = subprocess.run([sys.executable, "-c", code.replace("w = ", refuse + "w = ")], capture_output=True, text=True)
+    assert again.returncode == 0 and again.stdout == outs[0][0], again.stderr[-2000:]

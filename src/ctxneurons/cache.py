@@ -1,4 +1,5 @@
-"""An on-disk cache for model-level intermediates (kernels, the contribution matrix).
+"""An on-disk cache for model-level intermediates (kernels, the contribution matrix, the
+toy corpus's token batches; ``model.load_layer0`` keeps loaded layers 0 beside them).
 
 Entries are keyed by a JSON-able dict (model fingerprint, parameters, calibration hash
 where it matters), so a new calibration text recomputes only what depends on it. Each

@@ -13,6 +13,13 @@ other layers' bytes are never touched) into a one-layer copy of the model, and b
 bridge on that. TransformerLens processes each layer on its own, so layer 0's weights come
 out the same as from the full model (tests/test_architectures.py checks it).
 
+Booting the bridge (and importing TransformerLens) costs seconds, and every notebook of the
+book is a fresh process, so the loaded layer is kept on disk, beside the other intermediates
+($CTXN_CACHE/intermediates/layer0): keyed by the model's files (name, size, mtime), its hub
+revision, config.json and the versions of the libraries that process it, and checked against
+its SHA-256 manifest before use. A later load reads it back with the tokenizer TransformerLens
+set up, saved and reloaded through transformers (tests/test_model_cache.py).
+
 Supported architectures: GPT-2 (every size, distilgpt2) and GPT-Neo, whose learned
 absolute positions are added to the tokens before layer 0's LayerNorm. Whatever differs
 between them (d_model, heads, n_ctx, the attention score scale, biases, LN eps, the MLP
