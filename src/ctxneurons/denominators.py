@@ -202,7 +202,8 @@ def denominator_statistics(
     n_examples: int = 0, first_position: int = 1,
 ) -> DenominatorStatistics:
     """:func:`stream_denominators`, then :func:`deviation_histogram` against its log_c, with
-    each text's denominators computed once instead of twice.
+    each text's denominators computed once instead of twice: token batches [B, n], edges
+    [b+1] -> log_c [H, n], at_position [N, H], examples [n_examples, H, n], deviation_counts [H, b].
 
     The deviations need the mean over all texts first, so the first pass writes every text's
     log-denominators to a temporary file (float32, 4 H n bytes a text: 49 KB for GPT-2) and
