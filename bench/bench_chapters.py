@@ -13,8 +13,8 @@ machine), the paper's circuit heads (0, 2, 6, 8, 9, 10) and 100 evaluated neuron
       circuit and run.kernels() use), plus the chapter's own kernels at n = 500
   02  TV streamed over N texts (tv_over_texts), the C sweep over 16 texts x 5 C values
       (tv_by_C) and one example text (tv_along_text)
-  03  the two denominator passes over N texts (stream_denominators, deviation_histogram)
-      and the concentration bounds
+  03  the denominators of N texts and their deviation histogram (denominator_statistics:
+      one pass, the second read back from disk) and the concentration bounds
   04  four circuits (the run's and three other calibration texts: build_circuit), the
       evaluation of 100 neurons over N texts (evaluate) and the calibration comparison
       over 32 texts (compare_calibrations)
@@ -156,14 +156,13 @@ def ch03(args, w) -> tuple[float, dict]:
     mid = N_TOKENS // 2
     with torch.inference_mode():
         kernel_mid = kernels.positional_kernel(w, c.THE, mid).cpu()
-    log_c, at_mid, _ = denominators.stream_denominators(w, iter_batches(tokens, BATCH), c.THE, mid, 5)
     edges = torch.cat([torch.zeros(1), torch.logspace(-5, 1, 2400)])
-    denominators.deviation_histogram(w, iter_batches(tokens, BATCH), c.THE, log_c, edges)
+    at_mid = denominators.denominator_statistics(w, iter_batches(tokens, BATCH), c.THE, mid, edges, 5).at_position
     p_token = denominators.token_distribution(tokens[:, 1:], w.d_vocab)
     with torch.inference_mode():
         conc = denominators.concentration(w, at_mid, kernel_mid, c.THE, mid, p_token)
     c.sync(w.device)
-    return 2 * args.n * denominator_flops(N_TOKENS, w.d_model, w.n_heads, w.d_head), {"cv_head0": conc[0].cv_empirical}
+    return args.n * denominator_flops(N_TOKENS, w.d_model, w.n_heads, w.d_head), {"cv_head0": conc[0].cv_empirical}
 
 
 def _circuit(w, seed: int):

@@ -45,6 +45,28 @@ def test_run_loads_texts_calibration_and_writes_outputs(tiny_dir, corpus_file, t
     assert "texts × 128 tokens" in run.caption
 
 
+def test_tv_statistics_are_cached_by_model_texts_and_heads(tiny_dir, corpus_file, tmp_path, monkeypatch):
+    from ctxneurons import decomposition
+
+    monkeypatch.setenv("CTXN_CACHE", str(tmp_path / "cache"))
+    run = experiment.start("demo", _params(tiny_dir, corpus_file, tmp_path))
+    edges = torch.cat([torch.zeros(1), torch.logspace(-6, 0, 200)])
+    direct = decomposition.tv_statistics(run.w, run.texts.tokens.split(2), [0, 2], run.C, edges)
+    calls = []
+    real = decomposition.tv_statistics
+    monkeypatch.setattr(decomposition, "tv_statistics", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    first = run.tv_statistics([0, 2], edges)
+    again = experiment.start("demo", _params(tiny_dir, corpus_file, tmp_path)).tv_statistics([0, 2], edges)  # another notebook
+    other_heads = run.tv_statistics([1], edges)
+    assert calls == [[0, 2], [1]]
+    for got, cached, want in zip(first, again, direct):
+        torch.testing.assert_close(got, want)
+        assert torch.equal(got, cached)
+    assert other_heads[0].shape == (3, 1)
+    more = experiment.start("demo", _params(tiny_dir, corpus_file, tmp_path, n_texts=4)).tv_statistics([0, 2], edges)
+    assert calls == [[0, 2], [1], [0, 2]] and more[0].shape == (4, 2)  # other texts: computed anew
+
+
 @pytest.mark.parametrize(
     "override, message",
     [

@@ -139,6 +139,11 @@ def test_streamed_denominators_equal_the_direct_ones(tiny, tiny_tokens):
     med = stats.histogram_quantile(counts, edges, 0.5)
     torch.testing.assert_close(med, dev.transpose(0, 1).reshape(tiny.n_heads, -1).quantile(0.5, dim=-1), rtol=0.01, atol=1e-6)
 
+    # One pass with the denominators spilled to disk gives exactly the two passes' results.
+    once = denominators.denominator_statistics(tiny, tiny_tokens.split(3), the, 64, edges, n_examples=2)
+    for got, want in ((once.log_c, log_c), (once.at_position, at_mid), (once.examples, examples), (once.deviation_counts, counts)):
+        assert torch.equal(got, want)
+
 
 def test_denominator_tables():
     ratio = torch.rand(2, 3, 5)

@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import decomposition, denominators, evaluation, kernels, neurons, toy
+from . import denominators, evaluation, kernels, neurons, toy
 from .corpus import iter_batches
 from .model import Layer0, load_layer0
 from .neurons import PAPER_THRESHOLD
@@ -122,7 +122,7 @@ def study(run, fallback_heads: list[int], threshold: float = PAPER_THRESHOLD, n_
     run.params["heads"] = heads
     tokens = run.texts.tokens
 
-    _, _, counts = decomposition.tv_statistics(w, iter_batches(tokens, batch_size), heads, run.C, TV_EDGES, first_position)
+    _, _, counts = run.tv_statistics(heads, TV_EDGES, first_position, batch_size)
     _, median_tv = histogram_medians(counts, TV_EDGES)
     position = min(w.n_ctx // 2, run.n_tokens - 1)
     _, log_at, _ = denominators.stream_denominators(w.select_heads(heads), iter_batches(tokens, batch_size), run.the, position)

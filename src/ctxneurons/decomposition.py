@@ -203,11 +203,19 @@ def tv_over_texts(
     """:func:`tv_statistics` as a tidy table, one row per (text, head): text, doc_id (from
     doc_ids [N]), head, median_tv, mean_tv; with the histogram counts [h, b]."""
     med, mean, counts = tv_statistics(w, batches, heads, C, edges, first_position)
-    per_text = pd.DataFrame([
-        {"text": t, "doc_id": doc_ids[t], "head": h, "median_tv": float(med[t, k]), "mean_tv": float(mean[t, k])}
-        for t in range(med.shape[0]) for k, h in enumerate(heads)
-    ])
-    return per_text, counts
+    return tv_frame(med, mean, heads, doc_ids), counts
+
+
+def tv_frame(median: torch.Tensor, mean: torch.Tensor, heads: list[int], doc_ids: list) -> pd.DataFrame:
+    """Per-text TV statistics median, mean [N, h] (from :func:`tv_statistics`) as a tidy
+    table, one row per (text, head): text, doc_id (from doc_ids [N]), head, median_tv, mean_tv."""
+    return pd.DataFrame({
+        "text": torch.arange(median.shape[0]).repeat_interleave(len(heads)).numpy(),
+        "doc_id": [d for d in doc_ids[: median.shape[0]] for _ in heads],
+        "head": list(heads) * median.shape[0],
+        "median_tv": median.double().flatten().numpy(),
+        "mean_tv": mean.double().flatten().numpy(),
+    })
 
 
 def tv_along_text(w: Layer0, tokens: torch.Tensor, heads: list[int], C: float, token_str: list[str],

@@ -12,6 +12,7 @@ Shapes: B texts, H heads, n positions, V vocabulary.
 from __future__ import annotations
 
 import math
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -136,6 +137,35 @@ def relative_denominators(log_denoms: torch.Tensor, log_c: torch.Tensor) -> torc
     return (log_denoms.double() - log_c.to(log_denoms.device).double()).exp()
 
 
+def _stream(log_denoms: Iterable[torch.Tensor], position: int, n_examples: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """log_c [H, n], the values at ``position`` [N, H] and the first n_examples texts [n_examples, H, n]
+    of a stream of log-denominator batches [B, H, n]."""
+    acc, examples, at_position, N = None, [], [], 0
+    for log_d in log_denoms:
+        acc = accumulate_log_sum(acc, log_d)
+        at_position.append(log_d[:, :, position])
+        examples.extend(log_d[: max(0, n_examples - len(examples))])
+        N += log_d.shape[0]
+    ex = torch.stack(examples) if examples else torch.empty(0, *acc.shape)
+    return acc - math.log(N), torch.cat(at_position), ex
+
+
+def _deviation_counts(log_denoms: Iterable[torch.Tensor], log_c: torch.Tensor, edges: torch.Tensor, first_position: int) -> torch.Tensor:
+    """Histogram counts [H, b] of |denom / c - 1| over a stream of log-denominator batches [B, H, n]."""
+    counts = torch.zeros(log_c.shape[0], len(edges) - 1, dtype=torch.float64)
+    for log_d in log_denoms:
+        ratio = relative_denominators(log_d, log_c)
+        counts += histogram((ratio[:, :, first_position:] - 1).abs().transpose(0, 1).reshape(log_c.shape[0], -1), edges)
+    return counts
+
+
+def _computed(w: Layer0, batches: Iterable[torch.Tensor], query_token: int) -> Iterable[torch.Tensor]:
+    for tokens in batches:
+        with torch.inference_mode():  # not around the yield: the consumer runs outside it
+            log_d = log_denominators(w, tokens.to(w.device), query_token).cpu()  # [B, H, n]
+        yield log_d
+
+
 def stream_denominators(
     w: Layer0, batches: Iterable[torch.Tensor], query_token: int, position: int, n_examples: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -144,16 +174,7 @@ def stream_denominators(
     Returns (log_c [H, n], the log-denominators at ``position`` [N, H], the first
     ``n_examples`` texts' log-denominators [n_examples, H, n]).
     """
-    acc, examples, at_position, N = None, [], [], 0
-    with torch.inference_mode():
-        for tokens in batches:
-            log_d = log_denominators(w, tokens.to(w.device), query_token).cpu()  # [B, H, n]
-            acc = accumulate_log_sum(acc, log_d)
-            at_position.append(log_d[:, :, position])
-            examples.extend(log_d[: max(0, n_examples - len(examples))])
-            N += log_d.shape[0]
-    ex = torch.stack(examples) if examples else torch.empty(0, *acc.shape)
-    return acc - math.log(N), torch.cat(at_position), ex
+    return _stream(_computed(w, batches, query_token), position, n_examples)
 
 
 def deviation_histogram(
@@ -162,12 +183,48 @@ def deviation_histogram(
 ) -> torch.Tensor:
     """Histogram counts [H, b] over edges [b+1] of |denom / c - 1| for every text of the
     token batches [B, n] and position >= ``first_position``; log_c [H, n]."""
-    counts = torch.zeros(log_c.shape[0], len(edges) - 1, dtype=torch.float64)
-    with torch.inference_mode():
-        for tokens in batches:
-            ratio = relative_denominators(log_denominators(w, tokens.to(w.device), query_token).cpu(), log_c)
-            counts += histogram((ratio[:, :, first_position:] - 1).abs().transpose(0, 1).reshape(log_c.shape[0], -1), edges)
-    return counts
+    return _deviation_counts(_computed(w, batches, query_token), log_c, edges, first_position)
+
+
+@dataclass
+class DenominatorStatistics:
+    """What chapter 03 reads off every text's denominators: log_c [H, n], the values at one
+    position [N, H], the first texts' [n_examples, H, n] and the deviation histogram [H, b]."""
+
+    log_c: torch.Tensor
+    at_position: torch.Tensor
+    examples: torch.Tensor
+    deviation_counts: torch.Tensor
+
+
+def denominator_statistics(
+    w: Layer0, batches: Iterable[torch.Tensor], query_token: int, position: int, edges: torch.Tensor,
+    n_examples: int = 0, first_position: int = 1,
+) -> DenominatorStatistics:
+    """:func:`stream_denominators`, then :func:`deviation_histogram` against its log_c, with
+    each text's denominators computed once instead of twice: token batches [B, n], edges
+    [b+1] -> log_c [H, n], at_position [N, H], examples [n_examples, H, n], deviation_counts [H, b].
+
+    The deviations need the mean over all texts first, so the first pass writes every text's
+    log-denominators to a temporary file (float32, 4 H n bytes a text: 49 KB for GPT-2) and
+    the second reads them back a batch at a time: memory stays flat in N, and the second
+    pass costs a disk read instead of the layer-0 keys and scores again.
+    """
+    with tempfile.TemporaryFile() as spill:
+        sizes: list[int] = []
+
+        def spilled():
+            for log_d in _computed(w, batches, query_token):
+                spill.write(log_d.contiguous().numpy().tobytes())
+                sizes.append(log_d.shape[0])
+                yield log_d
+
+        log_c, at_position, examples = _stream(spilled(), position, n_examples)
+        H, n = log_c.shape
+        spill.seek(0)
+        read_back = (torch.frombuffer(bytearray(spill.read(B * H * n * 4)), dtype=torch.float32).view(B, H, n) for B in sizes)
+        counts = _deviation_counts(read_back, log_c, edges, first_position)
+    return DenominatorStatistics(log_c, at_position, examples, counts)
 
 
 def examples_frame(ratio: torch.Tensor, heads: list[int], token_strs: list[list[str]], doc_ids: list,

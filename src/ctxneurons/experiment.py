@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import datetime as _dt
+import hashlib
 import logging
 import os
 import platform
@@ -35,9 +36,8 @@ from typing import Any
 import pandas as pd
 import torch
 
-from . import __version__, cache, corpus, kernels
+from . import __version__, cache, corpus, decomposition, kernels
 from .circuit import PAPER_HEADS, Circuit, build_circuit
-from .decomposition import DEFAULT_C
 from . import hub
 from .model import HUB_ALIASES, Layer0, load_layer0, resolve_device
 from .outputs import atomic_write_csv, atomic_write_json
@@ -356,7 +356,7 @@ class Run:
 
     @property
     def C(self) -> float:
-        return self.params.get("C", DEFAULT_C)
+        return self.params.get("C", decomposition.DEFAULT_C)
 
     @property
     def the(self) -> int:
@@ -379,6 +379,20 @@ class Run:
             lambda: {"K": kernels.kernel_matrix(self.w, self.the, n, self.C)},
         )
         return out["K"].to(self.w.device)
+
+    def tv_statistics(self, heads: list[int], edges: torch.Tensor, first_position: int = 1, batch_size: int = 8) -> tuple[torch.Tensor, ...]:
+        """:func:`decomposition.tv_statistics` of this run's texts, cached on disk by model,
+        texts, heads, C and bins: (median [N, h], mean [N, h], counts [h, b]). Chapter 06
+        studies the book's model on the book's texts again and finds chapter 02's here."""
+        texts = hashlib.sha256(self.texts.tokens.contiguous().numpy().tobytes()).hexdigest()
+        bins = hashlib.sha256(edges.double().contiguous().numpy().tobytes()).hexdigest()
+        out = cache.cached(
+            "tv",
+            self._key(heads=list(heads), texts=texts, shape=list(self.texts.tokens.shape), edges=bins, first_position=first_position),
+            lambda: dict(zip(("median", "mean", "counts"), decomposition.tv_statistics(
+                self.w, corpus.iter_batches(self.texts.tokens, batch_size), list(heads), self.C, edges, first_position))),
+        )
+        return out["median"], out["mean"], out["counts"]
 
     def circuit(self, calibration_tokens: torch.Tensor | None = None, calibration_sha: str | None = None) -> Circuit:
         """The circuit for this run's heads and calibration text (or calibration_tokens [n_cal + 1]), cached on disk."""
