@@ -140,6 +140,10 @@ def test_rewritten_weights_are_loaded_afresh(small_dir, cache_root, monkeypatch)
     again = load_layer0(small_dir, device="cpu")
     assert len(calls) == 3
     assert_same_layer(after, again)
+    assert len(list(cache_root.iterdir())) == 1  # the directory's outdated entries are gone
+    other = write_random_gpt2(small_dir.parent / "other", n_layer=2, n_embd=32, n_head=2, n_positions=64)
+    load_layer0(other, device="cpu")
+    assert len(list(cache_root.iterdir())) == 2  # another directory's entry stays beside it
 
 
 def test_other_library_versions_are_loaded_afresh(small_dir, cache_root, monkeypatch):

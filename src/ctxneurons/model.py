@@ -438,12 +438,15 @@ def _layer0_cache_key(source: ModelSource) -> dict:
 
 
 def _layer0_cache_dir(key: dict) -> Path:
+    """The entry for ``key``: named by its model directory, then by the whole key, so that
+    the entries of one directory can be found (see :func:`_write_layer0_entry`)."""
     import hashlib
 
     from . import cache
 
     root = cache.default_root() / "layer0" if LAYER0_CACHE_ROOT is None else Path(LAYER0_CACHE_ROOT)
-    return root / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    digest = lambda x: hashlib.sha256(json.dumps(x, sort_keys=True).encode()).hexdigest()[:16]  # noqa: E731
+    return root / f"{digest(key['path'])}-{digest(key)}"
 
 
 def _read_layer0_entry(entry: Path, key: dict) -> Layer0:
@@ -467,7 +470,7 @@ def _read_layer0_entry(entry: Path, key: dict) -> Layer0:
 def _write_layer0_entry(entry: Path, key: dict, layer0: Layer0) -> None:
     """Store ``layer0`` in ``entry`` through a temporary sibling folder renamed into place,
     so a reader sees a whole entry or none; when another process got there first, its
-    entry stands."""
+    entry stands. Entries of the same model directory made for other keys are removed."""
     import shutil
     import tempfile
 
@@ -489,6 +492,11 @@ def _write_layer0_entry(entry: Path, key: dict, layer0: Layer0) -> None:
             pass  # another process renamed its own entry into place first; it holds the same layer
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    # The same directory's older entries (other files, versions) would never be read again:
+    # one entry per model directory keeps the cache from growing with every upgrade.
+    for old in entry.parent.glob(entry.name.split("-")[0] + "-*"):
+        if old != entry:
+            _discard(old)
 
 
 def _boot_layer0(source: ModelSource, config: dict) -> Layer0:
