@@ -148,3 +148,11 @@ def test_file_and_hub_corpora_are_not_kept(tmp_path, monkeypatch, tok, webtext):
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in webtext[:20]))
     select_token_batch(path, tok, 3, 32)
     assert not (tmp_path / "cache").exists()
+
+
+def test_an_unwritable_cache_still_gives_the_toy_batch(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("CTXN_CACHE", str(blocker))
+    batch = select_token_batch("toy", toy.tokenizer(), 3, 50, seed=0)
+    assert batch.tokens.shape == (3, 50)

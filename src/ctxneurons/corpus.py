@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import os
 import random
 from collections.abc import Iterator
@@ -33,6 +34,8 @@ import numpy as np
 import torch
 
 from . import hub
+
+log = logging.getLogger(__name__)
 
 OPENWEBTEXT = "Skylion007/openwebtext"
 CORPUS_SUFFIXES = (".txt", ".jsonl")
@@ -314,7 +317,13 @@ def select_token_batch(
                 "text_bytes": torch.from_numpy(np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()),
                 "text_ends": torch.tensor(list(itertools.accumulate(map(len, encoded))), dtype=torch.long)}
 
-    stored = cache.cached("tokens", key, select)
+    try:
+        stored = cache.cached("tokens", key, select)
+    except OSError as err:
+        if "batch" not in made:
+            raise
+        # A read-only or full cache costs the next run the tokenising, nothing more.
+        log.warning("could not keep the token batch of %s in the cache (%s)", corpus, err)
     if "batch" in made:
         return made["batch"]
     data, ends = stored["text_bytes"].numpy().tobytes(), [0] + stored["text_ends"].tolist()
