@@ -28,10 +28,13 @@ activation) is read from the model.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
+import shutil
+import tempfile
 import warnings
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -440,8 +443,6 @@ def _layer0_cache_key(source: ModelSource) -> dict:
 def _layer0_cache_dir(key: dict) -> Path:
     """The entry for ``key``: named by its model directory, then by the whole key, so that
     the entries of one directory can be found (see :func:`_write_layer0_entry`)."""
-    import hashlib
-
     from . import cache
 
     root = cache.default_root() / "layer0" if LAYER0_CACHE_ROOT is None else Path(LAYER0_CACHE_ROOT)
@@ -459,6 +460,8 @@ def _read_layer0_entry(entry: Path, key: dict) -> Layer0:
     manifest = json.loads((entry / _MANIFEST).read_text())
     if manifest.get("key") != key:
         raise ValueError("the entry was made for other files or versions")
+    if _TENSORS not in manifest["sha256"] or f"{_TOKENIZER}/tokenizer_config.json" not in manifest["sha256"]:
+        raise ValueError("its manifest does not cover the weights and the tokenizer")
     for rel, digest in manifest["sha256"].items():
         if sha256_file(entry / rel) != digest:
             raise ValueError(f"{rel} fails its checksum")
@@ -471,9 +474,6 @@ def _write_layer0_entry(entry: Path, key: dict, layer0: Layer0) -> None:
     """Store ``layer0`` in ``entry`` through a temporary sibling folder renamed into place,
     so a reader sees a whole entry or none; when another process got there first, its
     entry stands. Entries of the same model directory made for other keys are removed."""
-    import shutil
-    import tempfile
-
     from .outputs import atomic_write_text, sha256_file
 
     entry.parent.mkdir(parents=True, exist_ok=True)
@@ -514,9 +514,6 @@ def _boot_layer0(source: ModelSource, config: dict) -> Layer0:
 
 def _discard(entry: Path) -> None:
     """Move ``entry`` aside and delete it (a rename first, so no reader sees it half deleted)."""
-    import shutil
-    import tempfile
-
     stale = Path(tempfile.mkdtemp(prefix=f".{entry.name}-stale-", dir=entry.parent))
     try:
         entry.rename(stale / "old")
