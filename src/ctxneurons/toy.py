@@ -210,7 +210,8 @@ def _generate(rng: np.random.Generator, n_tokens: int, topics: np.ndarray, weigh
     pieces = _spaced_words()[word]
     # One uniform draw per stop, in order, as the loop drew them.
     pieces[stops] = np.where(rng.random(len(stops)) < 0.7, ".", ",")
-    pieces[0] = pieces[0][1:]  # the text starts without a space (token 0 is never a stop)
+    if n_tokens:
+        pieces[0] = pieces[0][1:]  # the text starts without a space (token 0 is never a stop)
     return "".join(pieces.tolist())
 
 
