@@ -76,12 +76,16 @@ def test_evaluations_are_cached_and_a_subset_of_neurons_is_read_off_an_earlier_o
     calls = []
     real = evaluation.evaluate
     monkeypatch.setattr(evaluation, "evaluate", lambda *a, **k: calls.append(a[3].tolist()) or real(*a, **k))
-    first = run.evaluate(c, torch.tensor([5, 1, 9, 3]), n_traces=2)
-    assert len(first.traces) == 2
+    first = run.evaluate(c, torch.tensor([5, 1]), n_traces=2, pool=torch.tensor([1, 9, 3]))  # 9 and 3 scored for later
+    assert calls == [[5, 1, 9, 3]] and first.neurons.tolist() == [5, 1] and first.r.shape == (3, 2)
+    assert len(first.traces) == 2 and first.traces[0][1].shape[-1] == 2
+    whole = real(run.w, c, run.texts.tokens, torch.tensor([5, 1]), n_traces=2)
+    torch.testing.assert_close(first.r, whole.r)  # scored with more neurons: equal up to the GEMMs' rounding
+    torch.testing.assert_close(first.traces[1][2], whole.traces[1][2])
     later = experiment.start("demo", _params(tiny_dir, corpus_file, tmp_path))  # another notebook, same model and texts
     part = later.evaluate(later.circuit(), torch.tensor([9, 5]))
     assert calls == [[5, 1, 9, 3]] and part.neurons.tolist() == [9, 5]
-    assert torch.equal(part.r, first.r[:, [2, 0]]) and torch.equal(part.fvu, first.fvu[:, [2, 0]])
+    assert torch.equal(part.r[:, 1], first.r[:, 0]) and torch.equal(part.fvu[:, 1], first.fvu[:, 0])
     direct = real(run.w, c, run.texts.tokens, torch.tensor([9, 5]))
     torch.testing.assert_close(part.r, direct.r)
     later.evaluate(later.circuit(), torch.tensor([9, 7]))  # 7 was not scored: computed

@@ -395,24 +395,29 @@ class Run:
         return out["median"], out["mean"], out["counts"]
 
     def evaluate(self, c: Circuit, neurons: torch.Tensor, first_position: int = 1, batch_size: int = 8,
-                 n_traces: int = 0) -> evaluation.Evaluation:
+                 n_traces: int = 0, pool: torch.Tensor | None = None) -> evaluation.Evaluation:
         """:func:`evaluation.evaluate` of circuit ``c`` on this run's texts for neurons [J],
         cached on disk by model, circuit, texts and first_position.
 
         A later call for neurons that an earlier one scored is read off it: chapter 06
-        scores the book's model again on the neurons its scaled rule finds, the strongest
-        ones, as chapter 04's are. Traces are not cached: n_traces > 0 computes anew."""
+        scores the book's model again on the neurons its scaled rule finds. ``pool`` [P]:
+        neurons scored along with ``neurons`` for such later calls (chapter 04 passes the
+        strongest max_neurons, of which every capped discovery rule takes a prefix); each
+        costs little next to the layer-0 pass that all share. The result holds ``neurons``
+        only. Traces are not cached: n_traces > 0 computes anew."""
         key = self._key(circuit=_circuit_id(c), texts=self._texts_sha256, first_position=first_position)
         want = [int(j) for j in neurons]
         found = cache.load("evaluation", key) if n_traces == 0 else None
-        if found is not None:
-            where = {j: i for i, j in enumerate(found["neurons"].tolist())}
-            if all(j in where for j in want):
-                cols = torch.tensor([where[j] for j in want], dtype=torch.long)
-                return evaluation.Evaluation(neurons=torch.tensor(want), r=found["r"][:, cols], fvu=found["fvu"][:, cols])
-        ev = evaluation.evaluate(self.w, c, corpus.iter_batches(self.texts.tokens, batch_size), neurons, first_position, n_traces)
-        cache.store("evaluation", key, {"neurons": ev.neurons, "r": ev.r, "fvu": ev.fvu})
-        return ev
+        if found is None or not set(want) <= set(found["neurons"].tolist()):
+            scored = want + [j for j in ([] if pool is None else [int(j) for j in pool]) if j not in set(want)]
+            ev = evaluation.evaluate(self.w, c, corpus.iter_batches(self.texts.tokens, batch_size), torch.tensor(scored),
+                                     first_position, n_traces)
+            found = cache.store("evaluation", key, {"neurons": ev.neurons, "r": ev.r, "fvu": ev.fvu})
+            found["traces"] = ev.traces
+        where = {j: i for i, j in enumerate(found["neurons"].tolist())}
+        cols = torch.tensor([where[j] for j in want], dtype=torch.long)
+        traces = [(t, true[:, cols], approx[:, cols]) for t, true, approx in found.get("traces", [])]
+        return evaluation.Evaluation(neurons=torch.tensor(want), r=found["r"][:, cols], fvu=found["fvu"][:, cols], traces=traces)
 
     @cached_property
     def _texts_sha256(self) -> str:
