@@ -161,7 +161,7 @@ def calibration_of(w: Layer0, parts: Parts, cal_tokens: torch.Tensor) -> tuple[t
 def kernel_sums(parts: Parts, tokens: torch.Tensor) -> torch.Tensor:
     """sum_{i<=n} pos[n, i] g_h[t_i, j] exp(-ref_h): tokens [B, n] -> [h, B, n, J]."""
     n = tokens.shape[-1]
-    return parts.kernel[:n, :n] @ parts.per_head[:, tokens]
+    return kernels.apply_kernel(parts.kernel[:n, :n], parts.per_head[:, tokens])
 
 
 def approximate(parts: Parts, sums: torch.Tensor, log_D: torch.Tensor, ln2: torch.Tensor | float) -> torch.Tensor:
