@@ -45,8 +45,9 @@ def _entry_path(root: Path, kind: str, key: dict) -> Path:
 
 
 def load(kind: str, key: dict, root: Path | None = None) -> dict[str, torch.Tensor] | None:
-    """The tensors stored for (kind, key), or None when there are none or the entry fails
-    its version, key or checksum check (it is then recomputed and overwritten, never used)."""
+    """The named tensors of any shape [...] stored for (kind, key), or None when there are
+    none or the entry fails its version, key or checksum check (it is then recomputed and
+    overwritten, never used)."""
     root = default_root() if root is None else Path(root)
     path = _entry_path(root, kind, key)
     checksum = path.with_suffix(".sha256")
