@@ -92,7 +92,9 @@ def test_evaluations_are_cached_and_a_subset_of_neurons_is_read_off_an_earlier_o
     other_cal = later.circuit(calibration_tokens=run.texts.tokens[0, :65], calibration_sha="other")
     later.evaluate(other_cal, torch.tensor([9]))  # another circuit: computed
     later.evaluate(c, torch.tensor([9]), n_traces=1)  # traces are never cached
-    assert calls[1:] == [[9, 7], [9], [9]]
+    monkeypatch.setattr(cache, "code_fingerprint", lambda: "another version of the library")
+    later.evaluate(c, torch.tensor([9]))  # results of other code are never read
+    assert calls[1:] == [[9, 7], [9], [9], [9]]
 
 
 @pytest.mark.parametrize(

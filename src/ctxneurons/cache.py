@@ -1,13 +1,14 @@
 """An on-disk cache for model-level intermediates (kernels, the contribution matrix).
 
-Entries are keyed by a JSON-able dict (model fingerprint, parameters, calibration hash
-where it matters), so a new calibration text recomputes only what depends on it. Each
+Entries are keyed by a JSON-able dict (model fingerprint, the library's code fingerprint,
+parameters, calibration hash where it matters), so a new calibration text recomputes only what depends on it. Each
 entry stores a format version and its SHA-256 beside it; an entry that fails either
 check, or cannot be read, is recomputed and overwritten, never used.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -29,6 +30,16 @@ CACHE_VERSION = 1
 def default_root() -> Path:
     """$CTXN_CACHE/intermediates, else ~/.cache/ctxneurons/intermediates."""
     return Path(os.environ.get("CTXN_CACHE", Path.home() / ".cache" / "ctxneurons")) / "intermediates"
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """A short hash of this library's source files: results cached by one version of the
+    code are never read by another, whose maths may differ."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def model_fingerprint(w: Layer0) -> str:

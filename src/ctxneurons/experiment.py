@@ -369,7 +369,7 @@ class Run:
 
     # -- cached intermediates -----------------------------------------------------
     def _key(self, **extra) -> dict:
-        return {"model": cache.model_fingerprint(self.w), "C": self.C, **extra}
+        return {"model": cache.model_fingerprint(self.w), "code": cache.code_fingerprint(), "C": self.C, **extra}
 
     def kernels(self, n_positions: int | None = None) -> torch.Tensor:
         """All heads' positional kernels with query ' the': [H, n, n], cached on disk."""
