@@ -67,6 +67,36 @@ def test_tv_statistics_are_cached_by_model_texts_and_heads(tiny_dir, corpus_file
     assert calls == [[0, 2], [1], [0, 2]] and more[0].shape == (4, 2)  # other texts: computed anew
 
 
+def test_evaluations_are_cached_and_a_subset_of_neurons_is_read_off_an_earlier_one(tiny_dir, corpus_file, tmp_path, monkeypatch):
+    from ctxneurons import evaluation
+
+    monkeypatch.setenv("CTXN_CACHE", str(tmp_path / "cache"))
+    run = experiment.start("demo", _params(tiny_dir, corpus_file, tmp_path))
+    c = run.circuit()
+    calls = []
+    real = evaluation.evaluate
+    monkeypatch.setattr(evaluation, "evaluate", lambda *a, **k: calls.append(a[3].tolist()) or real(*a, **k))
+    first = run.evaluate(c, torch.tensor([5, 1]), n_traces=2, pool=torch.tensor([1, 9, 3]))  # 9 and 3 scored for later
+    assert calls == [[5, 1, 9, 3]] and first.neurons.tolist() == [5, 1] and first.r.shape == (3, 2)
+    assert len(first.traces) == 2 and first.traces[0][1].shape[-1] == 2
+    whole = real(run.w, c, run.texts.tokens, torch.tensor([5, 1]), n_traces=2)
+    torch.testing.assert_close(first.r, whole.r)  # scored with more neurons: equal up to the GEMMs' rounding
+    torch.testing.assert_close(first.traces[1][2], whole.traces[1][2])
+    later = experiment.start("demo", _params(tiny_dir, corpus_file, tmp_path))  # another notebook, same model and texts
+    part = later.evaluate(later.circuit(), torch.tensor([9, 5]))
+    assert calls == [[5, 1, 9, 3]] and part.neurons.tolist() == [9, 5]
+    assert torch.equal(part.r[:, 1], first.r[:, 0]) and torch.equal(part.fvu[:, 1], first.fvu[:, 0])
+    direct = real(run.w, c, run.texts.tokens, torch.tensor([9, 5]))
+    torch.testing.assert_close(part.r, direct.r)
+    later.evaluate(later.circuit(), torch.tensor([9, 7]))  # 7 was not scored: computed
+    other_cal = later.circuit(calibration_tokens=run.texts.tokens[0, :65], calibration_sha="other")
+    later.evaluate(other_cal, torch.tensor([9]))  # another circuit: computed
+    later.evaluate(c, torch.tensor([9]), n_traces=1)  # traces are never cached
+    monkeypatch.setattr(cache, "code_fingerprint", lambda: "another version of the library")
+    later.evaluate(c, torch.tensor([9]))  # results of other code are never read
+    assert calls[1:] == [[9, 7], [9], [9], [9]]
+
+
 @pytest.mark.parametrize(
     "override, message",
     [

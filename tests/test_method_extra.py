@@ -240,3 +240,11 @@ def test_kernel_tables():
     assert list(cdf.columns) == ["head", "kind", "in_circuit", "effective_window", "mean_distance", "weight_on_first"]
     assert cdf["kind"].tolist() == ["local", "uniform"] and cdf["in_circuit"].tolist() == [False, True]
     assert isinstance(cdf, pd.DataFrame)
+
+
+@pytest.mark.parametrize("shape", [(3, 300, 5), (2, 3, 300, 4), (300, 1)])
+def test_apply_kernel_equals_the_whole_matmul(shape):
+    torch.manual_seed(0)
+    kernel = torch.rand(300, 300).tril()  # 300: the last block of rows is shorter
+    x = torch.randn(*shape)
+    torch.testing.assert_close(kernels.apply_kernel(kernel, x), kernel @ x)

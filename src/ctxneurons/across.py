@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import denominators, evaluation, kernels, neurons, toy
+from . import denominators, kernels, neurons, toy
 from .corpus import iter_batches
 from .model import Layer0, load_layer0
 from .neurons import PAPER_THRESHOLD
@@ -133,7 +133,7 @@ def study(run, fallback_heads: list[int], threshold: float = PAPER_THRESHOLD, n_
         top = neurons.top_statistic(c.contribution, neurons.glitch_mask(w)).cpu()
     scaled = scaled_threshold(top, n_mads)
     found, n_scaled = neurons.select_capped(top, scaled, max_neurons)
-    ev = evaluation.evaluate(w, c, iter_batches(tokens, batch_size), found, first_position=first_position)
+    ev = run.evaluate(c, found, first_position, batch_size)
     med = top.median()
     row = {
         "model": run.model_label,

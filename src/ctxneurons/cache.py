@@ -1,14 +1,15 @@
 """An on-disk cache for model-level intermediates (kernels, the contribution matrix, the
 toy corpus's token batches; ``model.load_layer0`` keeps loaded layers 0 beside them).
 
-Entries are keyed by a JSON-able dict (model fingerprint, parameters, calibration hash
-where it matters), so a new calibration text recomputes only what depends on it. Each
+Entries are keyed by a JSON-able dict (model fingerprint, the library's code fingerprint,
+parameters, calibration hash where it matters), so a new calibration text recomputes only what depends on it. Each
 entry stores a format version and its SHA-256 beside it; an entry that fails either
 check, or cannot be read, is recomputed and overwritten, never used.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -32,6 +33,16 @@ def default_root() -> Path:
     return Path(os.environ.get("CTXN_CACHE", Path.home() / ".cache" / "ctxneurons")) / "intermediates"
 
 
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """A short hash of this library's source files: results cached by one version of the
+    code are never read by another, whose maths may differ."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def model_fingerprint(w: Layer0) -> str:
     """A short hash of layer 0's weights: two models share cache entries only if equal."""
     h = hashlib.sha256()
@@ -45,26 +56,42 @@ def _entry_path(root: Path, kind: str, key: dict) -> Path:
     return root / f"{kind}-{digest}.pt"
 
 
-def cached(kind: str, key: dict, compute: Callable[[], dict[str, torch.Tensor]], root: Path | None = None) -> dict[str, torch.Tensor]:
-    """compute() once per (kind, key); later calls load it, after checking version and checksum.
-    compute() returns named tensors of any shape [...], given back as they were stored."""
+def load(kind: str, key: dict, root: Path | None = None) -> dict[str, torch.Tensor] | None:
+    """The named tensors of any shape [...] stored for (kind, key), or None when there are
+    none or the entry fails its version, key or checksum check (it is then recomputed and
+    overwritten, never used)."""
     root = default_root() if root is None else Path(root)
     path = _entry_path(root, kind, key)
     checksum = path.with_suffix(".sha256")
-    if path.exists() and checksum.exists():
-        try:
-            if sha256_file(path) != checksum.read_text().strip():
-                raise ValueError("checksum mismatch")
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-            if payload.get("version") != CACHE_VERSION or payload.get("key") != json.loads(json.dumps(key, default=str)):
-                raise ValueError(f"version {payload.get('version')} or key differs")
-            return payload["tensors"]
-        except Exception as err:  # any unreadable entry is recomputed, never trusted
-            log.warning("cache entry %s is unusable (%s); recomputing", path.name, err)
-    tensors = {k: v.detach().cpu() for k, v in compute().items()}
+    if not (path.exists() and checksum.exists()):
+        return None
+    try:
+        if sha256_file(path) != checksum.read_text().strip():
+            raise ValueError("checksum mismatch")
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if payload.get("version") != CACHE_VERSION or payload.get("key") != json.loads(json.dumps(key, default=str)):
+            raise ValueError(f"version {payload.get('version')} or key differs")
+        return payload["tensors"]
+    except Exception as err:  # any unreadable entry is recomputed, never trusted
+        log.warning("cache entry %s is unusable (%s); recomputing", path.name, err)
+        return None
+
+
+def store(kind: str, key: dict, tensors: dict[str, torch.Tensor], root: Path | None = None) -> dict[str, torch.Tensor]:
+    """Write named tensors of any shape [...] for (kind, key), replacing what was there; returns them on the CPU."""
+    root = default_root() if root is None else Path(root)
+    path = _entry_path(root, kind, key)
+    tensors = {k: v.detach().cpu() for k, v in tensors.items()}
     buf = io.BytesIO()
     torch.save({"version": CACHE_VERSION, "key": json.loads(json.dumps(key, default=str)), "tensors": tensors}, buf)
     data = buf.getvalue()
     atomic_write_bytes(path, data)
-    atomic_write_text(checksum, hashlib.sha256(data).hexdigest())
+    atomic_write_text(path.with_suffix(".sha256"), hashlib.sha256(data).hexdigest())
     return tensors
+
+
+def cached(kind: str, key: dict, compute: Callable[[], dict[str, torch.Tensor]], root: Path | None = None) -> dict[str, torch.Tensor]:
+    """compute() once per (kind, key); later calls load it, after checking version and checksum.
+    compute() returns named tensors of any shape [...], given back as they were stored."""
+    found = load(kind, key, root)
+    return found if found is not None else store(kind, key, compute(), root)

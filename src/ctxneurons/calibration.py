@@ -136,17 +136,22 @@ def own_log_denominators(w: Layer0, parts: Parts, tokens: torch.Tensor) -> torch
     n = tokens.shape[-1]
     distinct, index = tokens.unique(return_inverse=True)  # [U], [B, n]
     q = decomposition.query(wh, parts.query_token, n)  # [h, n, e]
-    u = torch.einsum("hne,hde->hnd", q, wh.W_K)
     e_tok, p = w.W_E[distinct], w.W_pos[:n]  # [U, d], [n, d]
-    numer = u @ e_tok.T + (u * p).sum(-1, keepdim=True)  # [h, n, U]
+    # q_n . E[n, t] in d_head: against the tokens' keys e_t W_K, not W_K q_n against e_t in d_model.
+    numer = q @ decomposition.head_keys(wh, e_tok).transpose(-1, -2) + (q * decomposition.head_keys(wh, p)).sum(-1, keepdim=True)
     norm2 = e_tok.pow(2).sum(-1) + 2 * p @ e_tok.T + p.pow(2).sum(-1, keepdim=True)  # [n, U]
-    table = numer * (w.d_model**0.5 / w.d_head**0.5) / norm2.clamp_min(1e-12).sqrt()
+    table = numer * (w.d_model**0.5 / w.d_head**0.5) / norm2.clamp_min(1e-12).sqrt()  # [h, n, U]
     # D = sum_i pos[n, i] exp(s_n(t_i)), with each (h, n)'s largest score over the batch's
-    # tokens taken out first so that nothing overflows: a plain weighted sum, no logsumexp
-    # over the [B, h, n, n] block.
+    # tokens taken out first so that nothing overflows: a plain weighted sum, no logsumexp.
+    # Rows come kernels.KERNEL_ROWS at a time with the keys up to their last row, so neither
+    # the [h, n, B, n] gather nor the kernel's upper half of zeros is ever formed.
     top = table.amax(-1, keepdim=True)  # [h, n, 1]
-    weights = (table - top).exp()[:, :, index]  # [h, n, B, i]
-    D = torch.einsum("hni,hnbi->bhn", parts.head_kernels[:, :n, :n], weights)
+    weights = (table - top).exp()  # [h, n, U]
+    D = weights.new_empty(tokens.shape[0], len(parts.heads), n)
+    for r0 in range(0, n, kernels.KERNEL_ROWS):
+        r1 = min(n, r0 + kernels.KERNEL_ROWS)
+        block = weights[:, r0:r1][:, :, index[:, :r1]]  # [h, r, B, r1]
+        D[:, :, r0:r1] = torch.einsum("hri,hrbi->bhr", parts.head_kernels[:, r0:r1, :r1], block)
     return D.log() + top[None, :, :, 0]
 
 
@@ -161,7 +166,7 @@ def calibration_of(w: Layer0, parts: Parts, cal_tokens: torch.Tensor) -> tuple[t
 def kernel_sums(parts: Parts, tokens: torch.Tensor) -> torch.Tensor:
     """sum_{i<=n} pos[n, i] g_h[t_i, j] exp(-ref_h): tokens [B, n] -> [h, B, n, J]."""
     n = tokens.shape[-1]
-    return parts.kernel[:n, :n] @ parts.per_head[:, tokens]
+    return kernels.apply_kernel(parts.kernel[:n, :n], parts.per_head[:, tokens])
 
 
 def approximate(parts: Parts, sums: torch.Tensor, log_D: torch.Tensor, ln2: torch.Tensor | float) -> torch.Tensor:

@@ -87,7 +87,7 @@ class Circuit:
         """approx_j(n) = sum_{i<=n} pos[n, i] contribution[j, t_i] + offset[n, j]: tokens [B, n] -> [B, n, J]."""
         n = tokens.shape[-1]
         per_token = self.contribution[:, neurons][tokens]  # [B, n, J]
-        return self.kernel[:n, :n] @ per_token + self.offset[:n, neurons]
+        return kernels.apply_kernel(self.kernel[:n, :n], per_token) + self.offset[:n, neurons]
 
 
 def calibration_ln2_scale(w: Layer0, cal_tokens: torch.Tensor) -> float:

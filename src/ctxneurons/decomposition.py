@@ -56,7 +56,7 @@ def _positional_weights(p: torch.Tensor, d: int, C: float) -> torch.Tensor:
     return math.sqrt(d) / (p.pow(2).sum(-1) + C**2).sqrt()
 
 
-def _head_keys(w: Layer0, x: torch.Tensor) -> torch.Tensor:
+def head_keys(w: Layer0, x: torch.Tensor) -> torch.Tensor:
     """x W_K for every head, without bias: x [..., m, d] -> [..., H, m, e], one GEMM."""
     *lead, m, d = x.shape
     H, _, e = w.W_K.shape
@@ -82,7 +82,7 @@ def positional_scores(w: Layer0, q: torch.Tensor, C: float = DEFAULT_C) -> torch
     n = q.shape[-2]
     p = w.W_pos[:n]
     a = _positional_weights(p, w.d_model, C)  # [n]
-    pk = _head_keys(w, p)  # W_pos[i] W_K: [H, n, e]
+    pk = head_keys(w, p)  # W_pos[i] W_K: [H, n, e]
     own = (q * pk).sum(-1, keepdim=True)  # q_n . W_pos[n] W_K: [..., H, n, 1]
     scores = (q @ pk.transpose(-1, -2) - own) * a / math.sqrt(q.shape[-1])
     return _mask_causal(scores)
@@ -97,8 +97,8 @@ def content_scores(w: Layer0, q: torch.Tensor, tokens: torch.Tensor) -> torch.Te
     """
     n = tokens.shape[-1]
     e_tok = w.W_E[tokens]  # [B, n, d]
-    own = (q * _head_keys(w, w.W_pos[:n])).sum(-1, keepdim=True)  # [B, H, n, 1]
-    numer = q @ _head_keys(w, e_tok).transpose(-1, -2) + own  # [B, H, n, i]
+    own = (q * head_keys(w, w.W_pos[:n])).sum(-1, keepdim=True)  # [B, H, n, 1]
+    numer = q @ head_keys(w, e_tok).transpose(-1, -2) + own  # [B, H, n, i]
     scores = numer * _inverse_norms(e_tok, w.W_pos[:n], w.d_model)[:, None] / math.sqrt(q.shape[-1])
     return _mask_causal(scores)
 
@@ -150,11 +150,11 @@ def tv_by_position(w: Layer0, tokens: torch.Tensor, heads: list[int] | None = No
     q = q * (1 / math.sqrt(w.d_head))  # [B, h, n, e], contiguous
     k = k.contiguous()
     p_sq, e_sq = p.pow(2).sum(-1), e_tok.pow(2).sum(-1)  # [n], [B, n]
-    pk = _head_keys(w, p)  # [h, n, e]
+    pk = head_keys(w, p)  # [h, n, e]
     q_ext = torch.cat([q, (q * pk).sum(-1, keepdim=True)], -1)  # [B, h, n, e+1]
     # sqrt(d) of the content score rides on its keys; the positional keys are expanded to
     # every text once, so that each block's matmul reads them in place.
-    tok_keys = _head_keys(w, e_tok)
+    tok_keys = head_keys(w, e_tok)
     content_keys = torch.cat([tok_keys, tok_keys.new_ones(*tok_keys.shape[:-1], 1)], -1).mul_(math.sqrt(d))
     pos_keys = torch.cat([pk, -pk.new_ones(*pk.shape[:-1], 1)], -1).mul_(_positional_weights(p, d, C)[:, None])
     pos_keys = pos_keys.expand(B, -1, -1, -1).contiguous()  # [B, h, n, e+1]

@@ -77,20 +77,33 @@ def evaluate(
     neurons = torch.as_tensor(check_indices("neurons", neurons, w.d_mlp), dtype=torch.long, device=w.device)
     if isinstance(batches, torch.Tensor):
         batches = batches.split(layer0.auto_batch_size(w, batches.shape[-1], mlp=False))
-    own = torch.arange(len(neurons), device=w.device)
     rs, fvus, traces, seen = [], [], [], 0
     with torch.inference_mode(), layer0.matmul_precision():
-        selected = replace(circuit, contribution=circuit.contribution[:, neurons], offset=circuit.offset[:, neurons])
+        selected = _columns(circuit, neurons)
         for tokens in batches:
             tokens = tokens.to(w.device)
             true = true_contributions(w, tokens, circuit.heads, neurons)[:, first_position:]
-            approx = selected.approximate(tokens, own)[:, first_position:]
-            rs.append(pearson_r(true, approx, dim=1).cpu())
-            fvus.append(fvu(true, approx, dim=1).cpu())
+            approx, r, f = _scores(selected, tokens, true, first_position)
+            rs.append(r)
+            fvus.append(f)
             for b in range(min(tokens.shape[0], n_traces - len(traces))):
                 traces.append((seen + b, true[b].cpu(), approx[b].cpu()))
             seen += tokens.shape[0]
     return Evaluation(neurons=neurons.cpu(), r=torch.cat(rs), fvu=torch.cat(fvus), traces=traces)
+
+
+def _columns(circuit: Circuit, neurons: torch.Tensor) -> Circuit:
+    """The circuit for neurons [J] only: a column gather from the [V, M] contribution matrix
+    reads all of it, so it is done once, not per batch."""
+    return replace(circuit, contribution=circuit.contribution[:, neurons], offset=circuit.offset[:, neurons])
+
+
+def _scores(selected: Circuit, tokens: torch.Tensor, true: torch.Tensor, first_position: int):
+    """(approx [B, n', J], r [B, J], fvu [B, J]), r and fvu on the CPU, of ``selected`` (from
+    :func:`_columns`) on tokens [B, n] against true [B, n', J] from first_position on."""
+    own = torch.arange(selected.contribution.shape[1], device=tokens.device)
+    approx = selected.approximate(tokens, own)[:, first_position:]
+    return approx, pearson_r(true, approx, dim=1).cpu(), fvu(true, approx, dim=1).cpu()
 
 
 def scores_frame(ev: Evaluation, top: torch.Tensor, doc_ids: list) -> pd.DataFrame:
@@ -127,19 +140,28 @@ def compare_calibrations(
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Score the same texts tokens [N, n] and neurons [J] under circuits built from different
     calibration texts, given as (name, whether it is the run's own, circuit); a generator
-    keeps one circuit in memory at a time.
+    keeps one circuit in memory at a time. The true contributions [N, n, J] are computed
+    once and held for all circuits: meant for a subset of the texts.
 
     Returns three tidy tables: per calibration (calibration, is_run_calibration, median_r,
     median_fvu, n_texts, n_neurons); per calibration and head (calibration, head,
     log_denom); and every (neuron, text) r (calibration, r).
     """
-    by_cal, denoms, scores = [], [], []
-    for name, is_run, circuit in circuits:
-        ev = evaluate(w, circuit, tokens.split(batch_size), neurons, first_position=first_position)
-        by_cal.append({"calibration": name, "is_run_calibration": is_run, "median_r": ev.median_r,
-                       "median_fvu": ev.median_fvu, "n_texts": len(tokens), "n_neurons": len(neurons)})
-        denoms += [{"calibration": name, "head": h, "log_denom": float(ld)} for h, ld in zip(circuit.heads, circuit.log_denoms.tolist())]
-        scores += [{"calibration": name, "r": float(r)} for r in ev.r.flatten()]
+    neurons = torch.as_tensor(check_indices("neurons", neurons, w.d_mlp), dtype=torch.long, device=w.device)
+    batches = [b.to(w.device) for b in tokens.split(batch_size)]
+    by_cal, denoms, scores, truth, heads = [], [], [], None, None
+    with torch.inference_mode(), layer0.matmul_precision():
+        for name, is_run, circuit in circuits:
+            if circuit.heads != heads:  # the truth depends on the heads only: one layer-0 pass serves every calibration
+                heads = circuit.heads
+                truth = [true_contributions(w, b, heads, neurons)[:, first_position:] for b in batches]
+            selected = _columns(circuit, neurons)
+            r, f = (torch.cat(x) for x in zip(*(_scores(selected, b, t, first_position)[1:] for b, t in zip(batches, truth))))
+            ev = Evaluation(neurons=neurons.cpu(), r=r, fvu=f)
+            by_cal.append({"calibration": name, "is_run_calibration": is_run, "median_r": ev.median_r,
+                           "median_fvu": ev.median_fvu, "n_texts": len(tokens), "n_neurons": len(neurons)})
+            denoms += [{"calibration": name, "head": h, "log_denom": float(ld)} for h, ld in zip(circuit.heads, circuit.log_denoms.tolist())]
+            scores += [{"calibration": name, "r": float(r)} for r in ev.r.flatten()]
     return pd.DataFrame(by_cal), pd.DataFrame(denoms), pd.DataFrame(scores)
 
 

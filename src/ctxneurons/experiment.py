@@ -24,6 +24,7 @@ from __future__ import annotations
 import ast
 import datetime as _dt
 import hashlib
+import json
 import logging
 import os
 import platform
@@ -36,7 +37,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from . import __version__, cache, corpus, decomposition, kernels
+from . import __version__, cache, corpus, decomposition, evaluation, kernels
 from .circuit import PAPER_HEADS, Circuit, build_circuit
 from . import hub
 from .model import HUB_ALIASES, Layer0, load_layer0, resolve_device
@@ -368,7 +369,7 @@ class Run:
 
     # -- cached intermediates -----------------------------------------------------
     def _key(self, **extra) -> dict:
-        return {"model": cache.model_fingerprint(self.w), "C": self.C, **extra}
+        return {"model": cache.model_fingerprint(self.w), "code": cache.code_fingerprint(), "C": self.C, **extra}
 
     def kernels(self, n_positions: int | None = None) -> torch.Tensor:
         """All heads' positional kernels with query ' the': [H, n, n], cached on disk."""
@@ -384,15 +385,44 @@ class Run:
         """:func:`decomposition.tv_statistics` of this run's texts, cached on disk by model,
         texts, heads, C and bins: (median [N, h], mean [N, h], counts [h, b]). Chapter 06
         studies the book's model on the book's texts again and finds chapter 02's here."""
-        texts = hashlib.sha256(self.texts.tokens.contiguous().numpy().tobytes()).hexdigest()
         bins = hashlib.sha256(edges.double().contiguous().numpy().tobytes()).hexdigest()
         out = cache.cached(
             "tv",
-            self._key(heads=list(heads), texts=texts, shape=list(self.texts.tokens.shape), edges=bins, first_position=first_position),
+            self._key(heads=list(heads), texts=self._texts_sha256, edges=bins, first_position=first_position),
             lambda: dict(zip(("median", "mean", "counts"), decomposition.tv_statistics(
                 self.w, corpus.iter_batches(self.texts.tokens, batch_size), list(heads), self.C, edges, first_position))),
         )
         return out["median"], out["mean"], out["counts"]
+
+    def evaluate(self, c: Circuit, neurons: torch.Tensor, first_position: int = 1, batch_size: int = 8,
+                 n_traces: int = 0, pool: torch.Tensor | None = None) -> evaluation.Evaluation:
+        """:func:`evaluation.evaluate` of circuit ``c`` on this run's texts for neurons [J],
+        cached on disk by model, circuit, texts and first_position.
+
+        A later call for neurons that an earlier one scored is read off it: chapter 06
+        scores the book's model again on the neurons its scaled rule finds. ``pool`` [P]:
+        neurons scored along with ``neurons`` for such later calls (chapter 04 passes the
+        strongest max_neurons, of which every capped discovery rule takes a prefix); each
+        costs little next to the layer-0 pass that all share. The result holds ``neurons``
+        only. Traces are not cached: n_traces > 0 computes anew."""
+        key = self._key(circuit=_circuit_id(c), texts=self._texts_sha256, first_position=first_position)
+        want = [int(j) for j in neurons]
+        found = cache.load("evaluation", key) if n_traces == 0 else None
+        if found is None or not set(want) <= set(found["neurons"].tolist()):
+            scored = want + [j for j in ([] if pool is None else [int(j) for j in pool]) if j not in set(want)]
+            ev = evaluation.evaluate(self.w, c, corpus.iter_batches(self.texts.tokens, batch_size), torch.tensor(scored),
+                                     first_position, n_traces)
+            found = cache.store("evaluation", key, {"neurons": ev.neurons, "r": ev.r, "fvu": ev.fvu})
+            found["traces"] = ev.traces
+        where = {j: i for i, j in enumerate(found["neurons"].tolist())}
+        cols = torch.tensor([where[j] for j in want], dtype=torch.long)
+        traces = [(t, true[:, cols], approx[:, cols]) for t, true, approx in found.get("traces", [])]
+        return evaluation.Evaluation(neurons=torch.tensor(want), r=found["r"][:, cols], fvu=found["fvu"][:, cols], traces=traces)
+
+    @cached_property
+    def _texts_sha256(self) -> str:
+        t = self.texts.tokens
+        return hashlib.sha256(str(list(t.shape)).encode() + t.contiguous().numpy().tobytes()).hexdigest()
 
     def circuit(self, calibration_tokens: torch.Tensor | None = None, calibration_sha: str | None = None) -> Circuit:
         """The circuit for this run's heads and calibration text (or calibration_tokens [n_cal + 1]), cached on disk."""
@@ -516,6 +546,15 @@ class Run:
         figures.show(fig, name)
         data = f" · {self.data_links(tables)}" if tables else ""
         display(HTML(f'<p class="ctxn-provenance"><small>{figures.escape_text(self.caption)}{data}</small></p>'))
+
+
+def _circuit_id(c: Circuit) -> str:
+    """A circuit's identity within one model: the contribution matrix and offset follow from
+    these (heads, C, the calibration's denominators and LN2 scale, query, positions)."""
+    h = hashlib.sha256(json.dumps([list(c.heads), c.C, c.value_C, c.ln2_scale, c.calibration_position, c.query_token,
+                                   list(c.kernel.shape)]).encode())
+    h.update(c.log_denoms.detach().double().cpu().numpy().tobytes())
+    return h.hexdigest()[:20]
 
 
 def open_run(name: str, params: dict) -> Run:

@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 
 from . import circuit as circuit_mod
-from . import layer0
+from . import kernels, layer0
 from .circuit import Circuit
 from .evaluation import pearson_r
 from .model import Layer0, check_indices
@@ -67,7 +67,7 @@ def approximate_by_head(kernel: torch.Tensor, per_token: torch.Tensor, offset: t
     """Each head's part of approx_j(n): kernel [N, N], per_token [h, V, J], offset [h, N, J],
     tokens [B, n] -> [B, h, n, J]."""
     n = tokens.shape[-1]
-    return (kernel[:n, :n] @ per_token[:, tokens]).transpose(0, 1) + offset[None, :, :n]
+    return kernels.apply_kernel(kernel[:n, :n], per_token[:, tokens]).transpose(0, 1) + offset[None, :, :n]
 
 
 def true_by_head(w: Layer0, z: torch.Tensor, ln2_scale: torch.Tensor, neurons: torch.Tensor) -> torch.Tensor:
