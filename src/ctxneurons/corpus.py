@@ -334,18 +334,18 @@ def select_token_batch(
 def _toy_batch_key(name: str, tokenizer, n_texts: int, n_tokens: int, seed: int, prefix: list[int], min_tokens: int) -> dict | None:
     """What a toy corpus's token batch depends on, or None for corpora that are read from
     files or the hub (or a tokenizer without a serialisable fast backend): the corpus
-    name and request, the toy generator's source and numpy (its random streams), and the
-    tokenizer's full definition and decoding settings."""
+    name and request, the library's code (the generator, the selection), numpy (its random
+    streams), and the tokenizer's full definition and decoding settings."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if not (name == "toy" or name.startswith("toy:")) or backend is None:
         return None
     from importlib.metadata import version
 
-    from . import toy
+    from . import cache
 
     return {
         "corpus": name, "n_texts": n_texts, "n_tokens": n_tokens, "seed": seed, "prefix": prefix, "min_tokens": min_tokens,
-        "generator": hashlib.sha256(Path(toy.__file__).read_bytes()).hexdigest(), "numpy": np.__version__,
+        "code": cache.code_fingerprint(), "numpy": np.__version__,
         "tokenizer": hashlib.sha256(backend.to_str().encode("utf-8")).hexdigest(),
         "decoding": [type(tokenizer).__name__, bool(getattr(tokenizer, "clean_up_tokenization_spaces", False)),
                      version("transformers"), version("tokenizers")],
