@@ -416,7 +416,8 @@ _SCALARS = ("eps", "act_fn", "score_scale", "architecture")
 def _layer0_cache_key(source: ModelSource) -> dict:
     """What a loaded layer 0 depends on: the model directory's files (name, size, mtime;
     symlinks followed, as hub snapshots are links into a blob store), the hub commit,
-    config.json's content, and the versions of the code that processes the weights."""
+    config.json's content, and the code that processes the weights (library versions and
+    this module's source)."""
     from importlib.metadata import PackageNotFoundError, version
 
     def pkg(name: str) -> str | None:
@@ -437,6 +438,7 @@ def _layer0_cache_key(source: ModelSource) -> dict:
         "revision": source.revision,
         "config": (source.path / "config.json").read_text(encoding="utf-8"),
         "versions": {p: pkg(p) for p in ("transformer-lens", "transformers", "torch", "tokenizers")},
+        "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16],  # this module makes the layer
     }
 
 
