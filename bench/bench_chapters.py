@@ -65,6 +65,12 @@ def causal(n: int) -> int:
     return n * (n + 1) // 2
 
 
+def applied(n: int, rows: int = 128) -> int:
+    """Multiply-adds per column of kernels.apply_kernel on [n, n]: each block of rows
+    against the columns up to its last row."""
+    return sum((min(n, r0 + rows) - r0) * min(n, r0 + rows) for r0 in range(0, n, rows))
+
+
 def tv_flops(n: int, d: int, h: int, e: int) -> float:
     """decomposition.tv_by_position per text: q and k (one GEMM), the tokens' keys, the
     three causal score matmuls (true, content and positional, the latter two with one
@@ -84,8 +90,8 @@ def layer0_flops(n: int, d: int, H: int, e: int) -> float:
 
 def evaluate_flops(n: int, d: int, H: int, e: int, h: int, J: int) -> float:
     """evaluation.evaluate per text: layer 0, the heads' write onto J neurons, and the
-    circuit's kernel [n, n] @ per-token contributions [n, J] (a dense matmul)."""
-    return layer0_flops(n, d, H, e) + 2 * n * h * e * J + 2 * n * n * J
+    circuit's causal kernel [n, n] applied to the per-token contributions [n, J]."""
+    return layer0_flops(n, d, H, e) + 2 * n * h * e * J + 2 * applied(n) * J
 
 
 def kernel_flops(n: int, d: int, H: int, e: int) -> float:
@@ -188,7 +194,9 @@ def ch04(args, w) -> tuple[float, dict]:
     c.sync(w.device)
     J, h = len(found), len(HEADS)
     per_text = evaluate_flops(N_TOKENS, w.d_model, w.n_heads, w.d_head, h, J)
-    flops = N_CALIBRATIONS * circuit_flops(w, N_TOKENS, CAL_POSITION, h) + (args.n + N_CALIBRATIONS * min(N_COMPARE, args.n)) * per_text
+    # compare_calibrations: one truth pass over its texts, then each calibration's approximation
+    compare = per_text + (N_CALIBRATIONS - 1) * 2 * applied(N_TOKENS) * J
+    flops = N_CALIBRATIONS * circuit_flops(w, N_TOKENS, CAL_POSITION, h) + args.n * per_text + min(N_COMPARE, args.n) * compare
     return flops, {"median_r": ev.median_r}
 
 

@@ -143,8 +143,8 @@ def _stream(log_denoms: Iterable[torch.Tensor], position: int, n_examples: int) 
     acc, examples, at_position, N = None, [], [], 0
     for log_d in log_denoms:
         acc = accumulate_log_sum(acc, log_d)
-        at_position.append(log_d[:, :, position])
-        examples.extend(log_d[: max(0, n_examples - len(examples))])
+        at_position.append(log_d[:, :, position].clone())  # a view would keep the whole batch alive
+        examples.extend(log_d[: max(0, n_examples - len(examples))].clone())
         N += log_d.shape[0]
     ex = torch.stack(examples) if examples else torch.empty(0, *acc.shape)
     return acc - math.log(N), torch.cat(at_position), ex
