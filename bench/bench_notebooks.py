@@ -7,7 +7,9 @@ stack, such as a bare GPU machine, where the book cannot be built.
 
 Every code cell runs in order in one namespace; ``display`` and, where IPython is missing,
 IPython.display are no-ops, so nothing is rendered: the times are the notebooks' own
-work (imports, model and texts, computation, tables), not the book's page building.
+work (imports, model and texts, computation, tables), not the book's page building. Each
+notebook's peak RSS is printed too: run at two values of CTXN_N_TEXTS, it shows whether a
+chapter's memory stays flat in the number of texts.
 The first cell's time is the process start-up with the imports of the notebook's first
 code line (``import``), the second's includes ``experiment.start`` (model and texts).
 """
@@ -48,6 +50,7 @@ def program(nb: Path, times_file: Path) -> str:
         src = "".join(c["source"])
         first = next((line for line in src.splitlines() if line.strip() and not line.startswith("#")), "")[:60]
         parts += [src, "\n", MARK.format(first=first)]
+    parts.append("import resource as __r\n__cells.append(['(peak RSS, MB)', __r.getrusage(__r.RUSAGE_SELF).ru_maxrss / 1024])\n")
     parts.append(f"open({str(times_file)!r}, 'w').write(__json.dumps(__cells))\n")
     return "".join(parts)
 
@@ -65,13 +68,14 @@ def main() -> None:
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-c", program(nb, times_file)], cwd=nb.parent, capture_output=True, text=True)
         seconds = time.perf_counter() - t0
-        cells = []
+        cells, peak = [], float("nan")
         if times_file.exists():
             marks = json.loads(times_file.read_text())
             times_file.unlink()
+            (_, peak), marks = marks[-1], marks[:-1]
             cells = [{"cell": name, "seconds": t - marks[i][1]} for i, (name, t) in enumerate(marks[1:])]
-        out[nb.name] = {"seconds": seconds, "rc": proc.returncode, "cells": cells}
-        print(f"{nb.name}: {seconds:.1f} s, rc {proc.returncode}", flush=True)
+        out[nb.name] = {"seconds": seconds, "rc": proc.returncode, "peak_rss_mb": peak, "cells": cells}
+        print(f"{nb.name}: {seconds:.1f} s, rc {proc.returncode}, peak RSS {peak / 1024:.2f} GB", flush=True)
         for c in cells:
             print(f"    {c['seconds']:7.2f} s  {c['cell']}", flush=True)
         if proc.returncode:
