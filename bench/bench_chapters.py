@@ -20,6 +20,11 @@ machine), the paper's circuit heads (0, 2, 6, 8, 9, 10) and 100 evaluated neuron
       over 32 texts (compare_calibrations)
   05  one circuit, the discovery statistic and extreme tokens of 100 neurons, one text's
       pre-activations and the calibration firing check
+  06  one model's study for a model the cache has not seen (the control): TV and
+      denominators of its circuit heads and the evaluation of its scaled rule's neurons
+  07  head attribution of 100 neurons over N texts (batches of 4, as the notebook)
+  08  each neuron's mean true pre-activation by token over N texts
+  09  the four calibration choices scored on N test texts, after clustering 8 candidates
 
 FLOPs are counted analytically (2 per multiply-add) for the matmuls each computation
 does; causal score matrices count their lower half, which is what the blocked kernels
@@ -28,7 +33,7 @@ same device. Elementwise work (softmax exps, LayerNorm) is not counted: where it
 the matmuls, bounds the time, the fraction says so by being low, and the report names
 the memory-bound passes. Each chapter runs in its own subprocess, so its peak RSS
 (ru_maxrss) is its own; on a GPU the peak is torch.cuda.max_memory_allocated.
-``--flat-n`` reruns the streaming chapters (02, 03, 04) at a smaller N: their peak
+``--flat-n`` reruns the streaming chapters (02-04, 06-09) at a smaller N: their peak
 memory must not grow with N.
 """
 
@@ -220,7 +225,98 @@ def ch05(args, w) -> tuple[float, dict]:
     return f, {}
 
 
-CHAPTERS = {"01": ch01, "02": ch02, "03": ch03, "04": ch04, "05": ch05}
+def _found(w, circ, threshold: float = 5.0):
+    from ctxneurons import neurons
+
+    with torch.inference_mode():
+        top = neurons.top_statistic(circ.contribution, neurons.glitch_mask(w))
+    return top, neurons.select_capped(top, threshold, N_NEURONS)[0]
+
+
+def ch06(args, w) -> tuple[float, dict]:
+    """One model's study as chapter 06 runs it for a model the cache has not seen (the
+    control): TV and denominators of its circuit heads over N texts, its circuit, the
+    model-scaled discovery rule and the evaluation of those neurons over N texts."""
+    from ctxneurons import across, decomposition, denominators, evaluation, neurons
+    from ctxneurons.corpus import iter_batches
+
+    tokens = _tokens(args.n)
+    heads = list(HEADS)
+    decomposition.tv_statistics(w, iter_batches(tokens, BATCH), heads, 3.5, across.TV_EDGES)
+    denominators.stream_denominators(w.select_heads(heads), iter_batches(tokens, BATCH), c.THE, N_TOKENS // 2)
+    circ = _circuit(w, 1)
+    top, _ = _found(w, circ)
+    found, _ = neurons.select_capped(top, across.scaled_threshold(top), N_NEURONS)
+    ev = evaluation.evaluate(w, circ, iter_batches(tokens, BATCH), found)
+    c.sync(w.device)
+    d, H, e, h = w.d_model, w.n_heads, w.d_head, len(heads)
+    per_text = tv_flops(N_TOKENS, d, h, e) + denominator_flops(N_TOKENS, d, h, e) + evaluate_flops(N_TOKENS, d, H, e, h, len(found))
+    return args.n * per_text + circuit_flops(w, N_TOKENS, CAL_POSITION, h), {"median_r": ev.median_r}
+
+
+def ch07(args, w) -> tuple[float, dict]:
+    """The heads behind each neuron: every head's truth, each circuit head's approximation and
+    every head's ablation for 100 neurons over N texts (head_attribution.attribute)."""
+    from ctxneurons import head_attribution
+    from ctxneurons.corpus import iter_batches
+
+    tokens = _tokens(args.n)
+    circ = _circuit(w, 1)
+    _, found = _found(w, circ)
+    a = head_attribution.attribute(w, circ, iter_batches(tokens, 4), found)
+    c.sync(w.device)
+    d, H, e, h, J, n = w.d_model, w.n_heads, w.d_head, len(HEADS), len(found), N_TOKENS
+    per_text = (layer0_flops(n, d, H, e) + 2 * n * H * e * J + h * 2 * applied(n) * J  # truth and approximation per head
+                + 2 * n * d * J * 2 + 2 * n * d * H * e + 2 * n * H * e * e + 2 * n * H * e * J)  # pre-activations, ablation
+    once = circuit_flops(w, n, CAL_POSITION, h) + 2 * h * w.d_vocab * e * J + 2 * h * n * n * J  # circuit, head_terms
+    return args.n * per_text + once, {"n_texts": int(a.r.shape[0])}
+
+
+def ch08(args, w) -> tuple[float, dict]:
+    """Core tokens: each neuron's mean true pre-activation by token over N texts
+    (core_tokens.mean_preactivation_by_token) for 100 neurons."""
+    from ctxneurons import core_tokens
+    from ctxneurons.corpus import iter_batches
+
+    tokens = _tokens(args.n)
+    circ = _circuit(w, 1)
+    _, found = _found(w, circ)
+    core_tokens.mean_preactivation_by_token(w, iter_batches(tokens, BATCH), found)
+    c.sync(w.device)
+    d, H, e = w.d_model, w.n_heads, w.d_head
+    per_text = layer0_flops(N_TOKENS, d, H, e) + 2 * N_TOKENS * d * len(found)
+    return args.n * per_text + circuit_flops(w, N_TOKENS, CAL_POSITION, len(HEADS)), {}
+
+
+def ch09(args, w) -> tuple[float, dict]:
+    """Which calibration text: 8 candidate calibrations clustered into 2, then the four
+    choices scored on N test texts (calibration.score_domain: each text's own
+    denominators, layer 0, the kernel sums and four approximations)."""
+    from ctxneurons import calibration
+
+    tokens = _tokens(args.n)
+    circ = _circuit(w, 1)
+    _, found = _found(w, circ)
+    with torch.inference_mode():
+        parts = calibration.circuit_parts(w, circ, found)
+        cands = [calibration.calibration_of(w, parts, t.to(w.device)) for t in _tokens(8, seed=7)]
+    clusters = calibration.cluster_candidates(torch.stack([D for D, _ in cands]).cpu(), 2, 0)
+    cals = [calibration.Calibration(f"c{i}", D.cpu(), ln2, 0.4) for i, (D, ln2) in enumerate(cands)]
+    default = calibration.Calibration("default", circ.log_denoms.cpu(), circ.ln2_scale, 0.4)
+    stop = torch.rand(w.d_vocab, generator=torch.Generator().manual_seed(0)) < 0.01
+    calibration.score_domain(w, parts, found.to(w.device), tokens, N_TOKENS, default, cals[0], clusters,
+                             [cals[i] for i in clusters.calibration], stop)
+    c.sync(w.device)
+    d, H, e, h, J, n = w.d_model, w.n_heads, w.d_head, len(HEADS), len(found), N_TOKENS
+    distinct = sum(len(b.unique()) for b in tokens.split(BATCH))  # own denominators tabulate each batch's tokens
+    per_text = (layer0_flops(n, d, H, e) + 2 * n * h * e * J + h * 2 * applied(n) * J + 4 * 2 * h * n * J  # truth, sums, 4 choices
+                + 2 * h * applied(n))  # own denominators: the kernel against each text's tabulated scores
+    tables = distinct * (2 * n * h * e + 2 * n * d) + 2 * d * h * e * distinct  # scores and norms of each batch's tokens
+    once = circuit_flops(w, n, CAL_POSITION, h) + 8 * (2 * n * h * e * CAL_POSITION + 2 * n * d * CAL_POSITION)
+    return args.n * per_text + tables + once, {}
+
+
+CHAPTERS = {"01": ch01, "02": ch02, "03": ch03, "04": ch04, "05": ch05, "06": ch06, "07": ch07, "08": ch08, "09": ch09}
 
 
 def item_peak(args) -> dict:
@@ -275,7 +371,7 @@ def main() -> None:
     p.add_argument("--n-texts", type=int, default=1000)
     p.add_argument("--chapters", default=",".join(CHAPTERS))
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--flat-n", type=int, default=0, help="also run 02-04 at this N: their peak memory must not grow with N")
+    p.add_argument("--flat-n", type=int, default=0, help="also run the streaming chapters at this N: their peak memory must not grow with N")
     p.add_argument("--json", help="write every figure to this file")
     p.add_argument("--item", choices=["peak", *CHAPTERS], help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
@@ -292,7 +388,7 @@ def main() -> None:
     r["peak"] = child("peak", 0, args)
     for ch in chapters:
         r["chapters"][ch] = child(ch, args.n_texts, args)
-        if args.flat_n and ch in ("02", "03", "04"):
+        if args.flat_n and ch not in ("01", "05"):
             r["flat"][ch] = child(ch, args.flat_n, args)
         if args.json:  # after every chapter, so that a run cut short keeps what it measured
             Path(args.json).write_text(json.dumps(r, indent=2))
