@@ -15,6 +15,9 @@ layer-0 pass is a few GEMMs per text, so exact float32 costs little even on a GP
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -97,6 +100,24 @@ def score_blocks(n_texts: int, n_rows: int, elems_per_row: int, device: torch.de
     for t0 in range(0, n_texts, texts):
         for r0 in range(0, n_rows, rows):
             yield slice(t0, min(n_texts, t0 + texts)), r0, min(n_rows, r0 + rows)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
+
+
+def release_freed_memory() -> None:
+    """Give the C heap's freed pages back to the system (glibc's malloc_trim; a no-op
+    elsewhere). A stream that keeps a little of every batch between large temporaries can
+    fragment glibc's heap so that the process grows with the number of batches: chapter
+    07's head attribution peaked at 0.99 GB for 100 texts and 4.1 GB for 1000 without it."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def causal_logsumexp(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
