@@ -409,7 +409,7 @@ class Run:
         want = [int(j) for j in neurons]
         found = cache.load("evaluation", key) if n_traces == 0 else None
         if found is None or not set(want) <= set(found["neurons"].tolist()):
-            scored = want + [j for j in ([] if pool is None else [int(j) for j in pool]) if j not in set(want)]
+            scored = list(dict.fromkeys(want + ([] if pool is None else [int(j) for j in pool])))
             ev = evaluation.evaluate(self.w, c, corpus.iter_batches(self.texts.tokens, batch_size), torch.tensor(scored),
                                      first_position, n_traces)
             found = cache.store("evaluation", key, {"neurons": ev.neurons, "r": ev.r, "fvu": ev.fvu})
