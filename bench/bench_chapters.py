@@ -185,14 +185,12 @@ def _circuit(w, seed: int):
 
 
 def ch04(args, w) -> tuple[float, dict]:
-    from ctxneurons import evaluation, neurons
+    from ctxneurons import evaluation
     from ctxneurons.corpus import iter_batches
 
     tokens = _tokens(args.n)
     circ = _circuit(w, 1)
-    with torch.inference_mode():
-        top = neurons.top_statistic(circ.contribution, neurons.glitch_mask(w))
-        found, _ = neurons.select_capped(top, 5.0, N_NEURONS)
+    _, found = _found(w, circ)
     ev = evaluation.evaluate(w, circ, iter_batches(tokens, BATCH), found, n_traces=3)
     others = ((f"cal{s}", s == 1, circ if s == 1 else _circuit(w, s)) for s in range(1, 1 + N_CALIBRATIONS))
     evaluation.compare_calibrations(w, others, tokens[:N_COMPARE], found, BATCH)

@@ -156,8 +156,12 @@ def compare_calibrations(
                 heads = circuit.heads
                 truth = [true_contributions(w, b, heads, neurons)[:, first_position:] for b in batches]
             selected = _columns(circuit, neurons)
-            r, f = (torch.cat(x) for x in zip(*(_scores(selected, b, t, first_position)[1:] for b, t in zip(batches, truth))))
-            ev = Evaluation(neurons=neurons.cpu(), r=r, fvu=f)
+            rs, fvus = [], []
+            for b, true in zip(batches, truth):
+                _, r, f = _scores(selected, b, true, first_position)
+                rs.append(r)
+                fvus.append(f)
+            ev = Evaluation(neurons=neurons.cpu(), r=torch.cat(rs), fvu=torch.cat(fvus))
             by_cal.append({"calibration": name, "is_run_calibration": is_run, "median_r": ev.median_r,
                            "median_fvu": ev.median_fvu, "n_texts": len(tokens), "n_neurons": len(neurons)})
             denoms += [{"calibration": name, "head": h, "log_denom": float(ld)} for h, ld in zip(circuit.heads, circuit.log_denoms.tolist())]
