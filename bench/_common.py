@@ -67,7 +67,8 @@ def model_dir() -> Path:
 def layer0_weights(device: str = "cpu"):
     """Layer0 of the random model, loaded through the library once and then from a torch.save
     copy, so each measured item's peak RSS is its own work, not the 12-layer bridge's boot."""
-    from ctxneurons.model import Layer0, load_layer0
+    from ctxneurons.method.weights import Layer0
+    from ctxneurons.io.model import load_layer0
 
     cached = CACHE / "layer0.pt"
     if not cached.is_file():
@@ -120,7 +121,7 @@ def synthetic_layer0(device: str = "cpu", seed: int = 0):
     a bare GPU machine included. Magnitudes follow processed GPT-2 Small (centred W_E with
     |W_E[t]| ~ 3.5, smaller W_pos, W_O centred); compute does not depend on them beyond
     keeping exp() in range."""
-    from ctxneurons.model import Layer0
+    from ctxneurons.method.weights import Layer0
 
     g = torch.Generator().manual_seed(seed)
     V, N, d, H, e, M = (GPT2_SMALL[k] for k in ("vocab_size", "n_positions", "n_embd", "n_head", "n_embd", "n_inner"))

@@ -132,7 +132,7 @@ def _tokens(n_texts: int, seed: int = 0) -> torch.Tensor:
 
 
 def ch01(args, w) -> tuple[float, dict]:
-    from ctxneurons import kernels
+    from ctxneurons.method import kernels
 
     with torch.inference_mode():
         K = kernels.kernel_matrix(w, c.THE, N_TOKENS)
@@ -144,8 +144,8 @@ def ch01(args, w) -> tuple[float, dict]:
 
 
 def ch02(args, w) -> tuple[float, dict]:
-    from ctxneurons import decomposition
-    from ctxneurons.corpus import iter_batches
+    from ctxneurons.method import decomposition
+    from ctxneurons.io.corpus import iter_batches
 
     tokens = _tokens(args.n)
     edges = torch.cat([torch.zeros(1), torch.logspace(-6, 0, 2400)])
@@ -160,8 +160,8 @@ def ch02(args, w) -> tuple[float, dict]:
 
 
 def ch03(args, w) -> tuple[float, dict]:
-    from ctxneurons import denominators, kernels
-    from ctxneurons.corpus import iter_batches
+    from ctxneurons.method import denominators, kernels
+    from ctxneurons.io.corpus import iter_batches
 
     tokens = _tokens(args.n)
     mid = N_TOKENS // 2
@@ -177,7 +177,7 @@ def ch03(args, w) -> tuple[float, dict]:
 
 
 def _circuit(w, seed: int):
-    from ctxneurons import circuit
+    from ctxneurons.method import circuit
 
     cal = _tokens(1, seed=seed)[0, : CAL_POSITION + 1].to(w.device)
     with torch.inference_mode():
@@ -185,8 +185,8 @@ def _circuit(w, seed: int):
 
 
 def ch04(args, w) -> tuple[float, dict]:
-    from ctxneurons import evaluation
-    from ctxneurons.corpus import iter_batches
+    from ctxneurons.method import evaluation
+    from ctxneurons.io.corpus import iter_batches
 
     tokens = _tokens(args.n)
     circ = _circuit(w, 1)
@@ -204,7 +204,7 @@ def ch04(args, w) -> tuple[float, dict]:
 
 
 def ch05(args, w) -> tuple[float, dict]:
-    from ctxneurons import neurons
+    from ctxneurons.method import neurons
 
     circ = _circuit(w, 1)
     tokens = _tokens(1).to(w.device)
@@ -224,7 +224,7 @@ def ch05(args, w) -> tuple[float, dict]:
 
 
 def _found(w, circ, threshold: float = 5.0):
-    from ctxneurons import neurons
+    from ctxneurons.method import neurons
 
     with torch.inference_mode():
         top = neurons.top_statistic(circ.contribution, neurons.glitch_mask(w))
@@ -235,8 +235,9 @@ def ch06(args, w) -> tuple[float, dict]:
     """One model's study as chapter 06 runs it for a model the cache has not seen (the
     control): TV and denominators of its circuit heads over N texts, its circuit, the
     model-scaled discovery rule and the evaluation of those neurons over N texts."""
-    from ctxneurons import across, decomposition, denominators, evaluation, neurons
-    from ctxneurons.corpus import iter_batches
+    from ctxneurons.studies import across
+    from ctxneurons.method import decomposition, denominators, evaluation, neurons
+    from ctxneurons.io.corpus import iter_batches
 
     tokens = _tokens(args.n)
     heads = list(HEADS)
@@ -255,8 +256,8 @@ def ch06(args, w) -> tuple[float, dict]:
 def ch07(args, w) -> tuple[float, dict]:
     """The heads behind each neuron: every head's truth, each circuit head's approximation and
     every head's ablation for 100 neurons over N texts (head_attribution.attribute)."""
-    from ctxneurons import head_attribution
-    from ctxneurons.corpus import iter_batches
+    from ctxneurons.studies import head_attribution
+    from ctxneurons.io.corpus import iter_batches
 
     tokens = _tokens(args.n)
     circ = _circuit(w, 1)
@@ -273,8 +274,8 @@ def ch07(args, w) -> tuple[float, dict]:
 def ch08(args, w) -> tuple[float, dict]:
     """Core tokens: each neuron's mean true pre-activation by token over N texts
     (core_tokens.mean_preactivation_by_token) for 100 neurons."""
-    from ctxneurons import core_tokens
-    from ctxneurons.corpus import iter_batches
+    from ctxneurons.studies import core_tokens
+    from ctxneurons.io.corpus import iter_batches
 
     tokens = _tokens(args.n)
     circ = _circuit(w, 1)
@@ -290,7 +291,7 @@ def ch09(args, w) -> tuple[float, dict]:
     """Which calibration text: 8 candidate calibrations clustered into 2, then the four
     choices scored on N test texts (calibration.score_domain: each text's own
     denominators, layer 0, the kernel sums and four approximations)."""
-    from ctxneurons import calibration
+    from ctxneurons.studies import calibration
 
     tokens = _tokens(args.n)
     circ = _circuit(w, 1)

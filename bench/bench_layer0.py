@@ -34,7 +34,7 @@ N_TOKENS = 1024
 
 
 def layer0_flops(w, n_tokens: int, mlp: bool) -> float:
-    """Multiply-add FLOPs (2 per MAC) of layer0.run for one text; attention counts the causal
+    """Multiply-add FLOPs (2 per MAC) of forward.run for one text; attention counts the causal
     half only, which is what the fused kernel computes."""
     n, d, H, e, M = n_tokens, w.d_model, w.n_heads, w.d_head, w.d_mlp
     flops = 2 * n * d * 3 * H * e  # q, k, v
@@ -56,20 +56,20 @@ def item_ours(args) -> dict:
     """True layer-0 attention and MLP inputs for every position of N texts, streamed in
     auto-sized batches; running per-neuron reductions (mean and max pre-activation, the
     mean LN2 scale) are all that is kept."""
-    from ctxneurons import layer0
+    from ctxneurons.method import forward
 
     w = c.layer0_weights(args.device)
-    B = layer0.auto_batch_size(w, N_TOKENS, mlp=True)
+    B = forward.auto_batch_size(w, N_TOKENS, mlp=True)
     base = c.rss_mb()
     pre_sum = torch.zeros(w.d_mlp, dtype=torch.float64, device=w.device)
     pre_max = torch.full((w.d_mlp,), float("-inf"), device=w.device)
     ln2_sum, fwd_best, fwd_total = 0.0, float("inf"), 0.0
-    with torch.inference_mode(), layer0.matmul_precision(), c.Timer() as t:
+    with torch.inference_mode(), forward.matmul_precision(), c.Timer() as t:
         for tokens in c.texts(args.n, N_TOKENS, batch_size=B):
             tokens = tokens.to(w.device)
             c.sync(w.device)
             t0 = time.perf_counter()
-            acts = layer0.run(w, tokens, mlp=True)
+            acts = forward.run(w, tokens, mlp=True)
             c.sync(w.device)
             dt = time.perf_counter() - t0
             fwd_total += dt
@@ -88,8 +88,8 @@ def item_ours(args) -> dict:
 def item_naive(args) -> dict:
     """What a user would otherwise write: the bridge over all 12 layers, run_with_cache per
     batch, keeping every activation of the batch, then reading layer 0's out of the cache."""
-    from ctxneurons import layer0
-    from ctxneurons.model import load_bridge
+    from ctxneurons.method import forward
+    from ctxneurons.io.model import load_bridge
 
     bridge = load_bridge(c.model_dir(), device=args.device)
     base = c.rss_mb()
@@ -108,7 +108,7 @@ def item_naive(args) -> dict:
     del bridge
     w = c.layer0_weights(args.device)
     with torch.inference_mode():
-        ours = layer0.run(w, first[0].to(w.device), mlp=True).mlp_pre
+        ours = forward.run(w, first[0].to(w.device), mlp=True).mlp_pre
     err = float((ours - first[1]).abs().max() / first[1].abs().max())
     return {"seconds": t.seconds, "peak_rss_mb": peak, "base_rss_mb": base, "batch": args.naive_batch,
             "max_rel_diff_vs_ours": err}
@@ -117,7 +117,7 @@ def item_naive(args) -> dict:
 def item_circuit(args) -> dict:
     """build_circuit on a 1024-token calibration text; saves it and the 100 neurons with the
     largest top statistic for the evaluation items."""
-    from ctxneurons import circuit, neurons
+    from ctxneurons.method import circuit, neurons
 
     w = c.layer0_weights(args.device)
     cal = next(c.texts(1, N_TOKENS, seed=1, batch_size=1))[0]
@@ -136,13 +136,13 @@ def item_circuit(args) -> dict:
 
 def item_eval(args) -> dict:
     """evaluation.evaluate for the saved neurons over N texts, batches from auto_batch_size."""
-    from ctxneurons import evaluation, layer0
-    from ctxneurons.circuit import Circuit
+    from ctxneurons.method import evaluation, forward
+    from ctxneurons.method.circuit import Circuit
 
     w = c.layer0_weights(args.device)
     saved = torch.load(c.CACHE / "circuit.pt")
     circ = Circuit(**{k: v.to(w.device) if isinstance(v, torch.Tensor) else v for k, v in saved["circuit"].items()})
-    B = layer0.auto_batch_size(w, N_TOKENS, mlp=False)
+    B = forward.auto_batch_size(w, N_TOKENS, mlp=False)
     base = c.rss_mb()
     with c.Timer() as t:
         ev = evaluation.evaluate(w, circ, c.texts(args.n, N_TOKENS, batch_size=B), saved["neurons"], n_traces=2)

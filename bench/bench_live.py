@@ -29,8 +29,8 @@ import _common as c  # noqa: E402
 import live_static  # noqa: E402
 from browser import launch, open_page, serve  # noqa: E402
 
-from ctxneurons import live  # noqa: E402
-from ctxneurons.circuit import Circuit  # noqa: E402
+from ctxneurons.book import live
+from ctxneurons.method.circuit import Circuit
 
 N_NEURONS = 3
 FIRST_RENDER = "() => Number(document.querySelector('.ctxn-live').dataset.renders) >= 1"

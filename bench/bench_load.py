@@ -88,7 +88,7 @@ def write_random_checkpoint(name: str, path: Path) -> Path:
 def child(args) -> None:
     import transformer_lens.model_bridge  # noqa: F401  (imports before the base RSS)
 
-    from ctxneurons.model import layer0_from_bridge, load_bridge, load_layer0
+    from ctxneurons.io.model import layer0_from_bridge, load_bridge, load_layer0
 
     base = c.rss_mb()
     t0 = time.perf_counter()

@@ -24,7 +24,8 @@ from pathlib import Path
 CHILD = """
 import json, sys, time
 t0 = time.perf_counter()
-from ctxneurons import experiment, kernels, plots
+from ctxneurons.book import experiment, plots
+from ctxneurons.method import kernels
 t1 = time.perf_counter()
 run = experiment.start("bench", dict(model="toy", n_texts=int(sys.argv[1]), seed=0, device="cpu", output_dir=sys.argv[2]))
 t2 = time.perf_counter()

@@ -12,7 +12,7 @@
 #   CTXN_RUNS_DIR           runs        where the batch writes
 #   CTXN_SKIP_BOOK          ""          1: batch only
 # The CTXN_MODEL/DEVICE/N_TEXTS variables also reach the book's notebooks (see
-# ctxneurons.experiment), so the book and the batch run at the same scale.
+# ctxneurons.book.experiment), so the book and the batch run at the same scale.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CTXN_MODEL="${CTXN_MODEL:-gpt2}" CTXN_DEVICE="${CTXN_DEVICE:-cuda}" CTXN_N_TEXTS="${CTXN_N_TEXTS:-1000}"

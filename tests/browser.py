@@ -161,7 +161,7 @@ def open_page(browser, url: str, *, viewport=(1280, 900), timeout_ms: int = 30_0
 
 
 def plotly_figures_drawn(page) -> tuple[int, int]:
-    """(figures emitted by ctxneurons.figures.show, of those, how many plotly drew)."""
+    """(figures emitted by ctxneurons.book.figures.show, of those, how many plotly drew)."""
     return tuple(page.evaluate(
         """() => {
             const figs = [...document.querySelectorAll('.ctxn-plotly-figure')];

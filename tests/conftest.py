@@ -84,7 +84,7 @@ def write_random_gpt2(path: Path, seed: int = 0, n_layer: int = 2, n_embd: int =
 def _layer0_cache_in_scratch(tmp_path_factory):
     """load_layer0 keeps loaded layers on disk; the tests' throwaway models go to a scratch
     folder, not the user's cache."""
-    from ctxneurons import model
+    from ctxneurons.io import model
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(model, "LAYER0_CACHE_ROOT", tmp_path_factory.mktemp("layer0-cache"))
@@ -98,14 +98,14 @@ def tiny_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_bridge(tiny_dir):
-    from ctxneurons.model import load_bridge
+    from ctxneurons.io.model import load_bridge
 
     return load_bridge(tiny_dir, device="cpu")
 
 
 @pytest.fixture(scope="session")
 def tiny(tiny_bridge):
-    from ctxneurons.model import layer0_from_bridge
+    from ctxneurons.io.model import layer0_from_bridge
 
     return layer0_from_bridge(tiny_bridge, name="tiny-random")
 

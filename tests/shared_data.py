@@ -13,8 +13,8 @@ N_TEXTS = 1408  # as many as ../shared/data holds
 
 def fetch(dest: Path, n_texts: int = N_TEXTS) -> Path:
     """Write ``gpt2-tokenizer/{vocab.json,merges.txt}`` and ``webtext-sample.jsonl`` into ``dest``."""
-    from ctxneurons import corpus, hub
-    from ctxneurons.model import HUB_ALIASES
+    from ctxneurons.io import corpus, hub
+    from ctxneurons.io.model import HUB_ALIASES
 
     repo = HUB_ALIASES["gpt2"]
     sha = hub.resolve_revision(repo)

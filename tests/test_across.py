@@ -10,8 +10,14 @@ import pandas as pd
 import pytest
 import torch
 
-from ctxneurons import across, experiment, kernels, toy
-from ctxneurons.model import load_layer0
+from ctxneurons.studies import across
+
+from ctxneurons.book import experiment
+
+from ctxneurons.method import kernels
+
+from ctxneurons import toy
+from ctxneurons.io.model import load_layer0
 
 torch.set_grad_enabled(False)
 

@@ -11,8 +11,8 @@ import math
 import pytest
 import torch
 
-from ctxneurons import decomposition, layer0
-from ctxneurons.model import ModelLoadError, layer0_from_bridge, load_bridge, load_layer0
+from ctxneurons.method import decomposition, forward
+from ctxneurons.io.model import ModelLoadError, layer0_from_bridge, load_bridge, load_layer0
 
 from conftest import gpt2_tokenizer
 
@@ -97,10 +97,10 @@ def _hf_layer0(path, tokens):
 def test_true_pattern_and_mlp_input_equal_transformers(arch):
     _, path, w, tokens = arch
     pattern, mlp_pre = _hf_layer0(path, tokens)
-    ours = layer0.run(w, tokens, keep_pattern=True, mlp=True)
+    ours = forward.run(w, tokens, keep_pattern=True, mlp=True)
     torch.testing.assert_close(ours.pattern, pattern, atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(ours.mlp_pre, mlp_pre, atol=1e-4, rtol=1e-4)
-    fused = layer0.run(w, tokens)  # the scaled_dot_product_attention path sees the folded scale too
+    fused = forward.run(w, tokens)  # the scaled_dot_product_attention path sees the folded scale too
     torch.testing.assert_close(fused.z, ours.z, atol=1e-5, rtol=1e-4)
 
 
@@ -141,9 +141,9 @@ def test_decomposition_identities_hold(arch):
                                decomposition.approximate_pattern(w, tokens), atol=1e-5, rtol=1e-4)
     tv = decomposition.tv_by_position(w, tokens)
     assert (tv >= 0).all() and (tv <= 1).all() and tv[:, :, 0].abs().max() < 1e-6
-    acts = layer0.run(w, tokens, mlp=True)
-    heads = layer0.heads_to_neurons(w, acts.z, acts.ln2_scale, list(range(w.n_heads)), torch.arange(w.d_mlp))
-    rest = (layer0.residual(w, tokens) + w.b_O) / acts.ln2_scale @ w.W_in + w.b_in
+    acts = forward.run(w, tokens, mlp=True)
+    heads = forward.heads_to_neurons(w, acts.z, acts.ln2_scale, list(range(w.n_heads)), torch.arange(w.d_mlp))
+    rest = (forward.residual(w, tokens) + w.b_O) / acts.ln2_scale @ w.W_in + w.b_in
     torch.testing.assert_close(heads + rest, acts.mlp_pre, atol=1e-4, rtol=1e-4)
 
 

@@ -12,12 +12,12 @@ import nbformat
 import pandas as pd
 import pytest
 
-from ctxneurons import batch
+from ctxneurons.book import batch
 
 SOURCE = '''
 import json, os, time
 from pathlib import Path
-from ctxneurons import experiment
+from ctxneurons.book import experiment
 params = experiment.validate({"seed": seed, "n_texts": n_texts, "output_dir": output_dir})
 if params["seed"] == 13:
     raise RuntimeError("unlucky seed")
@@ -48,7 +48,7 @@ def notebook_dir(tmp_path):
 
 
 def _cli(notebook_dir, root, *grid, env=None):
-    cmd = [sys.executable, "-m", "ctxneurons.cli", "batch", "--notebook-dir", str(notebook_dir), "--out", str(root),
+    cmd = [sys.executable, "-m", "ctxneurons.book.cli", "batch", "--notebook-dir", str(notebook_dir), "--out", str(root),
            "--set", "n_texts=3", *grid]
     return cmd
 
@@ -157,13 +157,13 @@ def test_two_shards_merged_give_the_unsharded_summary(notebook_dir, tmp_path):
         proc = subprocess.run(_cli(notebook_dir, tmp_path / f"shard{k}", *grid, "--shard", f"{k}/2"), capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert f"shard {k}/2: {2 if k == 1 else 1} of the grid's 3 runs" in proc.stdout
-    merged = subprocess.run([sys.executable, "-m", "ctxneurons.cli", "batch", "merge", str(tmp_path / "shard1"), str(tmp_path / "shard2"),
+    merged = subprocess.run([sys.executable, "-m", "ctxneurons.book.cli", "batch", "merge", str(tmp_path / "shard1"), str(tmp_path / "shard2"),
                              "--out", str(tmp_path / "merged")], capture_output=True, text=True, timeout=120)
     assert merged.returncode == 0, merged.stdout + merged.stderr
     assert _rows(tmp_path / "merged" / "summary.csv") == _rows(tmp_path / "whole" / "summary.csv")
     assert len(_rows(tmp_path / "merged" / "summary.csv")) == 3
     # The book's batch page reads the merged folder as it reads the unsharded one.
-    from ctxneurons import report
+    from ctxneurons.book import report
 
     assert report.batch_html(tmp_path / "merged").split("</p>", 1)[1] == report.batch_html(tmp_path / "whole").split("</p>", 1)[1]
     # The merged runs' records name the merged folder, not the shard's.
@@ -219,7 +219,7 @@ def test_merge_keeps_agreeing_copies_once_and_reports_unfinished_runs(tmp_path):
 def test_merge_refuses_runs_that_disagree_and_writes_nothing(tmp_path):
     _fake_run(tmp_path / "a", "seed=1__aaaa", {"r": 0.5, "n": 3})
     _fake_run(tmp_path / "b", "seed=1__aaaa", {"r": 0.6, "n": 3})
-    proc = subprocess.run([sys.executable, "-m", "ctxneurons.cli", "batch", "merge", str(tmp_path / "a"), str(tmp_path / "b"),
+    proc = subprocess.run([sys.executable, "-m", "ctxneurons.book.cli", "batch", "merge", str(tmp_path / "a"), str(tmp_path / "b"),
                            "--out", str(tmp_path / "merged")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "1 run(s) were computed twice with the same parameters and disagree; nothing was merged" in proc.stderr
@@ -234,7 +234,7 @@ def test_toy_grid_sharded_and_merged_equals_the_unsharded_batch(toy_dir, tmp_pat
     """The real notebook 05 on the toy model: the same summary.csv rows either way."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CTXN_") or k == "CTXN_SHARED_DATA"}
     env["CTXN_CACHE"] = str(toy_dir.parent)  # the session's toy build: model=toy finds it there
-    base = [sys.executable, "-m", "ctxneurons.cli", "batch", "05", "--set", "model=toy", "--set", "n_texts=2",
+    base = [sys.executable, "-m", "ctxneurons.book.cli", "batch", "05", "--set", "model=toy", "--set", "n_texts=2",
             "--set", "device=cpu", "--grid", "threshold=3,5,8"]
     for out, extra in (("whole", []), ("s1", ["--shard", "1/2"]), ("s2", ["--shard", "2/2"])):
         proc = subprocess.run([*base, *extra, "--out", str(tmp_path / out)], env=env, capture_output=True, text=True, timeout=900)
@@ -246,7 +246,7 @@ def test_toy_grid_sharded_and_merged_equals_the_unsharded_batch(toy_dir, tmp_pat
 
 
 def test_batch_page_escapes_parameters_and_names_unfinished_runs(tmp_path):
-    from ctxneurons import report
+    from ctxneurons.book import report
 
     folder = _fake_run(tmp_path / "runs", "seed=1__aaaa", {"r": 0.5})
     meta = json.loads((folder / "run.json").read_text())

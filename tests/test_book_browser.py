@@ -1,5 +1,5 @@
 """The book's machinery, end to end: a throwaway book with the repository's _config.yml
-and book/_ext, one notebook that draws plotly figures through ctxneurons.figures and
+and book/_ext, one notebook that draws plotly figures through ctxneurons.book.figures and
 renders hostile corpus-like text, and a page with math, built with warnings as errors,
 then read in Chromium with every request outside 127.0.0.1 refused."""
 
@@ -21,7 +21,7 @@ DEMO_CELLS = [
 import numpy as np
 import plotly.express as px
 import plotly.graph_objects as go
-from ctxneurons import figures
+from ctxneurons.book import figures
 
 texts = ["colour", "favour", "centre", "</script><script>window.__xss=1</script>",
          '<img src=x onerror="window.__xss=1">', "<b>not bold</b>"]

@@ -117,7 +117,7 @@ def test_try_a_neuron_computes_in_the_built_page(built_book, tiny, webtext):
     exported files give them (tests/test_live.py checks those against Circuit.approximate)."""
     import numpy as np
 
-    from ctxneurons import live
+    from ctxneurons.book import live
 
     export = built_book["outputs"] / live.NOTEBOOK / live.EXPORT_SUBDIR
     served = built_book["html"] / "_static" / "ctxneurons-live"
@@ -146,7 +146,7 @@ def test_try_a_neuron_computes_in_the_built_page(built_book, tiny, webtext):
 def test_api_reference_has_a_page_for_build_circuit(built_book):
     page = built_book["html"] / "book" / "api" / "circuit.html"
     text = page.read_text()
-    assert 'id="ctxneurons.circuit.build_circuit"' in text and "calibration text" in text
+    assert 'id="ctxneurons.method.circuit.build_circuit"' in text and "calibration text" in text
     assert 'href="circuit.html"' in (built_book["html"] / "book" / "api" / "index.html").read_text()
 
 

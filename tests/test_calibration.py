@@ -7,8 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from ctxneurons import calibration, circuit, corpus, neurons, toy
-from ctxneurons.model import load_layer0
+from ctxneurons.studies import calibration
+
+from ctxneurons.method import circuit, neurons
+
+from ctxneurons.io import corpus
+
+from ctxneurons import toy
+from ctxneurons.io.model import load_layer0
 
 torch.set_grad_enabled(False)
 
@@ -33,7 +39,7 @@ def test_parts_with_the_calibrations_own_denominators_reproduce_the_circuit(tiny
 
 
 def test_own_denominators_are_the_factorised_denominators(tiny, tiny_tokens):
-    from ctxneurons import denominators
+    from ctxneurons.method import denominators
 
     c = circuit.build_circuit(tiny, tiny_tokens[0], heads=(1, 3))
     parts = calibration.circuit_parts(tiny, c, torch.tensor([0]))
@@ -149,7 +155,7 @@ def test_the_terse_domain_is_served_better_by_its_own_calibration_than_by_the_mi
 def test_domains_parameter_accepts_a_mapping_its_json_or_name_equals_corpus_pairs():
     import json
 
-    from ctxneurons.experiment import ParameterError, validate
+    from ctxneurons.book.experiment import ParameterError, validate
 
     want = {"web": "/data/web.jsonl", "wiki": "hf:wikimedia/wikipedia:20231101.en:train"}
     assert validate({"domains": want})["domains"] == want

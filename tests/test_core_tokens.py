@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from ctxneurons import core_tokens as ct, layer0
+from ctxneurons.studies import core_tokens as ct
+
+from ctxneurons.method import forward
 
 torch.set_grad_enabled(False)
 
@@ -13,7 +15,7 @@ J = torch.tensor([3, 10, 99])
 
 def test_mean_preactivation_by_token_matches_a_direct_loop(tiny, tiny_tokens):
     sums, counts = ct.mean_preactivation_by_token(tiny, tiny_tokens.split(3), J)
-    pre = layer0.run(tiny, tiny_tokens, mlp=True).mlp_pre[:, 1:, J].double()
+    pre = forward.run(tiny, tiny_tokens, mlp=True).mlp_pre[:, 1:, J].double()
     ids = tiny_tokens[:, 1:]
     for t in ids.flatten().unique()[:25].tolist():
         mask = ids == t

@@ -9,14 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ctxneurons.corpus import (
-    CorpusError,
-    calibration_tokens,
-    iter_batches,
-    load_calibration_text,
-    load_texts,
-    select_token_batch,
-)
+from ctxneurons.io.corpus import CorpusError, calibration_tokens, iter_batches, load_calibration_text, load_texts, select_token_batch
 from conftest import SHARED, gpt2_tokenizer
 
 BOS = 50256
@@ -196,7 +189,7 @@ def test_bad_parameters_are_named(jsonl, tok, kwargs, name):
 def test_openwebtext_offline_fails_fast(monkeypatch, tok):
     """Offline with nothing cached: a CorpusError at once. The networked cases (a mirror, a
     dead endpoint, the cached rerun) run against a real hub server in tests/test_hub.py."""
-    from ctxneurons import hub
+    from ctxneurons.io import hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(hub, "_manifest_path", lambda *a: Path("/nonexistent/manifest.json"))
@@ -219,7 +212,7 @@ def test_openwebtext_offline_fails_fast(monkeypatch, tok):
 def test_hub_corpus_names(name, expected):
     from dataclasses import astuple
 
-    from ctxneurons.corpus import HubCorpus
+    from ctxneurons.io.corpus import HubCorpus
 
     assert astuple(HubCorpus.parse(name)) == expected
 

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from conftest import gpt2_tokenizer
-from ctxneurons import corpus, toy
-from ctxneurons.corpus import CorpusError, select_token_batch
+from ctxneurons.io import corpus
+from ctxneurons import toy
+from ctxneurons.io.corpus import CorpusError, select_token_batch
 
 
 def one_at_a_time(texts_in_order, tokenizer, n_texts, n_tokens, bos=True, min_tokens=None):

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from ctxneurons import circuit, decomposition, evaluation, layer0
-from ctxneurons.model import load_layer0, resolve_device
+from ctxneurons.method import circuit, decomposition, evaluation, forward
+from ctxneurons.io.model import load_layer0, resolve_device
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 torch.set_grad_enabled(False)
@@ -15,7 +15,7 @@ def test_auto_picks_cuda_and_everything_stays_there(tiny_dir, tiny_tokens):
     w = load_layer0(tiny_dir, device="cuda")
     assert all(t.device.type == "cuda" for t in (w.W_E, w.W_pos, w.W_Q, w.W_in))
     toks = tiny_tokens.cuda()
-    acts = layer0.run(w, toks, keep_pattern=True, mlp=True)
+    acts = forward.run(w, toks, keep_pattern=True, mlp=True)
     assert acts.z.device.type == "cuda" and acts.mlp_pre.device.type == "cuda"
     c = circuit.build_circuit(w, toks[0], heads=(0, 2), n_positions=128)
     assert c.contribution.device.type == "cuda" and c.kernel.device.type == "cuda"
@@ -24,8 +24,8 @@ def test_auto_picks_cuda_and_everything_stays_there(tiny_dir, tiny_tokens):
 def test_cuda_matches_cpu(tiny_dir, tiny_tokens):
     """float32 on the GPU (TF32 off by default in torch) agrees with the CPU to float32 rounding."""
     cpu, gpu = load_layer0(tiny_dir, device="cpu"), load_layer0(tiny_dir, device="cuda")
-    a = layer0.run(cpu, tiny_tokens, mlp=True)
-    b = layer0.run(gpu, tiny_tokens.cuda(), mlp=True)
+    a = forward.run(cpu, tiny_tokens, mlp=True)
+    b = forward.run(gpu, tiny_tokens.cuda(), mlp=True)
     torch.testing.assert_close(b.mlp_pre.cpu(), a.mlp_pre, atol=1e-4, rtol=1e-4)
     tv_c = decomposition.tv_by_position(cpu, tiny_tokens[:2])
     tv_g = decomposition.tv_by_position(gpu, tiny_tokens[:2].cuda()).cpu()

@@ -10,7 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from ctxneurons import experiment, figures
+from ctxneurons.book import experiment, figures
 
 REPO = Path(__file__).resolve().parents[1]
 

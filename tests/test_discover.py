@@ -13,7 +13,9 @@ import pandas as pd
 import papermill
 import pytest
 
-from ctxneurons import cli, experiment, toy
+from ctxneurons.book import cli, experiment
+
+from ctxneurons import toy
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "05_context_neurons.ipynb"
 PARAMS = {"model": "toy", "heads": [0, 2, 6, 8, 9, 10], "threshold": 3.0, "max_neurons": 12, "device": "cpu"}
@@ -41,7 +43,7 @@ def test_discover_lists_notebook_05s_neurons_at_the_same_parameters(toy_dir, tmp
     headline = json.loads((tmp_path / "out" / "context_neurons" / "summary.json").read_text())["headline"]
 
     out = tmp_path / "neurons.csv"
-    proc = subprocess.run([sys.executable, "-m", "ctxneurons.cli", "discover", "--model", "toy", "--heads", "0,2,6,8,9,10",
+    proc = subprocess.run([sys.executable, "-m", "ctxneurons.book.cli", "discover", "--model", "toy", "--heads", "0,2,6,8,9,10",
                            "--threshold", "3", "--max-neurons", "12", "--device", "cpu", "--out", str(out)],
                           env=_env(caches["cli"]), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -61,7 +63,7 @@ def test_discover_lists_notebook_05s_neurons_at_the_same_parameters(toy_dir, tmp
 
 def test_discover_json_holds_each_neuron_with_its_tokens(toy_dir, tmp_path):
     out = tmp_path / "neurons.json"
-    proc = subprocess.run([sys.executable, "-m", "ctxneurons.cli", "discover", "--model", "toy", "--threshold", "100",
+    proc = subprocess.run([sys.executable, "-m", "ctxneurons.book.cli", "discover", "--model", "toy", "--threshold", "100",
                            "--max-neurons", "3", "--tokens", "4", "--device", "cpu", "--out", str(out)],
                           env=_env(toy_dir.parent), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -91,7 +93,7 @@ def test_bad_options_give_the_notebook_parameters_errors(option, value, raw, cap
 
 
 def test_heads_outside_the_model_and_a_bad_output_name_are_refused(toy_dir, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "ctxneurons.cli", "discover", "--model", "toy", "--heads", "0,12", "--device", "cpu"],
+    proc = subprocess.run([sys.executable, "-m", "ctxneurons.book.cli", "discover", "--model", "toy", "--heads", "0,12", "--device", "cpu"],
                           env=_env(toy_dir.parent), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "parameter heads=[0, 12]: [12] outside 0..11 (the model has 12 heads)" in proc.stderr
     assert cli.main(["discover", "--out", str(tmp_path / "neurons.txt")]) == 2

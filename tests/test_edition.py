@@ -2,7 +2,7 @@ import os
 import subprocess
 import sys
 
-from ctxneurons.experiment import resolve_model_choice
+from ctxneurons.book.experiment import resolve_model_choice
 
 
 def test_offline_auto_falls_back_to_toy_and_says_so(monkeypatch):
@@ -10,7 +10,7 @@ def test_offline_auto_falls_back_to_toy_and_says_so(monkeypatch):
     monkeypatch.setenv("HF_HOME", "/nonexistent-hf-home")
     assert resolve_model_choice("auto") == ("toy", True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": "/nonexistent-hf-home"}
-    out = subprocess.run([sys.executable, "-m", "ctxneurons.cli", "edition"], env=env, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "ctxneurons.book.cli", "edition"], env=env, capture_output=True, text=True)
     assert out.stdout.split() == ["toy", "fallback"]
 
 

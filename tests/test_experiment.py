@@ -5,8 +5,10 @@ import pandas as pd
 import pytest
 import torch
 
-from ctxneurons import cache, experiment
-from ctxneurons.experiment import ParameterError
+from ctxneurons.io import cache
+
+from ctxneurons.book import experiment
+from ctxneurons.book.experiment import ParameterError
 
 
 @pytest.fixture
@@ -46,7 +48,7 @@ def test_run_loads_texts_calibration_and_writes_outputs(tiny_dir, corpus_file, t
 
 
 def test_tv_statistics_are_cached_by_model_texts_and_heads(tiny_dir, corpus_file, tmp_path, monkeypatch):
-    from ctxneurons import decomposition
+    from ctxneurons.method import decomposition
 
     monkeypatch.setenv("CTXN_CACHE", str(tmp_path / "cache"))
     run = experiment.start("demo", _params(tiny_dir, corpus_file, tmp_path))
@@ -68,7 +70,7 @@ def test_tv_statistics_are_cached_by_model_texts_and_heads(tiny_dir, corpus_file
 
 
 def test_evaluations_are_cached_and_a_subset_of_neurons_is_read_off_an_earlier_one(tiny_dir, corpus_file, tmp_path, monkeypatch):
-    from ctxneurons import evaluation
+    from ctxneurons.method import evaluation
 
     monkeypatch.setenv("CTXN_CACHE", str(tmp_path / "cache"))
     run = experiment.start("demo", _params(tiny_dir, corpus_file, tmp_path))
@@ -137,10 +139,10 @@ def test_a_failed_run_leaves_earlier_results_intact(tiny_dir, corpus_file, tmp_p
 
 
 def test_a_parameter_shadowed_by_an_import_is_reported(tiny_dir, corpus_file, tmp_path):
-    import ctxneurons.corpus
+    import ctxneurons.io.corpus
 
     with pytest.raises(ParameterError, match="corpus were replaced by a module"):
-        experiment.start("demo", _params(tiny_dir, ctxneurons.corpus, tmp_path) | {"corpus": ctxneurons.corpus})
+        experiment.start("demo", _params(tiny_dir, ctxneurons.io.corpus, tmp_path) | {"corpus": ctxneurons.io.corpus})
 
 
 def test_papermill_style_strings_are_coerced(monkeypatch):

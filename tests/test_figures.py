@@ -1,4 +1,4 @@
-"""ctxneurons.figures: escaping of untrusted corpus text, the heatmap, and what show()
+"""ctxneurons.book.figures: escaping of untrusted corpus text, the heatmap, and what show()
 hands to the notebook front end."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 import pytest
 from browser import REPO, build_book
 
-from ctxneurons import figures
+from ctxneurons.book import figures
 
 HOSTILE = ['<script>window.__xss=1</script>', '<img src=x onerror="window.__xss=1">', "a & b", "'q'"]
 

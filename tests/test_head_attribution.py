@@ -6,7 +6,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from ctxneurons import circuit, evaluation, head_attribution as ha, layer0, unembedding
+from ctxneurons.method import circuit, evaluation, forward
+
+from ctxneurons.studies import head_attribution as ha, unembedding
 
 torch.set_grad_enabled(False)
 
@@ -48,12 +50,12 @@ def test_spread_shares_sum_to_one_and_find_the_only_head():
 
 
 def test_ablation_equals_a_forward_pass_with_the_head_zeroed(tiny, tiny_tokens):
-    acts = layer0.run(tiny, tiny_tokens)
+    acts = forward.run(tiny, tiny_tokens)
     ablated = ha.ablated_preactivations(tiny, acts.z, acts.resid_mid, J)
     for h in range(tiny.n_heads):
         W_O = tiny.W_O.clone()
         W_O[h] = 0
-        ref = layer0.run(replace(tiny, W_O=W_O), tiny_tokens, mlp=True).mlp_pre[:, :, J]
+        ref = forward.run(replace(tiny, W_O=W_O), tiny_tokens, mlp=True).mlp_pre[:, :, J]
         torch.testing.assert_close(ablated[:, h], ref, rtol=1e-4, atol=1e-4)
 
 
@@ -61,7 +63,7 @@ def test_attribute_matches_the_direct_measurements(tiny, c, tiny_tokens):
     a = ha.attribute(tiny, c, tiny_tokens.split(2), J)
     T = len(tiny_tokens)
     assert a.r.shape == (T, 3, 4) and a.at_peak.shape == (T, tiny.n_heads, 4) and a.ablation_mean_abs.shape == (T, tiny.n_heads, 4)
-    pre = layer0.run(tiny, tiny_tokens, mlp=True).mlp_pre[:, :, J]
+    pre = forward.run(tiny, tiny_tokens, mlp=True).mlp_pre[:, :, J]
     torch.testing.assert_close(a.peak, pre[:, 1:].amax(1))
     # the circuit heads' per-head truth at the peak sums to evaluation's summed truth there
     true = evaluation.true_contributions(tiny, tiny_tokens, c.heads, J)  # [T, n, J]
@@ -148,7 +150,7 @@ def test_lead_head_ties_go_to_the_larger_mean_contribution():
 
 def test_attribute_gives_freed_memory_back_every_few_batches_without_changing_results(tiny, c, tiny_tokens, monkeypatch):
     calls = []
-    monkeypatch.setattr(layer0, "release_freed_memory", lambda: calls.append(1))
+    monkeypatch.setattr(forward, "release_freed_memory", lambda: calls.append(1))
     texts = tiny_tokens.repeat(4, 1)[: 2 * ha.TRIM_EVERY]  # one text a batch: two releases
     neurons = torch.tensor([3, 7])
     streamed = ha.attribute(tiny, c, texts.split(1), neurons)
@@ -158,4 +160,4 @@ def test_attribute_gives_freed_memory_back_every_few_batches_without_changing_re
 
 
 def test_release_freed_memory_runs_here():
-    layer0.release_freed_memory()  # glibc here: malloc_trim; elsewhere a no-op, never an error
+    forward.release_freed_memory()  # glibc here: malloc_trim; elsewhere a no-op, never an error

@@ -39,9 +39,9 @@ def hub(tmp_path_factory, webtext):
 
 LOAD = """
 import json
-from ctxneurons.experiment import resolve_model_choice
-from ctxneurons.model import load_layer0
-from ctxneurons.corpus import select_token_batch
+from ctxneurons.book.experiment import resolve_model_choice
+from ctxneurons.io.model import load_layer0
+from ctxneurons.io.corpus import select_token_batch
 w = load_layer0("gpt2", device="cpu")
 owt = select_token_batch("openwebtext", w.tokenizer, 4, 64, seed=3)
 web = select_token_batch("hf:ctxn-test/webtext-jsonl:web:test", w.tokenizer, 3, 64, seed=1)
@@ -84,9 +84,9 @@ def test_model_and_corpora_through_a_mirror_then_from_the_cache_offline(hub, tmp
 
 FAIL = """
 import json, time
-from ctxneurons.model import ModelLoadError, load_layer0
-from ctxneurons.corpus import CorpusError, select_token_batch
-from ctxneurons.experiment import resolve_model_choice
+from ctxneurons.io.model import ModelLoadError, load_layer0
+from ctxneurons.io.corpus import CorpusError, select_token_batch
+from ctxneurons.book.experiment import resolve_model_choice
 from conftest import gpt2_tokenizer
 out = {}
 for name, call in [("model", lambda: load_layer0(MODEL, device="cpu")),
@@ -165,7 +165,7 @@ def test_a_proxy_is_used_as_the_hub_client_uses_it(hub, tmp_path):
     """On many GPU clusters a proxy is the only way out: HTTP(S)_PROXY carries every call."""
     from hubserver import forward_proxy
 
-    code = "from ctxneurons.model import load_layer0; print(load_layer0('gpt2', device='cpu').revision)"
+    code = "from ctxneurons.io.model import load_layer0; print(load_layer0('gpt2', device='cpu').revision)"
     with forward_proxy() as (proxy, seen):
         env = hub_env(hub["url"], tmp_path / "hf-home", HTTP_PROXY=proxy, HTTPS_PROXY=proxy, NO_PROXY="")
         env.pop("no_proxy", None)
@@ -183,11 +183,11 @@ def test_a_proxy_is_used_as_the_hub_client_uses_it(hub, tmp_path):
 
 def test_prefetch_fills_the_cache_for_an_offline_machine(hub, tmp_path):
     home = tmp_path / "hf-home"
-    proc = subprocess.run([sys.executable, "-m", "ctxneurons.cli", "prefetch", "--n-texts", "5"], cwd=tmp_path,
+    proc = subprocess.run([sys.executable, "-m", "ctxneurons.book.cli", "prefetch", "--n-texts", "5"], cwd=tmp_path,
                           env=hub_env(hub["url"], home), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert hub["shas"]["model"] in proc.stdout and hub["shas"]["owt"]["converted"][:12] in proc.stdout
-    code = ("from ctxneurons.model import load_layer0; from ctxneurons.corpus import select_token_batch\n"
+    code = ("from ctxneurons.io.model import load_layer0; from ctxneurons.io.corpus import select_token_batch\n"
             "w = load_layer0('gpt2', device='cpu'); print(select_token_batch('openwebtext', w.tokenizer, 6, w.n_ctx).revision)")
     offline = run_python(code, hub_env(f"http://127.0.0.1:{free_port()}", home, HF_HUB_OFFLINE="1"))
     assert offline.returncode == 0, offline.stderr[-3000:]

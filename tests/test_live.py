@@ -1,4 +1,4 @@
-"""Try a neuron in the page (issue 15): the export (ctxneurons.live) and the page's script
+"""Try a neuron in the page (issue 15): the export (ctxneurons.book.live) and the page's script
 (book/js/ctxneurons_live.js) with the pinned @huggingface/tokenizers, in Chromium.
 
 The browser tests assemble the site folder the way the book's live_static extension does
@@ -19,8 +19,12 @@ import pytest
 import torch
 from browser import REPO, launch, open_page, screenshot, serve
 
-from ctxneurons import circuit, live, neurons, toy
-from ctxneurons.model import load_layer0
+from ctxneurons.method import circuit, neurons
+
+from ctxneurons.book import live
+
+from ctxneurons import toy
+from ctxneurons.io.model import load_layer0
 
 sys.path.insert(0, str(REPO / "book" / "_ext"))
 import live_static  # noqa: E402
@@ -298,8 +302,8 @@ def test_built_toy_edition_page_matches_circuit_approximate(toy_book, toy_w):
     """On the built page: the toy tokenizer's ids and decoded tokens on a text no chapter
     uses, Circuit.approximate's values (the book's circuit: toy calibration text, the paper's
     heads, 1024 positions) within float16 precision, typing, nothing fetched from outside."""
-    from ctxneurons import corpus
-    from ctxneurons.circuit import PAPER_HEADS
+    from ctxneurons.io import corpus
+    from ctxneurons.method.circuit import PAPER_HEADS
 
     w = toy_w
     cal = corpus.calibration_tokens(corpus.CalibrationText(text=toy.calibration_text(), name="toy-calibration"),

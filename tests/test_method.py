@@ -1,12 +1,11 @@
 """The identities the method rests on, each able to fail."""
 
-import math
 
 import pytest
 import torch
 
-from ctxneurons import circuit, decomposition, denominators, evaluation, kernels, layer0, neurons
-from ctxneurons.model import load_layer0
+from ctxneurons.method import circuit, decomposition, denominators, evaluation, kernels, forward, neurons
+from ctxneurons.io.model import load_layer0
 
 from conftest import write_random_gpt2
 from exact_model import POS_NORM, TOKEN_NORM, make_exact
@@ -79,12 +78,12 @@ def test_per_head_circuit_reproduces_heads_output_up_to_layernorm(exact, tiny, t
     heads, J = [0, 2, 3], torch.arange(0, 256, 7)
 
     def per_head(w, C, value_C):
-        acts = layer0.run(w, tiny_tokens[:2])
+        acts = forward.run(w, tiny_tokens[:2])
         A = decomposition.approximate_pattern(w, tiny_tokens[:2], C)
         v = circuit.approximate_values(w, tiny_tokens[:2], C, value_C)
-        write = layer0.heads_write(w, A @ v, heads)
+        write = forward.heads_write(w, A @ v, heads)
         approx = write @ w.W_in[:, J] / acts.ln2_scale
-        return approx, layer0.heads_to_neurons(w, acts.z, acts.ln2_scale, heads, J)
+        return approx, forward.heads_to_neurons(w, acts.z, acts.ln2_scale, heads, J)
 
     approx, true = per_head(exact, TOKEN_NORM, POS_NORM)
     torch.testing.assert_close(approx, true, atol=2e-4, rtol=1e-3)
@@ -99,8 +98,8 @@ def test_built_circuit_is_exact_when_its_assumptions_hold(exact_circuit_model, t
     c = circuit.build_circuit(w, tiny_tokens[0], heads=heads, C=TOKEN_NORM, value_C=POS_NORM, n_positions=128)
     assert c.calibration_position == 64 and c.contribution.shape == (w.d_vocab, w.d_mlp)
     toks = tiny_tokens[1:3]
-    acts = layer0.run(w, toks)
-    true = layer0.heads_to_neurons(w, acts.z, acts.ln2_scale, list(heads), J)
+    acts = forward.run(w, toks)
+    true = forward.heads_to_neurons(w, acts.z, acts.ln2_scale, list(heads), J)
     approx = c.approximate(toks, J) * c.ln2_scale / acts.ln2_scale  # undo the typical-scale choice
     torch.testing.assert_close(approx, true, atol=2e-4, rtol=1e-3)
 
@@ -235,15 +234,15 @@ def test_bad_neuron_indices_name_the_problem(tiny, tiny_tokens):
 def test_blocked_tv_and_denominators_match_the_whole_matrices(tiny, tiny_tokens, monkeypatch, block_bytes, texts_per_block, rows):
     """One block; blocks of two texts with a shorter last one; one text and a few rows with a
     shorter last row block: the blocked kernels agree with the [B, H, n, n] formulas they replace."""
-    monkeypatch.setattr(layer0, "BLOCK_BYTES_CPU", block_bytes)
+    monkeypatch.setattr(forward, "BLOCK_BYTES_CPU", block_bytes)
     toks = tiny_tokens[:3, :100]
-    blocks = list(layer0.score_blocks(3, 100, tiny.n_heads * 100, "cpu"))
+    blocks = list(forward.score_blocks(3, 100, tiny.n_heads * 100, "cpu"))
     assert blocks[0] == (slice(0, texts_per_block), 0, rows) and blocks[-1][0].stop == 3 and blocks[-1][2] == 100
     q, k = decomposition.true_queries_keys(tiny, toks)
-    A = layer0.causal_scores(q, k).softmax(-1)
+    A = forward.causal_scores(q, k).softmax(-1)
     A_approx = decomposition.approximate_pattern(tiny, toks, 2.0)
     torch.testing.assert_close(decomposition.tv_by_position(tiny, toks, C=2.0), decomposition.tv_distance(A, A_approx), atol=2e-6, rtol=1e-4)
     the = tiny.token_id(" the")
     q_the = decomposition.query(tiny, the, 100)[None]
-    direct = layer0.causal_scores(q_the.expand(3, -1, -1, -1), k).logsumexp(-1)
+    direct = forward.causal_scores(q_the.expand(3, -1, -1, -1), k).logsumexp(-1)
     torch.testing.assert_close(denominators.log_denominators(tiny, toks, the), direct, atol=1e-5, rtol=1e-5)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ctxneurons import circuit, decomposition, denominators, evaluation, kernels, neurons, stats
+from ctxneurons.method import circuit, decomposition, denominators, evaluation, kernels, neurons, stats
 
 
 def test_query_position_defaults_to_the_papers_and_is_clipped():

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from conftest import write_random_gpt2
-from ctxneurons import model
-from ctxneurons.model import Layer0, load_layer0
+from ctxneurons.io import model
+from ctxneurons.method.weights import Layer0
+from ctxneurons.io.model import load_layer0
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -118,7 +119,7 @@ def test_the_toy_tokenizer_survives_the_cache(toy_dir, cache_root, tmp_path):
 
 def test_a_cached_load_does_not_import_transformer_lens(small_dir, cache_root):
     load_layer0(small_dir, device="cpu")
-    code = ("import sys; from ctxneurons import model; from pathlib import Path\n"
+    code = ("import sys; from ctxneurons.io import model; from pathlib import Path\n"
             f"model.LAYER0_CACHE_ROOT = Path({str(cache_root)!r})\n"
             f"w = model.load_layer0({str(small_dir)!r}, device='cpu')\n"
             "print(w.d_model, 'transformer_lens' in sys.modules)")
@@ -200,7 +201,7 @@ def test_an_unwritable_cache_still_loads(small_dir, tmp_path, monkeypatch):
 
 
 def test_two_processes_filling_the_cache_at_once_both_load(small_dir, cache_root):
-    code = ("import sys; from ctxneurons import model; from pathlib import Path\n"
+    code = ("import sys; from ctxneurons.io import model; from pathlib import Path\n"
             f"model.LAYER0_CACHE_ROOT = Path({str(cache_root)!r})\n"
             f"w = model.load_layer0({str(small_dir)!r}, device='cpu')\n"
             "print(float(w.W_E.double().sum()))")

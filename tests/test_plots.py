@@ -6,7 +6,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from ctxneurons import plots
+from ctxneurons.book import plots
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 

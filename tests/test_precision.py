@@ -5,7 +5,7 @@ from dataclasses import fields, replace
 
 import torch
 
-from ctxneurons import circuit, evaluation, layer0
+from ctxneurons.method import circuit, evaluation, forward
 
 torch.set_grad_enabled(False)
 
@@ -46,11 +46,11 @@ def test_tf32_weights_alone_miss_the_float32_tolerance(tiny, tiny_tokens):
     true64 = evaluation.true_contributions(tiny.to(dtype=torch.float64), tiny_tokens, (0, 2), J)
     err_tf32 = _rel(evaluation.true_contributions(_round_to_tf32(tiny), tiny_tokens, (0, 2), J), true64)
     assert err_tf32 > 30 * TRUE_REL_TOL
-    assert layer0.MATMUL_PRECISION == "highest"
+    assert forward.MATMUL_PRECISION == "highest"
 
 
 def test_matmul_precision_is_scoped():
     before = torch.get_float32_matmul_precision()
-    with layer0.matmul_precision("medium"):
+    with forward.matmul_precision("medium"):
         assert torch.get_float32_matmul_precision() == "medium"
     assert torch.get_float32_matmul_precision() == before

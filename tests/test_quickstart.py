@@ -27,7 +27,7 @@ def _intro() -> str:
 def test_readme_quickstart_runs_and_is_the_front_pages(toy_dir, tmp_path):
     code = _block((ROOT / "README.md").read_text(), "## Python quickstart", "python")
     assert code == _block(_intro(), "## Quickstart in Python", "python")
-    assert len(code.strip().splitlines()) <= 14
+    assert len(code.strip().splitlines()) <= 15
     env = {"CTXN_CACHE": str(toy_dir.parent), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,6 +1,6 @@
 import pandas as pd
 
-from ctxneurons import report
+from ctxneurons.book import report
 
 
 def _summary(notebook, **headline):

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from ctxneurons import layer0, toy
-from ctxneurons.model import load_layer0
+from ctxneurons.method import forward
+
+from ctxneurons import toy
+from ctxneurons.io.model import load_layer0
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +109,7 @@ def test_calibration_text_lacks_some_planted_topics(w, truth):
 
 
 def test_attention_heads_have_the_planted_kinds(w, truth, docs):
-    pattern = layer0.run(w, _tokens(w, docs[:2]), keep_pattern=True).pattern  # [B, H, n, n]
+    pattern = forward.run(w, _tokens(w, docs[:2]), keep_pattern=True).pattern  # [B, H, n, n]
     n = torch.arange(w.n_ctx)
     distance = (pattern * (n[:, None] - n[None, :]).clamp(min=0)).sum(-1).mean(0)  # [H, n]
     for q in (500, 1000):
@@ -125,7 +127,7 @@ def test_attention_heads_have_the_planted_kinds(w, truth, docs):
 
 def test_context_neurons_fire_on_their_topic(w, truth, docs):
     tokens = _tokens(w, docs, n_ctx=400)  # a few slow-head windows suffice, and keep this fast
-    pre = layer0.run(w, tokens, mlp=True).mlp_pre
+    pre = forward.run(w, tokens, mlp=True).mlp_pre
     fraction = _topic_fraction(tokens, truth)
     compared = 0
     for c in truth["context_neurons"]:
@@ -140,7 +142,7 @@ def test_context_neurons_fire_on_their_topic(w, truth, docs):
 
 
 def test_neurons_of_absent_topics_never_fire_on_the_calibration_text(w, truth):
-    pre = layer0.run(w, _tokens(w, [toy.calibration_text()]), mlp=True).mlp_pre[0]
+    pre = forward.run(w, _tokens(w, [toy.calibration_text()]), mlp=True).mlp_pre[0]
     absent = [c["neuron"] for c in truth["context_neurons"] if c["topic"] not in truth["calibration_topics"]]
     assert absent and (pre[:, absent] < 0).all()
 

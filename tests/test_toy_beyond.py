@@ -15,8 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from ctxneurons import circuit, core_tokens as ct, head_attribution as ha, neurons, toy
-from ctxneurons.model import load_layer0
+from ctxneurons.method import circuit, neurons
+
+from ctxneurons.studies import core_tokens as ct, head_attribution as ha
+
+from ctxneurons import toy
+from ctxneurons.io.model import load_layer0
 
 torch.set_grad_enabled(False)
 
@@ -105,7 +109,7 @@ def test_context_neurons_core_tokens_are_their_topic_words(w, truth, setup, plan
 def test_context_neurons_promote_their_topic_words(toy_dir, w, truth, setup, planted):
     """The toy's context neurons write their topic's direction; the tied unembedding reads it
     as the topic's words. Read through the final LayerNorm from the model's files."""
-    from ctxneurons import unembedding
+    from ctxneurons.studies import unembedding
 
     _, found, glitch, _ = setup
     labels = toy.planted_categories(truth, w.d_vocab)

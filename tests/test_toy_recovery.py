@@ -13,8 +13,10 @@ import math
 import pytest
 import torch
 
-from ctxneurons import circuit, decomposition, denominators, evaluation, kernels, neurons, toy
-from ctxneurons.model import load_layer0
+from ctxneurons.method import circuit, decomposition, denominators, evaluation, kernels, neurons
+
+from ctxneurons import toy
+from ctxneurons.io.model import load_layer0
 
 torch.set_grad_enabled(False)
 

@@ -3,7 +3,7 @@
 Under each figure, ``experiment.Run.show`` links the CSV tables behind it and their
 ``.meta.json`` (column meanings and provenance) at ``_data/<notebook>/<table>...``. After
 the HTML is written, this extension finds every such link, copies the file from the
-chapters' output folder (``ctxneurons.report.output_dir()``, where the build's chapters
+chapters' output folder (``ctxneurons.book.report.output_dir()``, where the build's chapters
 wrote them) into the site, and fails the build when one is missing, so that a reader can
 always download the data without cloning and a published link never breaks.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sphinx.errors import ExtensionError
 
-from ctxneurons.experiment import DATA_DIR
+from ctxneurons.book.experiment import DATA_DIR
 
 _LINK = re.compile(r'<a class="ctxn-data-link" href="([^"]+)"')
 
@@ -24,7 +24,7 @@ _LINK = re.compile(r'<a class="ctxn-data-link" href="([^"]+)"')
 def _copy_linked_tables(app, exception):
     if exception is not None or app.builder.format != "html":
         return
-    from ctxneurons import report
+    from ctxneurons.book import report
 
     outdir = Path(app.outdir).resolve()
     source_root = report.output_dir()

@@ -1,7 +1,7 @@
 """Serve the "Try a neuron" page's script, its tokenizer library and its data from the site.
 
 - ``book/js/ctxneurons_live.js`` -> ``_static/ctxneurons-live/live.js``, loaded (as an ES
-  module) on exactly the pages that hold the widget (``ctxneurons.live.widget_html``);
+  module) on exactly the pages that hold the widget (``ctxneurons.book.live.widget_html``);
 - ``@huggingface/tokenizers`` -> ``_static/ctxneurons-live/tokenizers.mjs`` (with its
   licence), from the copy ci/install_js.sh (which ci/setup.sh and ci/build_book.sh run)
   installs into the environment with ``npm ci`` from book/js/package-lock.json (pinned,
@@ -22,7 +22,7 @@ from pathlib import Path
 from sphinx.errors import ExtensionError
 from sphinx.util.fileutil import copy_asset_file
 
-from ctxneurons import live
+from ctxneurons.book import live
 
 SITE_DIR = "ctxneurons-live"
 SCRIPT = Path(__file__).resolve().parents[1] / "js" / "ctxneurons_live.js"

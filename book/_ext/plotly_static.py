@@ -1,7 +1,7 @@
 """Serve the installed plotly's plotly.min.js from the book's own _static folder.
 
 Jupyter Book drops plotly's application/vnd.plotly.v1+json outputs, so
-``ctxneurons.figures.show`` emits HTML that calls the global ``Plotly``. This extension
+``ctxneurons.book.figures.show`` emits HTML that calls the global ``Plotly``. This extension
 provides that global on exactly the pages that hold a figure, from the installed plotly
 package (the same version that serialised the figures; no CDN, nothing committed).
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import plotly
 from sphinx.util.fileutil import copy_asset_file
 
-from ctxneurons.figures import BOOK_BUILD_ENV, FIGURE_CLASS
+from ctxneurons.book.figures import BOOK_BUILD_ENV, FIGURE_CLASS
 
 # Versioned so that a browser never pairs a cached old plotly.js with new figure JSON.
 JS_NAME = f"plotly-{plotly.__version__}.min.js"
@@ -42,7 +42,7 @@ def setup(app):
     if not _source().is_file():
         raise RuntimeError(f"plotly.min.js missing from the plotly package at {_source()}")
     # Inherited by the notebook kernels myst-nb starts: figures.show then leaves plotly's
-    # JSON out, which the book cannot render (see ctxneurons.figures).
+    # JSON out, which the book cannot render (see ctxneurons.book.figures).
     os.environ[BOOK_BUILD_ENV] = "1"
     app.connect("html-page-context", _add_on_figure_pages)
     app.connect("build-finished", _copy)

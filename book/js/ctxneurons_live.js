@@ -2,7 +2,7 @@
 //
 //   approx_j(n) = sum_{i<=n} pos[n, i] contribution[j, t_i] + offset[n, j],   t_0 = BOS
 //
-// The files beside this script (data/, written by ctxneurons.live.export at build time):
+// The files beside this script (data/, written by ctxneurons.book.live.export at build time):
 // manifest.json, the model's tokenizer.json, the shared kernel's lower triangle in row
 // blocks and one file per neuron (its contribution column, then its offsets), all float16.
 // A neuron's file and the kernel blocks are fetched when first needed. The reader's text is

@@ -1,0 +1,1 @@
+"""Input and output: models, the hub, corpora, the cache, atomic files."""

@@ -1,0 +1,106 @@
+"""An on-disk cache for model-level intermediates (kernels, the contribution matrix, the
+toy corpus's token batches; ``model.load_layer0`` keeps loaded layers 0 beside them).
+
+Entries are keyed by a JSON-able dict (model fingerprint, the library's code fingerprint,
+parameters, calibration hash where it matters), so a new calibration text recomputes only what depends on it. Each
+entry stores a format version and its SHA-256 beside it; an entry that fails either
+check, or cannot be read, is recomputed and overwritten, never used.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from ctxneurons.method.weights import Layer0
+from ctxneurons.io.atomic import atomic_write_bytes, atomic_write_text, sha256_file
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+
+
+def default_root() -> Path:
+    """$CTXN_CACHE/intermediates, else ~/.cache/ctxneurons/intermediates."""
+    return Path(os.environ.get("CTXN_CACHE", Path.home() / ".cache" / "ctxneurons")) / "intermediates"
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """A short hash of this library's source files: results cached by one version of the
+    code are never read by another, whose maths may differ."""
+    h = hashlib.sha256()
+    package = Path(__file__).resolve().parents[1]
+    for path in sorted(package.rglob("*.py")):
+        h.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def model_fingerprint(w: Layer0) -> str:
+    """A short hash of everything in layer 0 that a result depends on: every weight and bias
+    (in its own dtype), eps, the score scale, the activation and the architecture. Two models
+    share cache entries only if all of these are equal (an ablated copy or a fine-tune of the
+    biases is another model)."""
+    h = hashlib.sha256()
+    for f in fields(w):
+        value = getattr(w, f.name)
+        if isinstance(value, torch.Tensor):
+            h.update(f"{f.name}:{value.dtype}:{tuple(value.shape)}".encode())
+            h.update(value.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    h.update(repr((w.eps, w.score_scale, w.act_fn, w.architecture)).encode())
+    return h.hexdigest()[:16]
+
+
+def _entry_path(root: Path, kind: str, key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return root / f"{kind}-{digest}.pt"
+
+
+def load(kind: str, key: dict, root: Path | None = None) -> dict[str, torch.Tensor] | None:
+    """The named tensors of any shape [...] stored for (kind, key), or None when there are
+    none or the entry fails its version, key or checksum check (it is then recomputed and
+    overwritten, never used)."""
+    root = default_root() if root is None else Path(root)
+    path = _entry_path(root, kind, key)
+    checksum = path.with_suffix(".sha256")
+    if not (path.exists() and checksum.exists()):
+        return None
+    try:
+        if sha256_file(path) != checksum.read_text().strip():
+            raise ValueError("checksum mismatch")
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if payload.get("version") != CACHE_VERSION or payload.get("key") != json.loads(json.dumps(key, default=str)):
+            raise ValueError(f"version {payload.get('version')} or key differs")
+        return payload["tensors"]
+    except Exception as err:  # any unreadable entry is recomputed, never trusted
+        log.warning("cache entry %s is unusable (%s); recomputing", path.name, err)
+        return None
+
+
+def store(kind: str, key: dict, tensors: dict[str, torch.Tensor], root: Path | None = None) -> dict[str, torch.Tensor]:
+    """Write named tensors of any shape [...] for (kind, key), replacing what was there; returns them on the CPU."""
+    root = default_root() if root is None else Path(root)
+    path = _entry_path(root, kind, key)
+    tensors = {k: v.detach().cpu() for k, v in tensors.items()}
+    buf = io.BytesIO()
+    torch.save({"version": CACHE_VERSION, "key": json.loads(json.dumps(key, default=str)), "tensors": tensors}, buf)
+    data = buf.getvalue()
+    atomic_write_bytes(path, data)
+    atomic_write_text(path.with_suffix(".sha256"), hashlib.sha256(data).hexdigest())
+    return tensors
+
+
+def cached(kind: str, key: dict, compute: Callable[[], dict[str, torch.Tensor]], root: Path | None = None) -> dict[str, torch.Tensor]:
+    """compute() once per (kind, key); later calls load it, after checking version and checksum.
+    compute() returns named tensors of any shape [...], given back as they were stored."""
+    found = load(kind, key, root)
+    return found if found is not None else store(kind, key, compute(), root)

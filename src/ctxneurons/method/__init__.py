@@ -1,0 +1,1 @@
+"""The paper's method (METHOD.md), one module per section."""

@@ -1,0 +1,1 @@
+"""Studies beyond the paper, built on the method's own parts."""
