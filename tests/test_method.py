@@ -152,6 +152,18 @@ def test_factorised_denominators_equal_the_exact_raw_ones_on_the_exact_model(exa
     torch.testing.assert_close(diff[0], diff[1], atol=1e-3, rtol=1e-4)
 
 
+def test_factorised_denominators_are_their_definition(tiny, tiny_tokens):
+    """log D = log sum_{i<=n} pos[n, i] exp(s_n(t_i)), scored directly for every (text, n, i)
+    with the kernel of a longer context (only its first n rows and columns count)."""
+    the = tiny.token_id(" the")
+    wh = tiny.select_heads((1, 3))
+    K = kernels.kernel_matrix(wh, the, 128, C=decomposition.DEFAULT_C)
+    toks = tiny_tokens[:, :100]
+    q = decomposition.query(wh, the, 100)[None].expand(len(toks), -1, -1, -1)
+    direct = (decomposition.content_scores(wh, q, toks) + K[:, :100, :100].log()).logsumexp(-1)  # [B, h, n]
+    torch.testing.assert_close(denominators.log_factorised_denominators(wh, toks, the, K), direct, atol=1e-5, rtol=1e-5)
+
+
 def test_concentration_bounds_hold_and_cover_the_empirical_spread(tiny, tiny_tokens):
     the = tiny.token_id(" the")
     n = 100

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from ctxneurons.method import decomposition, forward
+from ctxneurons.method import decomposition, forward, kernels
 from ctxneurons.method.weights import Layer0
 from ctxneurons.method.stats import histogram
 
@@ -33,15 +33,34 @@ def log_denominators(w: Layer0, tokens: torch.Tensor, query_token: int) -> torch
 
 
 def log_factorised_denominators(w: Layer0, tokens: torch.Tensor, query_token: int, kernel: torch.Tensor) -> torch.Tensor:
-    """log D_{h,n} = log sum_j pos_h[n, j] exp(s_n(t_j)): tokens [B, n], kernel [H, n, n] -> [B, H, n].
+    """log D_{h,n} = log sum_{i<=n} pos_h[n, i] exp(s_n(t_i)): tokens [B, n], kernel [H, >=n, >=n] -> [B, H, n].
 
     The denominator of the factorised pattern A' = pos * exp(s) / D, with the query of
-    ``query_token`` at every position.
+    ``query_token`` at every position. That query is the same for every text, so s_n(t) is
+    tabulated once per batch for the U distinct tokens in it ([H, n, U], U <= V) and
+    gathered, instead of scoring every (text, n, i) triple (U << B n on the toy's vocabulary
+    and GPT-2's batches alike).
     """
     n = tokens.shape[-1]
-    q = decomposition.query(w, query_token, n)[None].expand(tokens.shape[0], -1, -1, -1)
-    s = decomposition.content_scores(w, q, tokens)  # [B, H, n, n]
-    return (s + kernel[:, :n, :n].log()).logsumexp(-1)
+    distinct, index = tokens.unique(return_inverse=True)  # [U], [B, n]
+    q = decomposition.query(w, query_token, n)  # [H, n, e]
+    e_tok, p = w.W_E[distinct], w.W_pos[:n]  # [U, d], [n, d]
+    # q_n . E[n, t] in d_head: against the tokens' keys e_t W_K, not W_K q_n against e_t in d_model.
+    numer = q @ decomposition.head_keys(w, e_tok).transpose(-1, -2) + (q * decomposition.head_keys(w, p)).sum(-1, keepdim=True)
+    norm2 = e_tok.pow(2).sum(-1) + 2 * p @ e_tok.T + p.pow(2).sum(-1, keepdim=True)  # [n, U]
+    table = numer * (w.d_model**0.5 / w.d_head**0.5) / norm2.clamp_min(1e-12).sqrt()  # [H, n, U]
+    # D = sum_i pos[n, i] exp(s_n(t_i)), with each (h, n)'s largest score over the batch's
+    # tokens taken out first so that nothing overflows: a plain weighted sum, no logsumexp.
+    # Rows come kernels.KERNEL_ROWS at a time with the keys up to their last row, so neither
+    # the [H, n, B, n] gather nor the kernel's upper half of zeros is ever formed.
+    top = table.amax(-1, keepdim=True)  # [H, n, 1]
+    weights = (table - top).exp()  # [H, n, U]
+    D = weights.new_empty(tokens.shape[0], w.n_heads, n)
+    for r0 in range(0, n, kernels.KERNEL_ROWS):
+        r1 = min(n, r0 + kernels.KERNEL_ROWS)
+        block = weights[:, r0:r1][:, :, index[:, :r1]]  # [H, r, B, r1]
+        D[:, :, r0:r1] = torch.einsum("hri,hrbi->bhr", kernel[:, r0:r1, :r1], block)
+    return D.log() + top[None, :, :, 0]
 
 
 def log_normalising_constants(log_denoms: torch.Tensor) -> torch.Tensor:
