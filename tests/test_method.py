@@ -80,9 +80,10 @@ def test_per_head_circuit_reproduces_heads_output_up_to_layernorm(exact, tiny, t
     def per_head(w, C, value_C):
         acts = forward.run(w, tiny_tokens[:2])
         A = decomposition.approximate_pattern(w, tiny_tokens[:2], C)
-        v = circuit.approximate_values(w, tiny_tokens[:2], C, value_C)
-        write = forward.heads_write(w, A @ v, heads)
-        approx = write @ w.W_in[:, J] / acts.ln2_scale
+        B, n = tiny_tokens[:2].shape  # v ~ v_h(t_i) + posval_h(i) + b_V, the values under the decomposition
+        tok = circuit.token_values(w, value_C, tiny_tokens[:2].flatten()).view(w.n_heads, B, n, -1).transpose(0, 1)
+        v = tok + circuit.positional_values(w, n, C) + w.b_V[None, :, None, :]  # [B, H, n, e]
+        approx = forward.heads_to_neurons(w, A @ v, acts.ln2_scale, heads, J)
         return approx, forward.heads_to_neurons(w, acts.z, acts.ln2_scale, heads, J)
 
     approx, true = per_head(exact, TOKEN_NORM, POS_NORM)

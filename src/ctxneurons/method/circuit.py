@@ -48,13 +48,6 @@ def positional_values(w: Layer0, n: int, C: float = DEFAULT_C) -> torch.Tensor:
     return torch.einsum("nd,hde->hne", p * scale, w.W_V)
 
 
-def approximate_values(w: Layer0, tokens: torch.Tensor, C: float, value_C: float) -> torch.Tensor:
-    """v_i ~ v_h(t_i) + posval_h(i) + b_V: the values under the decomposition, tokens [B, n] -> [B, H, n, e]."""
-    B, n = tokens.shape
-    tok = token_values(w, value_C, tokens.flatten()).view(w.n_heads, B, n, -1).transpose(0, 1)
-    return tok + positional_values(w, n, C) + w.b_V[None, :, None, :]
-
-
 def value_terms(wh: Layer0, scores: torch.Tensor, log_denoms: torch.Tensor, value_C: float, C: float,
                 n_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Each circuit head's per-token term X_h[t] before W_O, and its token-free counterpart,

@@ -196,15 +196,6 @@ def stream_denominators(
     return _stream(_computed(w, batches, query_token), position, n_examples)
 
 
-def deviation_histogram(
-    w: Layer0, batches: Iterable[torch.Tensor], query_token: int, log_c: torch.Tensor, edges: torch.Tensor,
-    first_position: int = 1,
-) -> torch.Tensor:
-    """Histogram counts [H, b] over edges [b+1] of |denom / c - 1| for every text of the
-    token batches [B, n] and position >= ``first_position``; log_c [H, n]."""
-    return _deviation_counts(_computed(w, batches, query_token), log_c, edges, first_position)
-
-
 @dataclass
 class DenominatorStatistics:
     """What chapter 03 reads off every text's denominators: log_c [H, n], the values at one
@@ -220,14 +211,16 @@ def denominator_statistics(
     w: Layer0, batches: Iterable[torch.Tensor], query_token: int, position: int, edges: torch.Tensor,
     n_examples: int = 0, first_position: int = 1,
 ) -> DenominatorStatistics:
-    """:func:`stream_denominators`, then :func:`deviation_histogram` against its log_c, with
-    each text's denominators computed once instead of twice: token batches [B, n], edges
-    [b+1] -> log_c [H, n], at_position [N, H], examples [n_examples, H, n], deviation_counts [H, b].
+    """:func:`stream_denominators`, then the histogram of |denom / c - 1| against its log_c
+    over positions >= ``first_position``, with each text's denominators computed once: token
+    batches [B, n], edges [b+1] -> log_c [H, n], at_position [N, H], examples
+    [n_examples, H, n], deviation_counts [H, b].
 
     The deviations need the mean over all texts first, so the first pass writes every text's
-    log-denominators to a temporary file (float32, 4 H n bytes a text: 49 KB for GPT-2) and
-    the second reads them back a batch at a time: memory stays flat in N, and the second
-    pass costs a disk read instead of the layer-0 keys and scores again.
+    log-denominators to a temporary file (in the model's dtype: H n x 4 bytes a text in
+    float32, 49 KB for GPT-2) and the second reads them back a batch at a time: memory stays
+    flat in N, and the second pass costs a disk read instead of the layer-0 keys and scores
+    again.
     """
     with tempfile.TemporaryFile() as spill:
         sizes: list[int] = []
@@ -240,8 +233,9 @@ def denominator_statistics(
 
         log_c, at_position, examples = _stream(spilled(), position, n_examples)
         H, n = log_c.shape
+        dtype = at_position.dtype  # the spilled batches' (the model's): log_c is float64 whatever they are
         spill.seek(0)
-        read_back = (torch.frombuffer(bytearray(spill.read(B * H * n * 4)), dtype=torch.float32).view(B, H, n) for B in sizes)
+        read_back = (torch.frombuffer(bytearray(spill.read(B * H * n * dtype.itemsize)), dtype=dtype).view(B, H, n) for B in sizes)
         counts = _deviation_counts(read_back, log_c, edges, first_position)
     return DenominatorStatistics(log_c, at_position, examples, counts)
 
