@@ -11,7 +11,7 @@ machine), the paper's circuit heads (0, 2, 6, 8, 9, 10) and 100 evaluated neuron
 
   01  positional kernels of every head at every query position (kernel_matrix; what the
       circuit and run.kernels() use), plus the chapter's own kernels at n = 500
-  02  TV streamed over N texts (tv_over_texts), the C sweep over 16 texts x 5 C values
+  02  TV streamed over N texts (tv_statistics), the C sweep over 16 texts x 5 C values
       (tv_by_C) and one example text (tv_along_text)
   03  the denominators of N texts and their deviation histogram (denominator_statistics:
       one pass, the second read back from disk) and the concentration bounds
@@ -151,7 +151,8 @@ def ch02(args, w) -> tuple[float, dict]:
     edges = torch.cat([torch.zeros(1), torch.logspace(-6, 0, 2400)])
     heads = list(HEADS)
     decomposition.tv_along_text(w, tokens[0], heads, 3.5, [""] * N_TOKENS)
-    per_text, _ = decomposition.tv_over_texts(w, iter_batches(tokens, BATCH), heads, 3.5, edges, list(range(args.n)))
+    med, mean, _ = decomposition.tv_statistics(w, iter_batches(tokens, BATCH), heads, 3.5, edges)
+    per_text = decomposition.tv_frame(med, mean, heads, list(range(args.n)))
     sweep = decomposition.tv_by_C(w, tokens[:N_SWEEP], heads, C_VALUES, edges, BATCH)
     c.sync(w.device)
     n_tv = 1 + args.n + min(N_SWEEP, args.n) * len(C_VALUES)

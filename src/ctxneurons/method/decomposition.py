@@ -196,16 +196,6 @@ def tv_statistics(
     return torch.cat(medians), torch.cat(means), counts
 
 
-def tv_over_texts(
-    w: Layer0, batches: Iterable[torch.Tensor], heads: list[int], C: float, edges: torch.Tensor,
-    doc_ids: list, first_position: int = 1,
-) -> tuple[pd.DataFrame, torch.Tensor]:
-    """:func:`tv_statistics` as a tidy table, one row per (text, head): text, doc_id (from
-    doc_ids [N]), head, median_tv, mean_tv; with the histogram counts [h, b]."""
-    med, mean, counts = tv_statistics(w, batches, heads, C, edges, first_position)
-    return tv_frame(med, mean, heads, doc_ids), counts
-
-
 def tv_frame(median: torch.Tensor, mean: torch.Tensor, heads: list[int], doc_ids: list) -> pd.DataFrame:
     """Per-text TV statistics median, mean [N, h] (from :func:`tv_statistics`) as a tidy
     table, one row per (text, head): text, doc_id (from doc_ids [N]), head, median_tv, mean_tv."""
