@@ -77,7 +77,7 @@ def test_preactivations_agree_with_their_maximum(tiny, tiny_tokens):
 # -- the streaming reductions and tidy tables the notebooks call ----------------------------
 
 HEADS = [0, 2]
-TV_EDGES = torch.cat([torch.zeros(1), torch.logspace(-6, 0, 2400)])
+TV_EDGES = decomposition.TV_EDGES
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +98,8 @@ def test_histogram_medians_and_frame():
 
 def test_streamed_tv_statistics_equal_the_direct_ones_and_do_not_depend_on_batching(tiny, tiny_tokens):
     direct = decomposition.tv_by_position(tiny, tiny_tokens, HEADS)[:, :, 1:]  # [N, h, n-1]
-    per_text, counts = decomposition.tv_over_texts(tiny, tiny_tokens.split(3), HEADS, decomposition.DEFAULT_C, TV_EDGES,
-                                                   doc_ids=[10, 11, 12, 13])
+    med, mean, counts = decomposition.tv_statistics(tiny, tiny_tokens.split(3), HEADS, decomposition.DEFAULT_C, TV_EDGES)
+    per_text = decomposition.tv_frame(med, mean, HEADS, doc_ids=[10, 11, 12, 13])
     assert list(per_text.columns) == ["text", "doc_id", "head", "median_tv", "mean_tv"]
     assert per_text["doc_id"].tolist() == [10, 10, 11, 11, 12, 12, 13, 13] and per_text["head"].tolist() == HEADS * 4
     torch.testing.assert_close(torch.tensor(per_text["median_tv"].values).reshape(4, 2), direct.median(-1).values.double())
