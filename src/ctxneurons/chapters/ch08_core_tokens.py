@@ -6,7 +6,6 @@ On the toy, the planted topics are a second labelling beside the clustering.
 
 from __future__ import annotations
 
-import torch
 
 from ctxneurons.chapters import Result, Table
 from ctxneurons.chapters._discovery import discover
