@@ -9,8 +9,9 @@ import pandas as pd
 import torch
 
 from ctxneurons.chapters import Result, Table
-from ctxneurons.method import neurons
+from ctxneurons import toy
 from ctxneurons.studies import across
+from ctxneurons.toy import truth as planted_truth
 
 # The models table's columns the page shows (the CSV has every one of across.COLUMNS).
 SHOWN = ["name", "revision", "n_heads", "n_ctx", "score_scale", "slow_heads", "circuit_heads", "median_tv", "denominator_cv",
@@ -29,26 +30,23 @@ TOY_COLUMNS = {
 
 
 def _against_plant(studies: dict[str, across.Study]) -> tuple[pd.DataFrame, list[str]]:
-    """For the toy and its control among ``studies``: each discovery rule's precision and
-    recall against the planted context neurons (glitch-only neurons count as false
-    positives), as a TOY_COLUMNS table (empty when neither is there), and notes saying
-    whether the planted slow heads were recovered."""
-    from ctxneurons import toy
-
+    """For each model of ``studies`` with a planted answer (the toy and its control, by name
+    or folder): each discovery rule's precision and recall against the planted context
+    neurons (glitch-only neurons count as false positives), as a TOY_COLUMNS table (empty
+    when no model has a plant), and notes saying whether the planted slow heads were recovered."""
     rows, notes = [], []
-    for name, control in (("toy", False), (across.CONTROL, True)):
-        if name not in studies:
+    for name, study in studies.items():
+        truth = planted_truth.of_model(toy.ensure_model(control=True) if name == across.CONTROL else name)
+        if truth is None:
             continue
-        truth = toy.ground_truth(toy.ensure_model(control=control))
-        row, top = studies[name].row, studies[name].top
-        planted = torch.tensor([c["neuron"] for c in truth["context_neurons"]])
-        notes.append(f"{row['model']}: planted slow heads {truth['heads']['slow']}, classified slow {row['slow_heads']}: "
-                     + ("recovered" if sorted(truth["heads"]["slow"]) == row["slow_heads"] else "NOT recovered"))
+        row, planted_slow = study.row, truth["heads"]["slow"]
+        notes.append(f"{row['model']}: planted slow heads {planted_slow}, classified slow {row['slow_heads']}: "
+                     + ("recovered" if sorted(planted_slow) == row["slow_heads"] else "NOT recovered"))
         for rule, thr in (("paper's fixed threshold", row["threshold"]), ("model-scaled rule", row["scaled_threshold"])):
-            pr = neurons.precision_recall_frame(top, torch.tensor([thr]), planted).iloc[0]
+            pr = planted_truth.discovery_scores(truth, study.top, torch.tensor([thr])).iloc[0]
             rows.append({"model": row["model"], "rule": rule, "threshold": thr, "n_found": int(pr["n_found"]),
                          "precision": pr["precision"], "recall": pr["recall"],
-                         "planted_slow_heads": " ".join(map(str, truth["heads"]["slow"])),
+                         "planted_slow_heads": " ".join(map(str, planted_slow)),
                          "classified_slow_heads": " ".join(map(str, row["slow_heads"]))})
     return pd.DataFrame(rows), notes
 
@@ -73,7 +71,7 @@ def _control_notes(models_df: pd.DataFrame) -> list[str]:
 def compute(run) -> Result:
     """Chapter 06 on ``run`` (an :class:`~ctxneurons.book.experiment.Run` with the
     chapter's parameters): tables models, kernels and, where the toy or its control is
-    among the models, toy_ground_truth; extra holds ``notes``, ``toy_notes`` and
+    among the models (by name or folder), toy_ground_truth; extra holds ``notes``, ``toy_notes`` and
     ``control_notes`` for the narration. Models are loaded (layer 0 only) and released one
     at a time."""
     p = run.params

@@ -11,14 +11,13 @@ import pandas as pd
 import torch
 
 from ctxneurons.chapters import Result, Table
-from ctxneurons.chapters._discovery import discover
 from ctxneurons.io.corpus import iter_batches
 from ctxneurons.io.model import resolve_model_dir
-from ctxneurons.method import kernels, neurons
+from ctxneurons.method import evaluation, kernels, neurons
 from ctxneurons.studies import head_attribution, unembedding
+from ctxneurons.toy import truth as planted_truth
 
-FIRST_POSITION = 1
-# Per-head truth, approximation and ablation hold [B, H, n, J] tensors: half the other chapters' batch.
+# Per-head truth, approximation and ablation hold [B, H, n, J] tensors: half evaluation.BATCH_SIZE.
 BATCH_SIZE = 4
 N_PROMOTED = 10
 
@@ -36,15 +35,13 @@ TOY_COLUMNS = {
 }
 
 
-def _against_plant(neuron_df: pd.DataFrame, effects: torch.Tensor, glitch: torch.Tensor,
+def _against_plant(truth: dict, neuron_df: pd.DataFrame, effects: torch.Tensor, glitch: torch.Tensor,
                    kinds: dict[int, str]) -> tuple[pd.DataFrame, float, list[str]]:
-    """The found neurons' recovered heads and promoted tokens beside the toy's plant, from
-    the neuron table, effects [J, V], glitch [V] and the recovered head kinds: (the
-    TOY_COLUMNS table, the share of lead heads that are planted slow heads, notes)."""
-    from ctxneurons import toy
-
-    truth = toy.ground_truth(toy.ensure_model())
-    planted_kind = {h: kind for kind, hs in truth["heads"].items() for h in hs}
+    """The found neurons' recovered heads and promoted tokens beside the toy's plant
+    (``truth``), from the neuron table, effects [J, V], glitch [V] and the recovered head
+    kinds: (the TOY_COLUMNS table, the share of lead heads that are planted slow heads, notes)."""
+    planted_kind = planted_truth.head_kinds(truth)
+    topic_of = planted_truth.neuron_topics(truth)
     planted = {d["neuron"]: d for d in truth["context_neurons"]}
     toy_df = neuron_df[["neuron", "lead_head", "weight_lead_head", "ablation_top_head", "consistency"]].assign(
         planted_context_neuron=lambda d: d["neuron"].isin(list(planted)),
@@ -52,8 +49,7 @@ def _against_plant(neuron_df: pd.DataFrame, effects: torch.Tensor, glitch: torch
         lead_head_planted_kind=lambda d: d["lead_head"].map(planted_kind),
         ablation_top_head_planted_kind=lambda d: d["ablation_top_head"].map(planted_kind),
     )
-    labels = toy.planted_categories(truth, effects.shape[1])
-    topic_of = {j: f"topic-{d['topic']:02d}" for j, d in planted.items()}
+    labels = planted_truth.planted_categories(truth, effects.shape[1])
     promoted_ids = effects.masked_fill(glitch.to(effects.device)[None], float("-inf")).topk(N_PROMOTED, dim=1).indices.cpu()
     toy_df["promoted_in_topic_share"] = [sum(labels[t] == topic_of.get(j) for t in ids.tolist()) / N_PROMOTED
                                          for j, ids in zip(toy_df["neuron"], promoted_ids)]
@@ -72,21 +68,22 @@ def _against_plant(neuron_df: pd.DataFrame, effects: torch.Tensor, glitch: torch
 def compute(run) -> Result:
     """Chapter 07 on ``run`` (an :class:`~ctxneurons.book.experiment.Run` with the
     chapter's parameters): tables head_by_neuron, neurons, promoted_tokens and, on the toy,
-    toy_planted_vs_recovered; extra holds the circuit ``c``, the neurons ``found`` [J], the
+    toy_planted_vs_recovered (a model with a planted answer: the toy, by name or folder); extra holds the circuit ``c``, the neurons ``found`` [J], the
     heads' ``kinds``, ``per_head_r``, the ``ranking`` of :func:`head_attribution.ablation_ranking`,
     ``reads`` (each neuron's largest contributions) and ``notes`` for the narration."""
     p, w = run.params, run.w
-    d = discover(run, "attributing")
-    c, glitch, top, found = d.c, d.glitch, d.top, d.found
+    c = run.circuit()
+    d = neurons.discover(w, c, p["threshold"], p["max_neurons"])
+    glitch, top, found = d.glitch, d.top, d.found
     with torch.inference_mode():
         per_token, _ = head_attribution.head_terms(w, c, found)
         shares = head_attribution.spread_shares(per_token, ~glitch)
-    notes = [d.note]
+    notes = [d.message("attributing")]
     query_position = kernels.resolve_query_position(-1, w.n_ctx, run.n_tokens)
     kinds = {hc.head: hc.kind for hc in kernels.classify_heads(kernels.positional_kernel(w, run.the, query_position, run.C))}
     notes.append(f"circuit heads {list(c.heads)}; head kinds from the kernels at n = {query_position}: {kinds}")
 
-    attr = head_attribution.attribute(w, c, iter_batches(run.texts.tokens, BATCH_SIZE), found, FIRST_POSITION)
+    attr = head_attribution.attribute(w, c, iter_batches(run.texts.tokens, BATCH_SIZE), found, evaluation.FIRST_POSITION)
     top_texts = head_attribution.top_texts(attr.peak, p["top_quantile"])
     head_df = head_attribution.head_table(attr, shares, top_texts, kinds)
     neuron_df = head_attribution.neuron_table(attr, shares, top_texts, top[found])
@@ -105,8 +102,9 @@ def compute(run) -> Result:
     }
 
     toy_share, toy_notes = None, ["not the toy model: no planted answer to compare with"]
-    if p["model"] == "toy":
-        toy_df, toy_share, toy_notes = _against_plant(neuron_df, effects, glitch, kinds)
+    truth = planted_truth.of_model(p["model"])
+    if truth is not None:
+        toy_df, toy_share, toy_notes = _against_plant(truth, neuron_df, effects, glitch, kinds)
         tables["toy_planted_vs_recovered"] = Table(toy_df, TOY_COLUMNS)
 
     per_head_r = head_attribution.per_head_median_r(attr)

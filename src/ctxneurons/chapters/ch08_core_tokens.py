@@ -6,14 +6,12 @@ On the toy, the planted topics are a second labelling beside the clustering.
 
 from __future__ import annotations
 
-
 from ctxneurons.chapters import Result, Table
-from ctxneurons.chapters._discovery import discover
 from ctxneurons.io.corpus import iter_batches
+from ctxneurons.method import evaluation, neurons
 from ctxneurons.studies import core_tokens
+from ctxneurons.toy import truth as planted_truth
 
-FIRST_POSITION = 1
-BATCH_SIZE = 8
 N_TOP = 10  # the highest activation core tokens checked against a planted neuron's topic
 
 
@@ -23,11 +21,13 @@ def compute(run) -> Result:
     extra holds the neurons ``found`` [J] and ``notes`` / ``toy_notes`` for the narration."""
     p, w = run.params, run.w
     k, min_count, cut = p["n_core_tokens"], p["min_token_count"], p["cluster_cut"]
-    d = discover(run, "describing")
-    c, glitch, found = d.c, d.glitch, d.found
-    notes = [d.note]
+    c = run.circuit()
+    d = neurons.discover(w, c, p["threshold"], p["max_neurons"])
+    glitch, found = d.glitch, d.found
+    notes = [d.message("describing")]
 
-    sums, counts = core_tokens.mean_preactivation_by_token(w, iter_batches(run.texts.tokens, BATCH_SIZE), found, FIRST_POSITION)
+    batches = iter_batches(run.texts.tokens, evaluation.BATCH_SIZE)
+    sums, counts = core_tokens.mean_preactivation_by_token(w, batches, found, evaluation.FIRST_POSITION)
     act_ids, act_means, eligible = core_tokens.activation_core_tokens(sums, counts, glitch, min_count, k)
     weight_ids, weight_values = core_tokens.weight_core_tokens(c.contribution[:, found], glitch, k)
     k_act = act_ids.shape[1]
@@ -35,7 +35,7 @@ def compute(run) -> Result:
     seen = (counts > 0) & ~glitch.to(counts.device)
     n_seen, n_eligible = int(seen.sum()), int(eligible.sum())
     n_too_rare, n_unseen = n_seen - n_eligible, int((~seen).sum()) - int(glitch.sum())
-    notes.append(f"{n_seen} distinct non-glitch tokens occur in the {len(run.texts)} test texts (positions >= {FIRST_POSITION}); "
+    notes.append(f"{n_seen} distinct non-glitch tokens occur in the {len(run.texts)} test texts (positions >= {evaluation.FIRST_POSITION}); "
                  f"{n_too_rare} of them occur fewer than {min_count} times and are left out of the activation core tokens, "
                  f"{n_eligible} are eligible; {n_unseen} non-glitch tokens of the vocabulary never occur.")
     if k_act < k:
@@ -43,12 +43,8 @@ def compute(run) -> Result:
     n_segments = min(p["n_segments"], k_act)
 
     overlap_df = core_tokens.overlap_frame(found.tolist(), weight_ids, weight_ids_eligible, act_ids)
-    truth = planted = None
-    if p["model"] == "toy":
-        from ctxneurons import toy
-
-        truth = toy.ground_truth(toy.ensure_model())
-        planted = toy.planted_categories(truth, w.d_vocab)
+    truth = planted_truth.of_model(p["model"])
+    planted = None if truth is None else planted_truth.planted_categories(truth, w.d_vocab)
     tokens_df, homogeneity_df, categories_df = core_tokens.describe(
         w.W_E, found.tolist(), {"activation": act_ids, "weights": weight_ids}, {"activation": act_means, "weights": weight_values},
         run.token_str, cut, n_segments, planted)
@@ -57,7 +53,7 @@ def compute(run) -> Result:
     if planted is not None:
         toy_homogeneity = core_tokens.mean_by_segment(homogeneity_df, "activation", "planted")
         toy_ari = float(categories_df.loc[categories_df["core_set"] == "activation", "adjusted_rand"].median())
-        topic_of = {n["neuron"]: f"topic-{n['topic']:02d}" for n in truth["context_neurons"] if n["against"] is None}
+        topic_of = planted_truth.neuron_topics(truth, single_topic=True)
         top = tokens_df[(tokens_df["core_set"] == "activation") & (tokens_df["rank"] <= N_TOP) & tokens_df["neuron"].isin(list(topic_of))]
         toy_notes = ["homogeneity by segment against the planted topics, lowest to highest: " + str([round(h, 3) for h in toy_homogeneity]),
                      f"median adjusted Rand index, clustering vs planted topics: {toy_ari:.3f}"]

@@ -10,10 +10,9 @@ import torch
 
 from ctxneurons.book.experiment import ParameterError
 from ctxneurons.chapters import Result, Table
-from ctxneurons.chapters._discovery import discover
+from ctxneurons.method import evaluation, neurons
 from ctxneurons.studies import calibration
 
-FIRST_POSITION = 1
 DOMAIN_SEED_STRIDE = 1000  # domain d draws its texts with seed + d x this, apart from the others
 STOP_WORDS = "scikit-learn ENGLISH_STOP_WORDS (318 words)"
 
@@ -38,8 +37,9 @@ def compute(run) -> Result:
     ``best_notes`` for the narration."""
     p, w = run.params, run.w
     domains = _domains(run)
-    d = discover(run, "scoring")
-    c, found = d.c, d.found.to(w.device)
+    c = run.circuit()
+    d = neurons.discover(w, c, p["threshold"], p["max_neurons"])
+    found = d.found.to(w.device)
     with torch.inference_mode():
         parts = calibration.circuit_parts(w, c, found)
     stop_mask = calibration.stop_word_mask(run.token_str(range(w.d_vocab)))
@@ -48,7 +48,7 @@ def compute(run) -> Result:
     default = calibration.Calibration(
         run.calibration.name, c.log_denoms, c.ln2_scale,
         float(calibration.stop_word_density(run.calibration_tokens[None, 1:], stop_mask)))
-    notes = [f"{d.note} Domains: {domains}. Book's calibration: {default.name}, stop-word density {default.density:.3f}."]
+    notes = [f"{d.message('scoring')} Domains: {domains}. Book's calibration: {default.name}, stop-word density {default.density:.3f}."]
 
     # From each domain: an equal share of the test texts, its own calibration text, and an
     # equal share of the candidate pool.
@@ -80,7 +80,7 @@ def compute(run) -> Result:
     for name, test in tests.items():
         scores, rows = calibration.score_domain(
             w, parts, found, test.tokens, run.n_tokens, default, domain_cals[name], clusters, cluster_cals,
-            stop_mask, first_position=FIRST_POSITION)
+            stop_mask, first_position=evaluation.FIRST_POSITION)
         by_text.append(calibration.by_text_frame(name, scores, rows, test.doc_ids))
         summary += calibration.summary_rows(name, scores)
         notes.append(f"{name}: {len(test)} texts scored")
@@ -103,7 +103,7 @@ def compute(run) -> Result:
         "n_neurons_passing_threshold": d.n_passed,
         "n_candidates": len(candidates),
         "n_clusters": p["n_clusters"],
-        "first_position": FIRST_POSITION,
+        "first_position": evaluation.FIRST_POSITION,
         "stop_words": STOP_WORDS,
         "bias_density_slope": {row.choice: row.slope for row in signature.itertuples()},
     }
