@@ -278,7 +278,7 @@ def _book_run(args, folder: Path):
     return run
 
 
-def _compute(args, run):
+def _compute_on(args, run):
     """The chapter's computation as the book runs it: chapters.chNN.compute(run)."""
     import importlib
 
@@ -291,7 +291,7 @@ def ch06(args, run) -> tuple[float, dict]:
     """One model's study as chapter 06 runs it: its kernels, TV and denominators of its
     circuit heads over N texts, its circuit, the model-scaled discovery rule and the
     evaluation of those neurons over N texts."""
-    row = _compute(args, run).tables["models"].frame.iloc[0]
+    row = _compute_on(args, run).tables["models"].frame.iloc[0]
     w, h = run.w, len(row["circuit_heads"].split())
     d, H, e = w.d_model, w.n_heads, w.d_head
     per_text = tv_flops(N_TOKENS, d, h, e) + denominator_flops(N_TOKENS, d, h, e) + evaluate_flops(N_TOKENS, d, H, e, h, int(row["n_evaluated"]))
@@ -302,7 +302,7 @@ def ch07(args, run) -> tuple[float, dict]:
     """The heads behind each neuron: every head's truth, each circuit head's approximation and
     every head's ablation for 100 neurons over N texts (head_attribution.attribute), and what
     each neuron writes (its logit effects over the vocabulary)."""
-    result = _compute(args, run)
+    result = _compute_on(args, run)
     w = run.w
     d, H, e, h, J, n = w.d_model, w.n_heads, w.d_head, len(HEADS), result.headline["n_neurons"], N_TOKENS
     per_text = (layer0_flops(n, d, H, e) + 2 * n * H * e * J + h * 2 * applied(n) * J  # truth and approximation per head
@@ -315,7 +315,7 @@ def ch07(args, run) -> tuple[float, dict]:
 def ch08(args, run) -> tuple[float, dict]:
     """Core tokens: each neuron's mean true pre-activation by token over N texts
     (core_tokens.mean_preactivation_by_token) for 100 neurons, then their categories."""
-    result = _compute(args, run)
+    result = _compute_on(args, run)
     w = run.w
     d, H, e = w.d_model, w.n_heads, w.d_head
     per_text = layer0_flops(N_TOKENS, d, H, e) + 2 * N_TOKENS * d * result.headline["n_neurons"]
@@ -326,7 +326,7 @@ def ch09(args, run) -> tuple[float, dict]:
     """Which calibration text: 8 candidate calibrations clustered into 2, then the four
     choices scored on N test texts (calibration.score_domain: each text's own
     denominators, layer 0, the kernel sums and four approximations)."""
-    result = _compute(args, run)
+    result = _compute_on(args, run)
     w = run.w
     d, H, e, h, J, n = w.d_model, w.n_heads, w.d_head, len(HEADS), result.headline["n_neurons_evaluated"], N_TOKENS
     tokens = run.texts.tokens  # the same number of texts, and of distinct tokens per batch, as the domain's
