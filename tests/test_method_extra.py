@@ -77,7 +77,7 @@ def test_preactivations_agree_with_their_maximum(tiny, tiny_tokens):
 # -- the streaming reductions and tidy tables the notebooks call ----------------------------
 
 HEADS = [0, 2]
-TV_EDGES = torch.cat([torch.zeros(1), torch.logspace(-6, 0, 2400)])
+TV_EDGES = decomposition.TV_EDGES
 
 
 @pytest.fixture(scope="module")

@@ -246,6 +246,20 @@ def denominator_statistics(
     return DenominatorStatistics(log_c, at_position, examples, counts)
 
 
+#: Bins of |denom / c - 1|, log-spaced from 1e-5 to 10 (the deviations span orders of magnitude).
+DEVIATION_EDGES = torch.cat([torch.zeros(1), torch.logspace(-5, 1, 2400)])
+
+#: The columns of :func:`examples_frame` (chapter 03's denominators_examples.csv).
+EXAMPLES_COLUMNS = {
+    "text": "index of the test text",
+    "doc_id": "the text's document id in the corpus",
+    "head": "layer-0 attention head (circuit heads only)",
+    "position": "query position i",
+    "token": "the text's token at i (decoded)",
+    "denom_over_c": "denom_{h,i,' the'}(text) / c_{h,i}, c the mean over all test texts",
+}
+
+
 def examples_frame(ratio: torch.Tensor, heads: list[int], token_strs: list[list[str]], doc_ids: list,
                    first_position: int = 1) -> pd.DataFrame:
     """denom / c along example texts, ratio [T, H, n] with token_strs [T][n]: a tidy table
@@ -254,6 +268,18 @@ def examples_frame(ratio: torch.Tensor, heads: list[int], token_strs: list[list[
         {"text": t, "doc_id": doc_ids[t], "head": h, "position": i, "token": token_strs[t][i], "denom_over_c": float(ratio[t, h, i])}
         for t in range(ratio.shape[0]) for h in heads for i in range(first_position, ratio.shape[-1])
     ])
+
+
+#: The columns of :func:`at_position_frame` (chapter 03's denominators_at_mid.csv).
+AT_POSITION_COLUMNS = {
+    "text": "index of the test text",
+    "doc_id": "the text's document id in the corpus",
+    "head": "layer-0 attention head (circuit heads and the contrast head)",
+    "kind": "the head's kind from its kernel at n_tokens // 2",
+    "in_circuit": "whether the head is a circuit head",
+    "log_denom": "natural log of denom_{h,n,' the'}(text) at n = n_tokens // 2",
+    "denom_over_c": "that denominator over its mean across the test texts",
+}
 
 
 def at_position_frame(log_at: torch.Tensor, log_c_at: torch.Tensor, heads: list[int], kind: dict[int, str],
@@ -266,6 +292,20 @@ def at_position_frame(log_at: torch.Tensor, log_c_at: torch.Tensor, heads: list[
          "log_denom": float(log_at[t, h]), "denom_over_c": float(ratio[t, h])}
         for t in range(log_at.shape[0]) for h in heads
     ])
+
+
+#: The columns of :func:`concentration_frame` (chapter 03's concentration.csv).
+CONCENTRATION_COLUMNS = {
+    "head": "layer-0 attention head",
+    "kind": "the head's kind from its kernel at n_tokens // 2",
+    "in_circuit": "whether the head is a circuit head",
+    "cv_empirical": "std / mean of the denominators at n_tokens // 2 across test texts",
+    "cv_iid": "the same predicted for i.i.d. key tokens from the test texts' unigram distribution",
+    "eps": "a relative deviation epsilon",
+    "frac_empirical": "fraction of texts with |D / mean - 1| >= eps",
+    "chebyshev": "Chebyshev bound on that fraction, min(1, cv_iid^2 / eps^2)",
+    "hoeffding": "Hoeffding bound on that fraction",
+}
 
 
 def concentration_frame(conc: list[Concentration], kind: dict[int, str], circuit_heads: list[int]) -> pd.DataFrame:
