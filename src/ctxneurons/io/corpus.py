@@ -410,7 +410,8 @@ def _existing(path: Path) -> str | None:
 
 def load_calibration_text(text_or_path: str | os.PathLike) -> CalibrationText:
     """The calibration text from a UTF-8 file (a Path, or a string that names an existing
-    file or looks like a path) or from a literal string (name 'inline')."""
+    file or looks like a path) or from a literal string (name 'inline'). A ``.jsonl`` file
+    is read as a corpus file is ({"text": ...} per line), and gives its first document."""
     is_path = isinstance(text_or_path, os.PathLike)
     raw = os.fspath(text_or_path)
     if not is_path and not raw.strip():
@@ -428,13 +429,17 @@ def load_calibration_text(text_or_path: str | os.PathLike) -> CalibrationText:
         )
     if kind is None:
         return CalibrationText(text=raw, name="inline")
-    text = _decode_utf8(path.read_bytes(), f"calibration text file {path}")
+    if path.suffix == ".jsonl":  # {"text": ...} lines, as in a corpus file: the prose is the first one's text
+        documents = _read_jsonl(path)
+        text, name = (documents[0] if documents else ""), f"{path.name}#0"
+    else:
+        text, name = _decode_utf8(path.read_bytes(), f"calibration text file {path}"), path.name
     if not text.strip():
         raise CorpusError(
             f"calibration text file {path} is empty (or only whitespace); "
             "it needs prose of at least a few hundred tokens."
         )
-    return CalibrationText(text=text, name=path.name)
+    return CalibrationText(text=text, name=name)
 
 
 def calibration_tokens(cal: CalibrationText, tokenizer, position: int, bos: bool = True) -> torch.Tensor:
