@@ -33,7 +33,6 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from ctxneurons.method import circuit as circuit_mod
 from ctxneurons.method import kernels, forward
 from ctxneurons.method.circuit import Circuit, head_terms
 from ctxneurons.method.evaluation import pearson_r
