@@ -35,12 +35,12 @@ GPU_MEMORY_FRACTION = 0.5  # of the free memory: leaves room for the allocator's
 BLOCK_BYTES_CPU = 4 << 20  # a block of scores that stays in cache (see score_blocks)
 
 
-def _matmul_backends() -> list:
-    """The backends whose float32 matmul precision torch sets one by one (torch >= 2.9:
-    cuBLAS and oneDNN's ``fp32_precision``); empty on older torch, which has only the global
-    setting."""
-    candidates = (torch.backends.cuda.matmul, getattr(getattr(torch.backends, "mkldnn", None), "matmul", None))
-    return [b for b in candidates if b is not None and hasattr(b, "fp32_precision")]
+# The backends whose float32 matmul precision torch sets one by one (torch >= 2.9: cuBLAS
+# and oneDNN's ``fp32_precision``); empty on older torch, which has only the global setting.
+_MATMUL_BACKENDS = tuple(
+    b for b in (torch.backends.cuda.matmul, getattr(getattr(torch.backends, "mkldnn", None), "matmul", None))
+    if b is not None and hasattr(b, "fp32_precision")
+)
 
 
 @contextmanager
@@ -50,11 +50,12 @@ def matmul_precision() -> Iterator[None]:
 
     On torch >= 2.9 each backend is set and restored on its own: once a caller has set one
     through ``fp32_precision``, torch refuses to read the global setting."""
-    backends = _matmul_backends()
+    backends = _MATMUL_BACKENDS
     if backends:
         saved = [b.fp32_precision for b in backends]
-        for b in backends:
-            b.fp32_precision = "ieee"
+        for b, value in zip(backends, saved):
+            if value != "ieee":  # nested calls find it set: setting it again costs more than the check
+                b.fp32_precision = "ieee"
     else:
         old = torch.get_float32_matmul_precision()
         torch.set_float32_matmul_precision(MATMUL_PRECISION)
@@ -63,7 +64,8 @@ def matmul_precision() -> Iterator[None]:
     finally:
         if backends:
             for b, value in zip(backends, saved):
-                b.fp32_precision = value
+                if value != "ieee":
+                    b.fp32_precision = value
         else:
             torch.set_float32_matmul_precision(old)
 
