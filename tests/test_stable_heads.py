@@ -156,3 +156,22 @@ def test_runs_on_random_tiny_models_of_every_architecture(writer, tmp_path):
     assert t["picked"].tolist() == [h in pick.heads for h in range(w.n_heads)]
     assert t[["duplicate_token_score", "content_spread", "cv_measured", "cv_iid"]].notna().all().all()
     assert pick.position == kernels.resolve_query_position(-1, w.n_ctx, 96)
+
+
+def test_across_models_reports_no_circuit_for_the_control(tmp_path):
+    """Chapter 06's row for the negative control, loaded by name like any model: the rule
+    picks nothing, so no circuit is built and no neuron is reported (it used to borrow the
+    paper's heads and find dozens)."""
+    from ctxneurons.book import experiment
+    from ctxneurons.studies import across
+
+    params = experiment.validate({"model": "toy-control", "corpus": "toy", "n_texts": 6, "n_tokens": 512, "device": "cpu",
+                                  "seed": 0, "heads": [0, 2, 6, 8, 9, 10], "output_dir": str(tmp_path)})
+    run = experiment.open_run("across_models", params)
+    s = across.study(run, [0, 2, 6, 8, 9, 10], max_neurons=5)
+    r = s.row
+    assert r["stable_heads"] == r["circuit_heads"] == [] and not r["premise_holds"] and not r["agrees_with_reference"]
+    assert r["n_found"] == 0 and r["n_evaluated"] == 0 and bool((s.top == float("-inf")).all())
+    assert len(s.heads) == 12 and not s.heads["picked"].any()
+    summary = across.summary_rows(across.table([r]))[0]
+    assert summary["stable_heads"] == [] and summary["premise_holds"] is False and summary["median_r"] is None
