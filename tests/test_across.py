@@ -33,10 +33,14 @@ def _classified_slow(w) -> list[int]:
 
 
 def test_the_control_classifies_no_slow_head_and_the_toy_its_planted_ones(toy_dir, truth, control_dir):
+    """Kernel shape alone: the toy's slow heads and its duplicate-token head (whose kernel is
+    slow too; the stable-heads rule rejects it, tests/test_stable_heads.py); the control's
+    duplicate-token head only."""
     w_toy, w_control = load_layer0(toy_dir, device="cpu"), load_layer0(control_dir, device="cpu")
-    assert _classified_slow(w_toy) == truth["heads"]["slow"] == list(toy.SLOW_HEADS)
-    assert _classified_slow(w_control) == []
+    dup = truth["distractors"]["duplicate_token"]
+    assert _classified_slow(w_toy) == truth["kernel_kinds"]["slow"] == sorted([*toy.SLOW_HEADS, dup])
     control_truth = toy.ground_truth(control_dir)
+    assert _classified_slow(w_control) == control_truth["kernel_kinds"]["slow"] == [dup]
     assert control_truth["control"] and control_truth["heads"]["slow"] == []
     assert across.revision(across.CONTROL, w_control) == f"{toy.VERSION}-control"
     # The same model but for where the slow heads look: only their keys differ.
@@ -103,10 +107,10 @@ def test_chapter_on_the_toy_and_its_control(tmp_path, monkeypatch):
         assert {"model", "slow_heads", "median_tv", "median_r", "median_fvu", "n_found"} <= set(r)
     toy_row, control = rows
     assert "control" in control["model"] and "control" not in toy_row["model"]
-    assert toy_row["slow_heads"] == list(toy.SLOW_HEADS) and control["slow_heads"] == []
-    assert control["circuit_heads"] == list(toy.SLOW_HEADS)  # the heads parameter stands in
-    assert control["median_fvu"] > 3 * toy_row["median_fvu"] and control["median_r"] < toy_row["median_r"] - 0.03
-    assert control["denominator_cv"] > 3 * toy_row["denominator_cv"]
+    assert toy_row["stable_heads"] == toy_row["circuit_heads"] == list(toy.SLOW_HEADS) and toy_row["premise_holds"]
+    # The control's premise fails: no circuit, no neurons (it used to borrow the heads parameter).
+    assert control["stable_heads"] == control["circuit_heads"] == [] and not control["premise_holds"]
+    assert control["n_found"] == 0 and control["median_r"] is None
     models = pd.read_csv(folder / "models.csv")
     assert len(models) == 2 and set(summary["tables"]) >= {"models", "kernels", "toy_ground_truth"}
     truth = pd.read_csv(folder / "toy_ground_truth.csv")

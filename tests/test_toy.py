@@ -49,7 +49,8 @@ def test_loads_like_gpt2_small_layer0(w, truth):
     cos = (w.W_E[ordinary] / norms[:, None]) @ (w.W_pos / w.W_pos.norm(dim=-1, keepdim=True)).T
     assert 0.02 < cos.abs().mean() < 0.06 and cos.abs().max() < 0.25
     assert cos.abs().mean() == pytest.approx(truth["realism"]["mean_abs_cos_token_pos"], rel=1e-3)
-    assert truth["heads"] == {"slow": [0, 2, 6, 8, 9, 10], "local": [1, 3, 4, 5], "uniform": [7, 11]}
+    assert truth["heads"] == {"slow": [0, 2, 6, 8, 9, 10], "duplicate-token": [1], "local": [3, 4], "first-token": [5], "uniform": [7, 11]}
+    assert truth["kernel_kinds"] == {"slow": [0, 1, 2, 6, 8, 9, 10], "local": [3, 4], "first-token": [5], "uniform": [7, 11]}
 
 
 def test_transformer_lens_processing_leaves_the_construction_intact(w):
@@ -180,11 +181,12 @@ def test_scores_against_the_plant_count_what_a_wrong_answer_would_miss(truth):
     assert scores["n_found"].tolist() == [15, 0]
     assert scores["precision"][0] == pytest.approx(10 / 15) and np.isnan(scores["precision"][1])
     assert scores["recall"].tolist() == pytest.approx([10 / len(planted), 0.0])
-    kinds = plant.head_kinds(truth)
-    assert [h for h, k in sorted(kinds.items()) if k == "slow"] == list(toy.SLOW_HEADS)
+    roles = plant.head_roles(truth)
+    assert [h for h, k in sorted(roles.items()) if k == "slow"] == list(toy.SLOW_HEADS) == plant.circuit_heads(truth)
+    assert plant.head_kinds(truth)[1] == "slow" and roles[1] == "duplicate-token"  # its kernel is slow
     import pandas as pd
 
-    classes = pd.DataFrame({"head": [0, 1, 7], "kind": ["slow", "slow", "uniform"]})
+    classes = pd.DataFrame({"head": [0, 3, 7], "kind": ["slow", "slow", "uniform"]})
     assert plant.head_recovery(truth, classes)["recovered"].tolist() == [True, False, True]
     topics = plant.neuron_topics(truth, single_topic=True)
     contrast = [c["neuron"] for c in truth["context_neurons"] if c["against"] is not None]

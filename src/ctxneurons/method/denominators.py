@@ -115,7 +115,10 @@ def concentration(
     token every text starts with (BOS), held fixed in the prediction (:func:`iid_moments`).
     """
     q_n = decomposition.query(w, query_token, torch.tensor([n], device=w.device))[:, 0]
-    y = decomposition.content_scores_all_tokens(w, q_n, n).double().exp()  # [H, V]
+    s = decomposition.content_scores_all_tokens(w, q_n, n).double()  # [H, V]
+    # Each head's exp(s) is taken relative to its largest: the CV and both bounds are ratios,
+    # and a head whose scores at n sit hundreds of logits down (a sink, seen from far) must not underflow.
+    y = (s - s.amax(-1, keepdim=True)).exp()
     mean_d, var_d, sum_sq = iid_moments(y, p_token, kernel_row, first_token)
     occurring = p_token.to(y.device) > 0
     range_y = y[:, occurring].amax(-1) - y[:, occurring].amin(-1)

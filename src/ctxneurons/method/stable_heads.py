@@ -186,7 +186,8 @@ TABLE_COLUMNS = {
     "duplicate_token": f"duplicate_token_score >= {DUPLICATE_TOKEN_MIN}: a repeat of the query's token outweighs ~55 other keys",
     "content_spread": "mean over query tokens of the std of content scores across the other tokens (logits)",
     "cv_measured": "std / mean across the texts of the head's denominator at the query position, query ' the'",
-    "cv_iid": "the same predicted for i.i.d. key tokens from the texts' unigram distribution, the BOS key held fixed",
+    "cv_iid": ("the same predicted for i.i.d. key tokens from the texts' unigram distribution, the BOS key held fixed "
+               "(meaningless for a first-token head: its content scores at n carry its large positional score there)"),
     "stable": f"cv_measured <= {CV_STABLE_MAX}",
     "picked": "the rule keeps the head: slow kernel and stable denominator",
     "reason": "why the rule keeps or rejects the head",
