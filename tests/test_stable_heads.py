@@ -176,3 +176,31 @@ def test_across_models_reports_no_circuit_for_the_control(tmp_path):
     assert len(s.heads) == 12 and not s.heads["picked"].any()
     summary = across.summary_rows(across.table([r]))[0]
     assert summary["stable_heads"] == [] and summary["premise_holds"] is False and summary["median_r"] is None
+
+
+def test_heads_auto_is_the_rule_and_never_a_fixed_list():
+    import pandas as pd
+
+    calls = []
+
+    def pick_of(heads):
+        def pick():
+            calls.append(heads)
+            return stable_heads.HeadPick(heads=heads, table=pd.DataFrame(), position=10, n_texts=2, model="m")
+        return pick
+
+    assert stable_heads.resolve([0, 2], pick_of([5])) == (0, 2) and calls == []  # a list is taken as given
+    assert stable_heads.resolve("auto", pick_of([1, 3])) == (1, 3)
+    with pytest.raises(stable_heads.PremiseFails, match="premise fails"):
+        stable_heads.resolve("auto", pick_of([]))
+    with pytest.raises(ValueError, match="auto"):
+        stable_heads.resolve("slow", pick_of([1]))
+
+
+def test_the_pick_is_shown_against_a_reference_list(toy_pick):
+    t = stable_heads.with_reference(toy_pick, [0, 1, 2])
+    assert list(t.columns).index("in_reference") == list(t.columns).index("picked") + 1
+    assert t["in_reference"].tolist() == [h in (0, 1, 2) for h in range(12)]
+    agreement = stable_heads.paper_agreement(toy_pick, [0, 1, 2])
+    assert agreement == {"agrees": False, "both": [0, 2], "only_rule": [6, 8, 9, 10], "only_reference": [1]}
+    assert set(stable_heads.TABLE_COLUMNS) | set(stable_heads.REFERENCE_COLUMN) == set(t.columns)

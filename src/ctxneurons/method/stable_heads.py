@@ -25,6 +25,7 @@ Shapes: N texts, m tokens per text, H heads, T tokens, e d_head, V vocabulary.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -238,9 +239,35 @@ def pick_heads(w: Layer0, tokens: torch.Tensor, query_token: int, C: float = DEF
     return HeadPick(heads=heads, table=table, position=n, n_texts=N, model=w.name)
 
 
+def with_reference(pick: HeadPick, reference_heads: Sequence[int]) -> pd.DataFrame:
+    """The pick's per-head table with a column ``in_reference`` after ``picked``: whether
+    the head is in reference_heads (the paper's six for GPT-2 Small), so that a chapter
+    shows the rule's pick against it head by head."""
+    t = pick.table.copy()
+    t.insert(t.columns.get_loc("picked") + 1, "in_reference", t["head"].isin(list(reference_heads)))
+    return t
+
+
+REFERENCE_COLUMN = {"in_reference": "whether the head is in the reference list (the heads parameter: the paper's six by default)"}
+
+
 def paper_agreement(pick: HeadPick, paper_heads: list[int]) -> dict:
     """How the rule's pick compares with a reference list (the paper's six for GPT-2 Small):
     agrees, the heads both have, and those only one has."""
     mine, theirs = set(pick.heads), set(paper_heads)
     return {"agrees": mine == theirs, "both": sorted(mine & theirs),
             "only_rule": sorted(mine - theirs), "only_reference": sorted(theirs - mine)}
+
+
+AUTO = "auto"  # the heads parameter's value that asks for the rule's pick
+
+
+def resolve(heads: Sequence[int] | str, pick: Callable[[], HeadPick]) -> tuple[int, ...]:
+    """A run's heads parameter as the circuit's heads: a list as given; 'auto' the rule's
+    pick, computed only then (``pick`` returns a :class:`HeadPick`), and
+    :class:`PremiseFails` when it picks none: never a fixed list in its place."""
+    if isinstance(heads, str):
+        if heads != AUTO:
+            raise ValueError(f"heads={heads!r}: pass a list of head indices or 'auto' (the stable-heads rule)")
+        return tuple(pick().require())
+    return tuple(heads)
