@@ -39,15 +39,20 @@ from ctxneurons.method.weights import Layer0
 # head's denominator on one calibration text and uses it for every text, so a CV of c puts a
 # per-text scale error of about c on the head's term: 0.25 costs that term ~0.25^2 = 6% of
 # its variance, under half the paper's median FVU (0.14). On GPT-2 Small's real layer-0
-# attention weights the paper's six heads measure 0.05-0.14 and the duplicate-token heads
-# 0.34 and 0.56 (position 256, query ' the', 64 WebText texts): the threshold sits in the gap.
+# attention, LayerNorm and position weights (token embeddings of GPT-2's typical norm stood
+# in for its own; issue 23) the paper's six heads measure 0.05-0.14 and the duplicate-token
+# heads 5 and 1 0.34 and 0.56 (position 256, query ' the', 64 WebText texts): the
+# threshold sits in that gap.
 CV_STABLE_MAX = 0.25
 # A head is a duplicate-token head when a key holding the query's own token scores at least
 # this much above an average other token: e^4 ~ 55, so one repeat of the query's token
 # outweighs ~55 other keys and the head's output follows that token's repeats. GPT-2 Small's
 # heads 1 and 5 score ~13 and ~19, its "partly" duplicate-token head 10 ~3, the rest below 0
-# (tr(W_Q W_K^T)/sqrt(d_head), LN folded, isotropic tokens). Reported, not part of the rule:
-# such a head fails the rule through its unstable denominator.
+# by the isotropic estimate tr(W_Q W_K^T)/sqrt(d_head) (LN folded, tokens of the full
+# post-LN norm); :func:`content_dependence` gives the token only its share of the LN'd
+# residual beside the position, which lowers every score by the same factor (about a half
+# where |W_pos| ~ |W_E|). Reported, not part of the rule: such a head fails the rule through
+# its unstable denominator.
 DUPLICATE_TOKEN_MIN = 4.0
 N_SCORE_TOKENS = 512  # the corpus's most frequent tokens over which content scores are compared
 
@@ -167,6 +172,7 @@ class HeadPick:
             "stable_heads_premise_holds": self.premise_holds,
             "stable_heads_cv_max": CV_STABLE_MAX,
             "duplicate_token_min": DUPLICATE_TOKEN_MIN,
+            "first_token_min_ratio": kernels.FIRST_TOKEN_MIN_RATIO,
             "stable_heads_position": self.position,
             "stable_heads_n_texts": self.n_texts,
         }
