@@ -105,12 +105,6 @@ def frequent_tokens(tokens: torch.Tensor, k: int = N_SCORE_TOKENS) -> torch.Tens
     return ids[order]
 
 
-def fixed_first_token(tokens: torch.Tensor) -> int | None:
-    """The token every text of tokens [N, m] holds at position 0 (BOS), or None when they differ."""
-    first = tokens[:, 0]
-    return int(first[0]) if bool((first == first[0]).all()) else None
-
-
 def choose(kinds: list[str], cv: torch.Tensor, cv_max: float = CV_STABLE_MAX) -> list[int]:
     """The rule: heads whose kernel is slow (not local, uniform or a sink) and whose
     denominator CV across texts, cv [H], is at most ``cv_max``; sorted."""
@@ -223,7 +217,7 @@ def pick_heads(w: Layer0, tokens: torch.Tensor, query_token: int, C: float = DEF
         log_at = torch.cat([denominators.log_denominators(w, b.to(w.device), query_token)[:, :, n].cpu()
                             for b in prefix.split(batch_size)])  # [N, H]
         p_token = denominators.token_distribution(prefix[:, 1:], w.d_vocab)
-        conc = denominators.concentration(w, log_at, K, query_token, n, p_token, first_token=fixed_first_token(tokens))
+        conc = denominators.concentration(w, log_at, K, query_token, n, p_token, first_token=denominators.fixed_first_token(tokens))
     cv = torch.tensor([c.cv_empirical for c in conc])
     kinds = [c.kind for c in classes]
     heads = choose(kinds, cv, cv_max)

@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ctxneurons.method import kernels, neurons, stable_heads
+from ctxneurons.method import decomposition, kernels, neurons, stable_heads
 
 from ctxneurons import toy
 from ctxneurons.method.weights import Layer0
@@ -52,7 +52,7 @@ LABELS = {
     "gpt-neo-125M": "GPT-Neo 125M",
 }
 SCALED_N_MADS = 5.0
-TV_EDGES = torch.cat([torch.zeros(1), torch.logspace(-6, 0, 2400)])
+TV_EDGES = decomposition.TV_EDGES
 
 
 def default_models(edition: str) -> list[str]:
@@ -235,6 +235,17 @@ COLUMNS = {
     "median_fvu": "median fraction of variance unexplained over the same pairs",
     "n_texts": "test texts",
     "n_tokens": "tokens per text",
+}
+
+
+KERNEL_COLUMNS = {
+    "model": "the model's label",
+    "head": "layer-0 attention head",
+    "kind": "local / slow / uniform / first-token, from its kernel",
+    "in_circuit": "whether the head is in that model's circuit (the stable-heads rule's pick)",
+    "key_position": "key position i",
+    "distance": "n - i, tokens back from the query position n = n_ctx/2 - 12",
+    "weight": "pos_h[n, i], the kernel weight",
 }
 
 
