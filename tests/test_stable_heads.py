@@ -204,3 +204,25 @@ def test_the_pick_is_shown_against_a_reference_list(toy_pick):
     agreement = stable_heads.paper_agreement(toy_pick, [0, 1, 2])
     assert agreement == {"agrees": False, "both": [0, 2], "only_rule": [6, 8, 9, 10], "only_reference": [1]}
     assert set(stable_heads.TABLE_COLUMNS) | set(stable_heads.REFERENCE_COLUMN) == set(t.columns)
+
+
+@pytest.mark.parametrize("model, premise", [("toy", True), ("toy-control", False)])
+def test_chapter_01_headline_holds_the_rule_on_the_toy_and_its_control(model, premise, toy_dir, tmp_path):
+    """The keys a check outside the project reads from chapter 01's summary.json, on the planted
+    answer: the toy's six slow heads, its duplicate-token head; the control's none."""
+    from ctxneurons.book import experiment
+    from ctxneurons.chapters import ch01_positional_kernels
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CTXN_CACHE", str(toy_dir.parent))  # the session's toy (and its control, built beside it)
+        params = experiment.validate({"model": model, "corpus": "toy", "n_texts": 8, "n_tokens": 512, "device": "cpu", "seed": 0,
+                                      "heads": [0, 2, 6, 8, 9, 10], "query_position": -1, "output_dir": str(tmp_path)})
+        r = ch01_positional_kernels.compute(experiment.open_run("positional_kernels", params))
+    h, truth = r.headline, toy.ground_truth(toy.ensure_model(toy_dir.parent, control=model == "toy-control"))
+    assert h["head_kinds"] == {str(k): v for k, v in enumerate(truth["kernel_kind"])}
+    assert h["duplicate_token_heads"] == [truth["distractors"]["duplicate_token"]]
+    assert set(h["denominator_cv_by_head"]) == {str(k) for k in range(12)}
+    assert h["stable_heads"] == truth["heads"]["slow"] and h["stable_heads_premise_holds"] is premise
+    assert h["stable_heads_vs_circuit_heads"]["agrees"] is premise
+    assert h["heads_first_token"] == [truth["distractors"]["first_token"]]
+    assert r.tables["stable_heads"].frame["in_reference"].sum() == 6
