@@ -172,7 +172,7 @@ def most_local_head(classes: list[HeadClass]) -> int:
 #: The columns of :func:`kernel_frame` (chapter 01's kernels.csv).
 KERNEL_COLUMNS = {
     "head": "layer-0 attention head",
-    "kind": "the head's kind from its kernel (local / slow / uniform)",
+    "kind": "the head's kind from its kernel (local / slow / uniform / first-token)",
     "in_circuit": "whether the head is one of this run's circuit heads",
     "key_position": "key position i",
     "distance": "n - i, tokens back from the query position n",
@@ -194,10 +194,10 @@ def kernel_frame(kernel: torch.Tensor, classes: list[HeadClass], circuit_heads: 
 #: The columns of :func:`classes_frame` (chapter 01's head_classes.csv).
 CLASSES_COLUMNS = {
     "head": "layer-0 attention head",
-    "kind": "local / slow / uniform, from the kernel at position n",
+    "kind": f"local / slow / uniform, from the kernel at position n over keys 1..n; first-token (a sink) when position 0 holds its largest weight and at least {FIRST_TOKEN_MIN_RATIO:g} times a uniform kernel's share",
     "in_circuit": "whether the head is one of this run's circuit heads",
-    "effective_window": "1 / sum_i pos[n, i]^2, in tokens",
-    "mean_distance": "sum_i pos[n, i] (n - i), in tokens",
+    "effective_window": "1 / sum_i pos[n, i]^2 over keys 1..n (renormalised), in tokens",
+    "mean_distance": "sum_i pos[n, i] (n - i) over keys 1..n (renormalised), in tokens",
     "weight_on_first": "pos[n, 0], the weight on the BOS position",
 }
 
