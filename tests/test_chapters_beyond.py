@@ -110,7 +110,8 @@ def test_head_attribution_names_the_planted_slow_heads(heads_toy, truth):
     assert min(r.headline["per_head_median_r"].values()) > 0.9
     heads = r.tables["head_by_neuron"].frame
     assert (heads.groupby("neuron")["weight_share"].sum() - 1).abs().max() < 1e-4
-    assert set(heads.loc[heads["kind"] == "slow", "head"]) == slow  # the kinds recovered from the kernels
+    # the kinds recovered from the kernels (the duplicate-token head's kernel is slow too)
+    assert set(heads.loc[heads["kind"] == "slow", "head"]) == set(truth["kernel_kinds"]["slow"])
     assert set(r.extra["ranking"].iloc[:len(slow)]["head"]) == slow  # zeroing a slow head hurts most
 
 
