@@ -49,7 +49,8 @@ def test_loads_like_gpt2_small_layer0(w, truth):
     cos = (w.W_E[ordinary] / norms[:, None]) @ (w.W_pos / w.W_pos.norm(dim=-1, keepdim=True)).T
     assert 0.02 < cos.abs().mean() < 0.06 and cos.abs().max() < 0.25
     assert cos.abs().mean() == pytest.approx(truth["realism"]["mean_abs_cos_token_pos"], rel=1e-3)
-    assert truth["heads"] == {"slow": [0, 2, 6, 8, 9, 10], "local": [1, 3, 4, 5], "uniform": [7, 11]}
+    assert truth["heads"] == {"slow": [0, 2, 6, 8, 9, 10], "duplicate-token": [1], "local": [3, 4], "first-token": [5], "uniform": [7, 11]}
+    assert truth["kernel_kinds"] == {"slow": [0, 1, 2, 6, 8, 9, 10], "local": [3, 4], "first-token": [5], "uniform": [7, 11]}
 
 
 def test_transformer_lens_processing_leaves_the_construction_intact(w):
@@ -151,4 +152,3 @@ def test_model_toy_resolves_to_the_cached_build(toy_dir, monkeypatch):
     monkeypatch.setenv("CTXN_CACHE", str(toy_dir.parent))
     w = load_layer0("toy", device="cpu")
     assert w.d_vocab == len(toy.vocabulary().tokens) and w.token_id(" the") == toy.ground_truth(toy_dir)["the_token_id"]
-

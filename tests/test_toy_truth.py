@@ -39,9 +39,10 @@ def test_scores_against_the_plant_count_what_a_wrong_answer_would_miss(truth):
     assert scores["n_found"].tolist() == [15, 0]
     assert scores["precision"][0] == pytest.approx(10 / 15) and np.isnan(scores["precision"][1])
     assert scores["recall"].tolist() == pytest.approx([10 / len(planted), 0.0])
-    kinds = plant.head_kinds(truth)
-    assert [h for h, k in sorted(kinds.items()) if k == "slow"] == list(toy.SLOW_HEADS)
-    classes = pd.DataFrame({"head": [0, 1, 7], "kind": ["slow", "slow", "uniform"]})
+    roles = plant.head_roles(truth)
+    assert [h for h, k in sorted(roles.items()) if k == "slow"] == list(toy.SLOW_HEADS) == plant.circuit_heads(truth)
+    assert plant.head_kinds(truth)[1] == "slow" and roles[1] == "duplicate-token"  # its kernel is slow
+    classes = pd.DataFrame({"head": [0, 3, 7], "kind": ["slow", "slow", "uniform"]})
     assert plant.head_recovery(truth, classes)["recovered"].tolist() == [True, False, True]
     topics = plant.neuron_topics(truth, single_topic=True)
     contrast = [c["neuron"] for c in truth["context_neurons"] if c["against"] is not None]

@@ -106,8 +106,17 @@ class ModelSource:
         return f"{self.repo}@{self.revision[:12]}" if self.repo and self.revision else str(self.path)
 
 
+TOY_CONTROL = "toy-control"  # the toy's negative control: its slow heads made local (toy.build_model)
+
+
+def is_toy(model: str | os.PathLike) -> bool:
+    """Whether ``model`` names the offline toy or its negative control, which share the toy's
+    corpus, calibration text and domains."""
+    return str(model) in ("toy", TOY_CONTROL)
+
+
 def resolve_model(model: str | os.PathLike) -> ModelSource:
-    """The local files of ``model``: 'toy' (built on first use), a local directory, or a hub
+    """The local files of ``model``: 'toy' or 'toy-control' (built on first use), a local directory, or a hub
     name such as 'gpt2' or 'openai-community/gpt2' (optionally 'NAME@REVISION').
 
     A hub model already in the Hugging Face cache is used with no network call; otherwise it is
@@ -115,10 +124,10 @@ def resolve_model(model: str | os.PathLike) -> ModelSource:
     unreachable hub fails within seconds with a message saying what to do.
     """
     model_str = str(model)
-    if model_str == "toy":
+    if is_toy(model_str):
         from ctxneurons import toy
 
-        return ModelSource(toy.ensure_model())
+        return ModelSource(toy.ensure_model(control=model_str == TOY_CONTROL))
     path = Path(model_str).expanduser()
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
