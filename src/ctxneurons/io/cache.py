@@ -5,6 +5,10 @@ Entries are keyed by a JSON-able dict (model fingerprint, the library's code fin
 parameters, calibration hash where it matters), so a new calibration text recomputes only what depends on it. Each
 entry stores a format version and its SHA-256 beside it; an entry that fails either
 check, or cannot be read, is recomputed and overwritten, never used.
+
+The cache only saves time and is never needed: a cache folder that is read-only, is a
+file, or fails while an entry is stored costs the next run the computation, with one
+warning naming ``CTXN_CACHE``; the result just computed is always returned.
 """
 
 from __future__ import annotations
@@ -29,9 +33,31 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 
 
+CACHE_ENV = "CTXN_CACHE"
+
+
+def cache_home() -> Path:
+    """$CTXN_CACHE, else ~/.cache/ctxneurons (also when CTXN_CACHE is set but empty):
+    the one folder every cache of the library lives under."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ctxneurons").expanduser()
+
+
 def default_root() -> Path:
-    """$CTXN_CACHE/intermediates, else ~/.cache/ctxneurons/intermediates."""
-    return Path(os.environ.get("CTXN_CACHE", Path.home() / ".cache" / "ctxneurons")) / "intermediates"
+    """Where intermediates are kept: :func:`cache_home`/intermediates."""
+    return cache_home() / "intermediates"
+
+
+_warned: set[str] = set()
+
+
+def warn_unusable(where: Path, err: BaseException) -> None:
+    """One warning per process and folder that the cache cannot be used there, naming CTXN_CACHE."""
+    key = str(where)
+    if key in _warned:
+        return
+    _warned.add(key)
+    log.warning("the cache at %s cannot be written (%s: %s); results are computed but not kept. Set %s to a "
+                "writable folder to keep them", where, type(err).__name__, err, CACHE_ENV)
 
 
 @functools.lru_cache(maxsize=1)
@@ -72,7 +98,10 @@ def load(kind: str, key: dict, root: Path | None = None) -> dict[str, torch.Tens
     root = default_root() if root is None else Path(root)
     path = _entry_path(root, kind, key)
     checksum = path.with_suffix(".sha256")
-    if not (path.exists() and checksum.exists()):
+    try:
+        if not (path.exists() and checksum.exists()):
+            return None
+    except OSError:  # an unreadable cache folder holds nothing usable
         return None
     try:
         if sha256_file(path) != checksum.read_text().strip():
@@ -87,15 +116,19 @@ def load(kind: str, key: dict, root: Path | None = None) -> dict[str, torch.Tens
 
 
 def store(kind: str, key: dict, tensors: dict[str, torch.Tensor], root: Path | None = None) -> dict[str, torch.Tensor]:
-    """Write named tensors of any shape [...] for (kind, key), replacing what was there; returns them on the CPU."""
+    """Write named tensors of any shape [...] for (kind, key), replacing what was there; returns
+    them on the CPU, also when they cannot be written (see the module's docstring)."""
     root = default_root() if root is None else Path(root)
     path = _entry_path(root, kind, key)
     tensors = {k: v.detach().cpu() for k, v in tensors.items()}
     buf = io.BytesIO()
     torch.save({"version": CACHE_VERSION, "key": json.loads(json.dumps(key, default=str)), "tensors": tensors}, buf)
     data = buf.getvalue()
-    atomic_write_bytes(path, data)
-    atomic_write_text(path.with_suffix(".sha256"), hashlib.sha256(data).hexdigest())
+    try:
+        atomic_write_bytes(path, data)
+        atomic_write_text(path.with_suffix(".sha256"), hashlib.sha256(data).hexdigest())
+    except OSError as err:
+        warn_unusable(root, err)
     return tensors
 
 

@@ -41,7 +41,9 @@ from pathlib import Path
 
 import torch
 
+from ctxneurons.errors import InputError
 from ctxneurons.io import hub
+from ctxneurons.io.hub import HUB_ALIASES  # noqa: F401  (the model names users type)
 from ctxneurons.method.weights import Layer0
 
 log = logging.getLogger(__name__)
@@ -49,15 +51,6 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="IProgress not found")
 
 SUPPORTED_MODEL_TYPES = ("gpt2", "gpt_neo")
-HUB_ALIASES = {
-    "gpt2": "openai-community/gpt2",
-    "gpt2-small": "openai-community/gpt2",
-    "gpt2-medium": "openai-community/gpt2-medium",
-    "gpt2-large": "openai-community/gpt2-large",
-    "gpt2-xl": "openai-community/gpt2-xl",
-    "distilgpt2": "distilbert/distilgpt2",
-    "gpt-neo-125M": "EleutherAI/gpt-neo-125M",
-}
 # Architectures whose positions are not learned vectors added before layer 0's LayerNorm,
 # by how they encode position (model_type as in config.json).
 ROTARY_MODEL_TYPES = (
@@ -68,11 +61,11 @@ RELATIVE_MODEL_TYPES = ("t5", "mt5", "longt5", "umt5", "deberta", "deberta-v2", 
 ALIBI_MODEL_TYPES = ("bloom", "mpt")
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(InputError, RuntimeError):
     """A model could not be found or is not one this library supports."""
 
 
-class DeviceError(RuntimeError):
+class DeviceError(InputError, RuntimeError):
     """The requested device is not available."""
 
 
