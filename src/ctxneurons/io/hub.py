@@ -285,10 +285,10 @@ def dataset_files(repo: str, config: str | None = None, split: str = "train", re
             "no longer runs, with no Parquet conversion yet."
         )
     out = DatasetFiles(repo=repo, config=config, split=split, revision=sha, layout=layout, files=tuple(files))
-    manifest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = manifest.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(out)))
-    tmp.replace(manifest)
+    from ctxneurons.io.atomic import atomic_write_json
+
+    # A unique temporary name per writer: two processes listing one dataset never share one.
+    atomic_write_json(manifest, asdict(out))
     return out
 
 

@@ -33,8 +33,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -111,7 +109,11 @@ def resolve_model(model: str | os.PathLike) -> ModelSource:
     if model_str == "toy":
         from ctxneurons import toy
 
-        return ModelSource(toy.ensure_model())
+        try:
+            return ModelSource(toy.ensure_model())
+        except OSError as err:
+            raise ModelLoadError(f"model='toy' could not be built under the cache folder ({err}); set CTXN_CACHE "
+                                 "to a writable folder") from None
     path = Path(model_str).expanduser()
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
@@ -364,11 +366,9 @@ def _write_layer0_entry(entry: Path, key: dict, layer0: Layer0) -> None:
     """Store ``layer0`` in ``entry`` through a temporary sibling folder renamed into place,
     so a reader sees a whole entry or none; when another process got there first, its
     entry stands. Entries of the same model directory made for other keys are removed."""
-    from ctxneurons.io.atomic import atomic_write_text, sha256_file
+    from ctxneurons.io.atomic import atomic_dir, atomic_write_text, remove_dir, sha256_file
 
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
-    try:
+    with atomic_dir(entry, replace=False) as tmp:
         tensors = {f.name: getattr(layer0, f.name).contiguous() for f in fields(layer0)
                    if isinstance(getattr(layer0, f.name), torch.Tensor)}
         torch.save({"tensors": tensors, "scalars": {k: getattr(layer0, k) for k in _SCALARS}}, tmp / _TENSORS)
@@ -376,17 +376,11 @@ def _write_layer0_entry(entry: Path, key: dict, layer0: Layer0) -> None:
         stored = sorted(p for p in tmp.rglob("*") if p.is_file())
         sums = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in stored}
         atomic_write_text(tmp / _MANIFEST, json.dumps({"key": key, "sha256": sums}, indent=1))
-        try:
-            tmp.rename(entry)
-        except OSError:
-            pass  # another process renamed its own entry into place first; it holds the same layer
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     # The same directory's older entries (other files, versions) would never be read again:
     # one entry per model directory keeps the cache from growing with every upgrade.
     for old in entry.parent.glob(entry.name.split("-")[0] + "-*"):
         if old != entry:
-            _discard(old)
+            remove_dir(old)
 
 
 def _boot_layer0(source: ModelSource, config: dict) -> Layer0:
@@ -402,32 +396,29 @@ def _boot_layer0(source: ModelSource, config: dict) -> Layer0:
     return layer0_from_bridge(bridge, config=config)
 
 
-def _discard(entry: Path) -> None:
-    """Move ``entry`` aside and delete it (a rename first, so no reader sees it half deleted)."""
-    stale = Path(tempfile.mkdtemp(prefix=f".{entry.name}-stale-", dir=entry.parent))
-    try:
-        entry.rename(stale / "old")
-    except OSError:
-        pass  # another process moved it first
-    shutil.rmtree(stale, ignore_errors=True)
-
-
 def _cached_layer0(source: ModelSource, config: dict) -> Layer0:
     """Layer 0 of ``source`` on CPU: from the on-disk cache, or booted and then stored there.
     An entry that fails any check is rebuilt, never used."""
     key = _layer0_cache_key(source)
     entry = _layer0_cache_dir(key)
-    if entry.exists():
+    from ctxneurons.io.atomic import remove_dir
+    from ctxneurons.io.cache import warn_unusable
+
+    try:
+        found = entry.exists()
+    except OSError:  # an unreadable cache folder holds nothing usable
+        found = False
+    if found:
         try:
             return _read_layer0_entry(entry, key)
         except Exception as err:  # a damaged or foreign entry is rebuilt, never trusted
             log.warning("layer-0 cache entry %s is unusable (%s); loading %s again", entry, err, source.label)
-            _discard(entry)
+            remove_dir(entry)
     layer0 = _boot_layer0(source, config)
     try:
         _write_layer0_entry(entry, key, layer0)
     except OSError as err:  # a read-only or full cache costs the next run a boot, nothing more
-        log.warning("could not store layer 0 of %s in %s (%s)", source.label, entry.parent, err)
+        warn_unusable(entry.parent, err)
     return layer0
 
 
