@@ -222,10 +222,11 @@ def test_merge_refuses_runs_that_disagree_and_writes_nothing(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ctxneurons.book.cli", "batch", "merge", str(tmp_path / "a"), str(tmp_path / "b"),
                            "--out", str(tmp_path / "merged")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert "1 run(s) were computed twice with the same parameters and disagree; nothing was merged" in proc.stderr
+    assert "1 run(s) disagree with another copy of themselves or are damaged; nothing was merged" in proc.stderr
     assert "01_demo/seed=1__aaaa" in proc.stderr and "demo.r: 0.5 vs 0.6" in proc.stderr
-    assert not (tmp_path / "merged").exists()
-    with pytest.raises(FileNotFoundError, match="not a folder of runs"):
+    assert "Traceback" not in proc.stderr
+    assert not list((tmp_path / "merged").glob("*/*"))
+    with pytest.raises(batch.BatchError, match="not a folder of runs"):
         batch.merge([tmp_path / "nowhere"], tmp_path / "merged")
 
 

@@ -497,7 +497,7 @@ def merge(sources: list[Path], out: Path, log=None) -> MergeReport:
     out = Path(out)
     for src in sources:
         if not Path(src).is_dir():
-            raise BatchError(f"batch merge: {src} is not a folder of runs; give the --out folders of the batches to merge")
+            raise BatchError(f"{src} is not a folder of runs; give the --out folders of the batches to merge")
     with exclusive(out, "batch merge"):
         return _merge(sources, out, log)
 
@@ -528,8 +528,8 @@ def _merge(sources: list[Path], out: Path, log) -> MergeReport:
         owners[label] = ident
     if problems:
         raise MergeConflict(
-            f"batch merge: {len(problems)} problem(s); nothing was merged. Rerun or delete the wrong copy, then merge "
-            "again:\n  " + "\n  ".join(problems)
+            f"{len(problems)} run(s) disagree with another copy of themselves or are damaged; nothing was merged. "
+            "Rerun or delete the wrong copy, then merge again:\n  " + "\n  ".join(problems)
         )
     report = MergeReport([], [], [])
     in_out = {recorded_identity(run) for run in _finished_runs(out).values()} if out.is_dir() else set()

@@ -77,7 +77,9 @@ def _as_int_list(name: str, v: Any) -> list[int]:
     hint = "a non-empty list of integers, e.g. [0, 2, 6]"
     if isinstance(v, str):
         text = v.strip()
-        v = _literal(name, text, hint) if text.startswith(("[", "(")) else text.replace(",", " ").split()
+        if text[:1] + text[-1:] in ("[]", "()"):
+            text = text[1:-1]  # '[0, 2, 6]', '[0 2 6]' and '(0,2,6)' alike
+        v = text.replace(",", " ").split()
     if isinstance(v, int) and not isinstance(v, bool):
         v = [v]
     if not isinstance(v, (list, tuple)) or not v:
