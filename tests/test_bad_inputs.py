@@ -192,3 +192,19 @@ def test_a_second_batch_on_the_same_out_is_refused_naming_the_holder(tmp_path):
                 pass
     with batch.exclusive(tmp_path / "runs"):  # released: the next one goes ahead
         pass
+
+
+def test_an_environment_override_is_another_run_and_is_recorded(world, monkeypatch):
+    for var in [v for v in os.environ if v.startswith("CTXN_") and v != "CTXN_CACHE"]:
+        monkeypatch.delenv(var)
+    nbs = batch.find_notebooks([], world["nb"])
+    sets = batch.expand_grid({"seed": "1"}, {})
+    plain = batch.plan(nbs, sets, world["tmp"] / "out")[0]
+    monkeypatch.setenv("CTXN_N_TEXTS", "64")
+    env = batch.plan(nbs, sets, world["tmp"] / "out")[0]
+    assert env.folder != plain.folder  # not "skipped" as the plain run
+    assert env.params["n_texts"] == 64 and env.environment == {"CTXN_N_TEXTS": "64"}
+    assert env.identity["environment"] == {"CTXN_N_TEXTS": "64"} and "ctxneurons" in env.identity
+    monkeypatch.setenv("CTXN_N_TEXTS", "sixty")
+    with pytest.raises(ParameterError, match="n_texts"):
+        batch.plan(nbs, sets, world["tmp"] / "out")
