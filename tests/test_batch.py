@@ -106,6 +106,10 @@ def test_interrupted_batch_keeps_finished_runs_and_resumes(notebook_dir, tmp_pat
     _wait_for(marker, proc)
     os.killpg(proc.pid, sig)
     proc.wait(timeout=60)
+    if sig == signal.SIGINT:  # a Ctrl-C: one message saying what was kept and how to resume
+        said = proc.stdout.read().decode()
+        assert proc.returncode == 130 and "Traceback" not in said, said
+        assert "01_demo/seed=99" in said and "Run the same command again to resume" in said, said
     demo = root / "01_demo"
     finished = [p for p in demo.iterdir() if (p / "run.json").exists()]
     assert [p.name.split("__")[0] for p in finished] == ["seed=1"]

@@ -258,6 +258,24 @@ def _model_revision(folder: Path) -> str | None:
     return None
 
 
+KERNEL_LOG = "kernel.log"
+
+
+def _quiet_kernel_manager(log: Path):
+    """A kernel manager whose kernel writes its stdout and stderr to ``log`` instead of the
+    batch's terminal: on Ctrl-C a dying kernel's tracebacks would bury the batch's one
+    message; a failed run keeps them in its folder."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class Manager(AsyncKernelManager):
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            with open(log, "ab") as out:  # the kernel keeps its own descriptor
+                kw["stdout"] = kw["stderr"] = out
+                return await super()._async_launch_kernel(kernel_cmd, **kw)
+
+    return Manager
+
+
 def run_job(job: Job, kernel_name: str = "python3") -> dict:
     """Execute one job; returns {'status': 'done'|'skipped'|'failed', ...}."""
     import papermill
@@ -276,6 +294,7 @@ def run_job(job: Job, kernel_name: str = "python3") -> dict:
             papermill.execute_notebook(
                 str(job.notebook), str(partial / job.notebook.name), parameters=params,
                 kernel_name=kernel_name, progress_bar=False, cwd=str(job.notebook.parent),
+                kernel_manager_class=_quiet_kernel_manager(partial / KERNEL_LOG),
             )
     except Exception as err:
         atomic_write_json(partial / "error.json", {"notebook": job.notebook.name, "parameters": params,
@@ -283,6 +302,9 @@ def run_job(job: Job, kernel_name: str = "python3") -> dict:
         replace_dir(partial, failed)
         return {"status": "failed", "folder": str(failed), **_failing_cell(err)}
     _fix_output_dir(partial, job.folder)
+    kernel_log = partial / KERNEL_LOG
+    if kernel_log.exists() and not kernel_log.stat().st_size:
+        kernel_log.unlink()
     atomic_write_json(partial / "run.json", {
         "notebook": job.notebook.name, "parameters": job.params, "environment": job.environment,
         "identity": job.identity, "ctxneurons": __version__, "model_revision": _model_revision(partial),
