@@ -4,14 +4,15 @@ rate against the measured matmul peak.
     python bench/bench_chapters.py [--n-texts 1000] [--chapters 01,02,03,04,05] [--device cpu|cuda]
                                    [--flat-n 100] [--json out.json]
 
-What each chapter runs is what its notebook calls through the library, on N texts of
-1024 tokens with GPT-2 Small's layer-0 shapes (random weights from
+Chapters 01-05 run the very function their notebook calls (``chNN.compute`` on a book Run
+whose texts are synthetic, with a fresh on-disk cache, so every computation and cache
+write is timed as on a first build); 06-09 what their notebooks call through the library.
+All on N texts of 1024 tokens with GPT-2 Small's layer-0 shapes (random weights from
 ``_common.synthetic_layer0``: torch alone, so the same script runs on a bare GPU
 machine), the paper's circuit heads (0, 2, 6, 8, 9, 10) and 100 evaluated neurons:
 
-  01  positional kernels of every head at every query position (kernel_matrix; what the
-      circuit and run.kernels() use), plus the chapter's own kernels at n = 500
-  02  TV streamed over N texts (tv_over_texts), the C sweep over 16 texts x 5 C values
+  01  every head's positional kernel at n = 500 and its kind
+  02  TV streamed over N texts (run.tv_statistics), the C sweep over 16 texts x 5 C values
       (tv_by_C) and one example text (tv_along_text)
   03  the denominators of N texts and their deviation histogram (denominator_statistics:
       one pass, the second read back from disk) and the concentration bounds
@@ -59,7 +60,7 @@ HEADS = (0, 2, 6, 8, 9, 10)
 N_NEURONS = 100
 BATCH = 8  # what notebooks 02-04 pass to iter_batches
 C_VALUES = [1.0, 2.0, 3.5, 5.0, 8.0]
-N_SWEEP, N_COMPARE, N_CALIBRATIONS = 16, 32, 4
+N_CALIBRATIONS = 4  # chapter 04: the run's calibration text and three others
 CAL_POSITION = 512
 
 
@@ -131,49 +132,70 @@ def _tokens(n_texts: int, seed: int = 0) -> torch.Tensor:
     return torch.cat(list(c.texts(n_texts, N_TOKENS, seed=seed, batch_size=256))) if n_texts else torch.empty(0, N_TOKENS, dtype=torch.long)
 
 
-def ch01(args, w) -> tuple[float, dict]:
-    from ctxneurons.method import kernels
+def _run(args, w, **params):
+    """The book's Run over the synthetic model: seeded random texts instead of a corpus
+    (compute does not depend on token content), so each chapter's function is the one the
+    notebook calls. Its on-disk cache is a fresh folder of this child process: every
+    computation runs, and its cache writes are timed, as on a first book build."""
+    import dataclasses
+    import tempfile
+    from functools import cached_property
 
-    with torch.inference_mode():
-        K = kernels.kernel_matrix(w, c.THE, N_TOKENS)
-        row = kernels.positional_kernel(w, c.THE, 500)
-        kernels.classify_heads(row.cpu())
-        c.sync(w.device)
-    assert K.shape == (w.n_heads, N_TOKENS, N_TOKENS)
-    return kernel_flops(N_TOKENS, w.d_model, w.n_heads, w.d_head), {}
+    from ctxneurons.book.experiment import Run
+    from ctxneurons.io import corpus
+
+    class Synthetic(Run):
+        @cached_property
+        def texts(self) -> corpus.TokenBatch:
+            tokens = _tokens(self.params["n_texts"])
+            return corpus.TokenBatch(tokens, list(range(len(tokens))), [""] * len(tokens), "synthetic")
+
+        @cached_property
+        def _calibration_and_doc(self):
+            return corpus.CalibrationText(text="synthetic seed 1", name="synthetic#1"), None
+
+        @cached_property
+        def calibration_tokens(self) -> torch.Tensor:
+            return _tokens(1, seed=1)[0, : self.calibration_position + 1].to(self.w.device)
+
+        def other_calibrations(self, k: int) -> list:
+            return [(f"synthetic#{s}", _tokens(1, seed=s)[0, : self.calibration_position + 1].to(self.w.device), f"synthetic-{s}")
+                    for s in range(2, 2 + k)]
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-chapters-"))
+    os.environ["CTXN_CACHE"] = str(tmp)
+    w = dataclasses.replace(w, tokenizer=c.tokenizer())
+    base = {"model": "synthetic", "n_texts": args.n, "n_tokens": N_TOKENS, "heads": list(HEADS), "seed": 0, "device": args.device}
+    return Synthetic(name="bench", params=base | params, w=w, fallback=False, model_label="synthetic", output_dir=tmp / "out")
+
+
+def _compute(module: str, args, w, **params):
+    """chNN.compute on the synthetic run, waited for on the GPU."""
+    import importlib
+
+    result = importlib.import_module(f"ctxneurons.chapters.{module}").compute(_run(args, w, **params))
+    c.sync(w.device)
+    return result
+
+
+def ch01(args, w) -> tuple[float, dict]:
+    _compute("ch01_positional_kernels", args, w, query_position=-1)
+    n = 500  # the chapter's query position for GPT-2's n_ctx
+    return 2 * (n + 1) * w.d_model * w.n_heads * w.d_head + 2 * w.n_heads * (n + 1) * w.d_head, {}
 
 
 def ch02(args, w) -> tuple[float, dict]:
-    from ctxneurons.method import decomposition
-    from ctxneurons.io.corpus import iter_batches
+    from ctxneurons.chapters.ch02_tv_distance import N_SWEEP
 
-    tokens = _tokens(args.n)
-    edges = torch.cat([torch.zeros(1), torch.logspace(-6, 0, 2400)])
-    heads = list(HEADS)
-    decomposition.tv_along_text(w, tokens[0], heads, 3.5, [""] * N_TOKENS)
-    per_text, _ = decomposition.tv_over_texts(w, iter_batches(tokens, BATCH), heads, 3.5, edges, list(range(args.n)))
-    sweep = decomposition.tv_by_C(w, tokens[:N_SWEEP], heads, C_VALUES, edges, BATCH)
-    c.sync(w.device)
+    r = _compute("ch02_tv_distance", args, w, C_values=C_VALUES)
     n_tv = 1 + args.n + min(N_SWEEP, args.n) * len(C_VALUES)
-    return n_tv * tv_flops(N_TOKENS, w.d_model, len(heads), w.d_head), {"median_tv": float(per_text["median_tv"].median()),
-                                                                        "sweep_rows": len(sweep)}
+    return n_tv * tv_flops(N_TOKENS, w.d_model, len(HEADS), w.d_head), {"median_tv": float(r.tables["tv_by_text"].frame["median_tv"].median()),
+                                                                         "sweep_rows": len(r.tables["tv_by_C"].frame)}
 
 
 def ch03(args, w) -> tuple[float, dict]:
-    from ctxneurons.method import denominators, kernels
-    from ctxneurons.io.corpus import iter_batches
-
-    tokens = _tokens(args.n)
-    mid = N_TOKENS // 2
-    with torch.inference_mode():
-        kernel_mid = kernels.positional_kernel(w, c.THE, mid).cpu()
-    edges = torch.cat([torch.zeros(1), torch.logspace(-5, 1, 2400)])
-    at_mid = denominators.denominator_statistics(w, iter_batches(tokens, BATCH), c.THE, mid, edges, 5).at_position
-    p_token = denominators.token_distribution(tokens[:, 1:], w.d_vocab)
-    with torch.inference_mode():
-        conc = denominators.concentration(w, at_mid, kernel_mid, c.THE, mid, p_token)
-    c.sync(w.device)
-    return args.n * denominator_flops(N_TOKENS, w.d_model, w.n_heads, w.d_head), {"cv_head0": conc[0].cv_empirical}
+    r = _compute("ch03_denominator_stability", args, w, n_examples=5)
+    return args.n * denominator_flops(N_TOKENS, w.d_model, w.n_heads, w.d_head), {"cv_head0": r.headline["cv_by_head"]["0"]}
 
 
 def _circuit(w, seed: int):
@@ -185,39 +207,20 @@ def _circuit(w, seed: int):
 
 
 def ch04(args, w) -> tuple[float, dict]:
-    from ctxneurons.method import evaluation
-    from ctxneurons.io.corpus import iter_batches
+    from ctxneurons.chapters.ch04_contextual_circuit import N_COMPARE
 
-    tokens = _tokens(args.n)
-    circ = _circuit(w, 1)
-    _, found = _found(w, circ)
-    ev = evaluation.evaluate(w, circ, iter_batches(tokens, BATCH), found, n_traces=3)
-    others = ((f"cal{s}", s == 1, circ if s == 1 else _circuit(w, s)) for s in range(1, 1 + N_CALIBRATIONS))
-    evaluation.compare_calibrations(w, others, tokens[:N_COMPARE], found, BATCH)
-    c.sync(w.device)
-    J, h = len(found), len(HEADS)
+    r = _compute("ch04_contextual_circuit", args, w, threshold=5.0, max_neurons=N_NEURONS, extra_calibration_texts=N_CALIBRATIONS - 1,
+                 n_examples=3)
+    J, h = r.headline["n_neurons_evaluated"], len(HEADS)
     per_text = evaluate_flops(N_TOKENS, w.d_model, w.n_heads, w.d_head, h, J)
     # compare_calibrations: one truth pass over its texts, then each calibration's approximation
     compare = per_text + (N_CALIBRATIONS - 1) * 2 * applied(N_TOKENS) * J
     flops = N_CALIBRATIONS * circuit_flops(w, N_TOKENS, CAL_POSITION, h) + args.n * per_text + min(N_COMPARE, args.n) * compare
-    return flops, {"median_r": ev.median_r}
+    return flops, {"median_r": r.headline["median_r"]}
 
 
 def ch05(args, w) -> tuple[float, dict]:
-    from ctxneurons.method import neurons
-
-    circ = _circuit(w, 1)
-    tokens = _tokens(1).to(w.device)
-    with torch.inference_mode():
-        glitch = neurons.glitch_mask(w)
-        top = neurons.top_statistic(circ.contribution, glitch)
-        found, _ = neurons.select_capped(top, 5.0, N_NEURONS)
-        for j in found.tolist():
-            neurons.extreme_tokens(circ.contribution, j, glitch, k=10)
-        circ.approximate(tokens, found[:1])
-        neurons.preactivations(w, tokens, found[:1])
-        neurons.max_preactivation(w, tokens[:, : CAL_POSITION + 1], found)
-        c.sync(w.device)
+    _compute("ch05_context_neurons", args, w, threshold=5.0, thresholds=[2, 3, 4, 5, 6, 8, 10], max_neurons=N_NEURONS)
     f = circuit_flops(w, N_TOKENS, CAL_POSITION, len(HEADS))
     f += 2 * (layer0_flops(N_TOKENS, w.d_model, w.n_heads, w.d_head) + 2 * N_TOKENS * w.d_model * w.d_mlp)
     return f, {}

@@ -33,7 +33,7 @@ from ctxneurons.book.display import DATA_DIR, RunDisplay  # noqa: F401  (DATA_DI
 from ctxneurons.book.edition import model_label, resolve_model_choice
 from ctxneurons.book.outputs import RunOutputs, project_root, resolve_output_dir  # noqa: F401
 from ctxneurons.book.params import PARAMETERS, ParameterError, env_overrides, require, validate  # noqa: F401
-from ctxneurons.book.texts import CALIBRATION_SEED_OFFSET, RunTexts  # noqa: F401
+from ctxneurons.book.texts import CALIBRATION_SEED_OFFSET, OTHER_CALIBRATIONS_SEED_OFFSET, RunTexts  # noqa: F401
 from ctxneurons.method.weights import Layer0
 
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}

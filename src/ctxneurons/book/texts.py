@@ -15,9 +15,10 @@ import torch
 
 from ctxneurons.io import corpus
 from ctxneurons.method import decomposition
-from ctxneurons.method.circuit import PAPER_HEADS
+from ctxneurons.method.circuit import PAPER_HEADS, other_calibrations
 
 CALIBRATION_SEED_OFFSET = 7919  # the default calibration text is drawn with seed + this, apart from the test texts
+OTHER_CALIBRATIONS_SEED_OFFSET = 101  # chapter 04's other calibration texts: seed + this
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,14 @@ class RunTexts:
         keep = [i for i, d in enumerate(batch.doc_ids) if d != excluded][:n]
         return corpus.TokenBatch(batch.tokens[keep], [batch.doc_ids[i] for i in keep], [batch.texts[i] for i in keep],
                                  batch.source, batch.revision)
+
+    def other_calibrations(self, k: int) -> list[tuple[str, torch.Tensor, str]]:
+        """Up to k other calibration texts from this run's corpus, none of them a test text or
+        the run's own: (name "corpus#doc", tokens [n_cal + 1] on the model's device, sha256)."""
+        taken = set(self.texts.doc_ids) | {self.calibration_doc}
+        others = corpus.select_token_batch(self.corpus, self.w.tokenizer, k + len(taken), self.calibration_position + 1,
+                                           seed=self.params["seed"] + OTHER_CALIBRATIONS_SEED_OFFSET)
+        return [(name, tokens.to(self.w.device), sha) for name, tokens, sha in other_calibrations(others, taken, k)]
 
     @property
     def heads(self) -> tuple[int, ...]:

@@ -35,7 +35,7 @@ import torch
 
 from ctxneurons.method import circuit as circuit_mod
 from ctxneurons.method import kernels, forward
-from ctxneurons.method.circuit import Circuit
+from ctxneurons.method.circuit import Circuit, head_terms  # noqa: F401  (chapter 07 calls head_terms from here)
 from ctxneurons.method.evaluation import pearson_r
 from ctxneurons.method.weights import Layer0, check_indices
 
@@ -43,20 +43,6 @@ from ctxneurons.method.weights import Layer0, check_indices
 # Batches between two releases of freed memory on CPU (forward.release_freed_memory): every
 # batch kept the peak flat in N but faulted the next batch's pages in again (~20% slower).
 TRIM_EVERY = 8
-
-
-def head_terms(w: Layer0, c: Circuit, neurons: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each circuit head's own part of contribution[j, t] and of the token-free offset.
-
-    Returns (per_token [h, V, J], offset [h, N, J]); summed over h they are
-    c.contribution[:, neurons] and c.offset[:, neurons].
-    """
-    wh = w.select_heads(c.heads)
-    OV_in = wh.W_O @ (w.W_in[:, neurons] / c.ln2_scale)  # [h, e, J]
-    weighted = (c.scores - c.log_denoms[:, None]).exp()[:, :, None] * circuit_mod.token_values(wh, c.value_C)  # [h, V, e]
-    N = c.kernel.shape[0]
-    pos_vals = circuit_mod.positional_values(wh, N, c.C) + wh.b_V[:, None, :]  # [h, N, e]
-    return weighted @ OV_in, c.kernel @ (pos_vals @ OV_in)
 
 
 def spread_shares(per_token: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
