@@ -67,6 +67,12 @@ def test_grid_runs_each_set_in_its_own_folder_and_skips_finished_ones(notebook_d
     assert any("[2/2]" in line for line in lines)
     again = batch.run_batch(nbs, sets, tmp_path / "runs", log=lines.append)
     assert [r["status"] for r in again] == ["skipped", "skipped"]
+    # A finished run whose files no longer match its run.json is run again, not skipped.
+    summary_json = next((tmp_path / "runs" / "01_demo").glob("seed=2__*/outputs/demo/summary.json"))
+    summary_json.write_text('{"headline": {"twice": 5, "n": 3}}')
+    repaired = batch.run_batch(nbs, sets, tmp_path / "runs", log=lines.append)
+    assert [r["status"] for r in repaired] == ["skipped", "done"] and "repaired" in repaired[1]
+    assert json.loads(summary_json.read_text())["headline"]["twice"] == 4
 
 
 def test_a_failing_notebook_is_reported_and_the_others_go_on(notebook_dir, tmp_path):

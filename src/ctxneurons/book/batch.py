@@ -33,15 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctxneurons import __version__
-from ctxneurons.book.params import PARAMETERS, ParameterError, env_overrides, validate
+from ctxneurons.book.params import PARAMETERS, ParameterError, env_overrides, recorded_environment, validate
 from ctxneurons.errors import InputError
 from ctxneurons.io.atomic import atomic_dir, atomic_write_csv, atomic_write_json, replace_dir, sha256_file
 
 # The checkout's notebooks (an editable install); ``--notebook-dir`` points elsewhere.
 NOTEBOOK_DIR = Path(__file__).resolve().parents[3] / "notebooks"
 LOCK = ".batch.lock"
-# Variables that change a run's result or record without being a parameter (see experiment.py).
-RECORDED_ENVIRONMENT = ("CTXN_OFFLINE_FALLBACK",)
 
 
 class BatchError(InputError):
@@ -180,7 +178,7 @@ def _with_environment(notebook: Path, params: dict) -> tuple[dict, dict]:
     missing = [n for n in declared_parameters(notebook) if n not in params]
     filled, applied = env_overrides({}, missing)
     params = {**params, **validate(filled)} if filled else dict(params)
-    return params, {**applied, **{k: os.environ[k] for k in RECORDED_ENVIRONMENT if k in os.environ}}
+    return params, recorded_environment(applied)
 
 
 def plan(notebooks: list[Path], param_sets: list[dict], root: Path) -> list[Job]:
@@ -280,8 +278,11 @@ def run_job(job: Job, kernel_name: str = "python3") -> dict:
     """Execute one job; returns {'status': 'done'|'skipped'|'failed', ...}."""
     import papermill
 
+    damaged = []
     if (job.folder / "run.json").exists():
-        return {"status": "skipped"}
+        damaged = check_run(job.folder)
+        if not damaged:
+            return {"status": "skipped"}
     partial = job.folder.with_name(job.folder.name + ".partial")
     failed = job.folder.with_name(job.folder.name + ".failed")
     for stale in (partial, failed):
@@ -309,8 +310,8 @@ def run_job(job: Job, kernel_name: str = "python3") -> dict:
         "notebook": job.notebook.name, "parameters": job.params, "environment": job.environment,
         "identity": job.identity, "ctxneurons": __version__, "model_revision": _model_revision(partial),
         "seconds": round(time.time() - start, 1), "files": _file_manifest(partial)})
-    replace_dir(partial, job.folder)
-    return {"status": "done", "seconds": round(time.time() - start, 1)}
+    replace_dir(partial, job.folder)  # a damaged earlier copy is replaced only now, by a whole run
+    return {"status": "done", "seconds": round(time.time() - start, 1), **({"repaired": damaged} if damaged else {})}
 
 
 @contextmanager
@@ -418,7 +419,8 @@ def run_batch(notebooks: list[Path], param_sets: list[dict], root: Path, kernel_
                     log(f"[{i}/{len(jobs)}] {job.label}: FAILED in cell {res.get('cell_index', '?')} of the executed notebook: "
                         f"{res.get('ename', res['error'])}: {str(res.get('evalue', ''))[:200]} -> {res['folder']}")
                 else:
-                    log(f"[{i}/{len(jobs)}] {job.label}: {res['status']}" + (f" in {res['seconds']} s" if "seconds" in res else ""))
+                    log(f"[{i}/{len(jobs)}] {job.label}: {res['status']}" + (f" in {res['seconds']} s" if "seconds" in res else "")
+                        + (f" (the earlier copy was damaged: {'; '.join(res['repaired'][:3])})" if "repaired" in res else ""))
             current = None
         except KeyboardInterrupt:
             done = sum(r["status"] == "done" for r in results)

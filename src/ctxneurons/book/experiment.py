@@ -32,13 +32,13 @@ from ctxneurons.book.computations import RunComputations
 from ctxneurons.book.display import DATA_DIR, RunDisplay  # noqa: F401  (DATA_DIR: the book's extension reads it here)
 from ctxneurons.book.edition import model_label, resolve_model_choice
 from ctxneurons.book.outputs import RunOutputs, project_root, resolve_output_dir  # noqa: F401
-from ctxneurons.book.params import PARAMETERS, ParameterError, env_overrides, require, validate  # noqa: F401
+from ctxneurons.book.params import (  # noqa: F401  (the notebooks' and tests' names)
+    PARAMETERS, ParameterError, env_overrides, recorded_environment, require, validate,
+)
 from ctxneurons.book.texts import CALIBRATION_SEED_OFFSET, OTHER_CALIBRATIONS_SEED_OFFSET, RunTexts  # noqa: F401
 from ctxneurons.method.weights import Layer0
 
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
-# Variables that change a run's result or its record without being a parameter.
-RECORDED_ENVIRONMENT = ("CTXN_OFFLINE_FALLBACK",)
 
 
 @dataclass
@@ -82,12 +82,6 @@ def _notebook_parameters(namespace: dict) -> dict:
 
 def _env_overrides(params: dict) -> dict:
     return env_overrides(params)[0]
-
-
-def recorded_environment(applied: dict | None = None) -> dict:
-    """The environment a run records: the CTXN_<PARAMETER> overrides applied, and the
-    other variables that change a result or its record."""
-    return {**(applied or {}), **{k: os.environ[k] for k in RECORDED_ENVIRONMENT if k in os.environ}}
 
 
 def open_run(name: str, params: dict, environment: dict | None = None) -> Run:

@@ -307,6 +307,16 @@ def validate(raw: dict) -> dict:
     return params
 
 
+# Variables that change a run's result or its record without being a parameter.
+RECORDED_ENVIRONMENT = ("CTXN_OFFLINE_FALLBACK",)
+
+
+def recorded_environment(applied: dict | None = None) -> dict:
+    """The environment a run records as part of its identity: the CTXN_<PARAMETER>
+    overrides applied, and the other variables that change a result or its record."""
+    return {**(applied or {}), **{k: os.environ[k] for k in RECORDED_ENVIRONMENT if k in os.environ}}
+
+
 def env_overrides(params: dict, names=None) -> tuple[dict, dict]:
     """``params`` with each ``CTXN_<NAME>`` environment variable (for the names in
     ``names``, default: those of ``params``) in place of its value; and the variables that
