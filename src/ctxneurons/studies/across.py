@@ -209,6 +209,17 @@ COLUMNS = {
 }
 
 
+KERNEL_COLUMNS = {
+    "model": "the model's label",
+    "head": "layer-0 attention head",
+    "kind": "local / slow / uniform, from its kernel",
+    "in_circuit": "whether the head is in that model's circuit",
+    "key_position": "key position i",
+    "distance": "n - i, tokens back from the query position n = n_ctx/2 - 12",
+    "weight": "pos_h[n, i], the kernel weight",
+}
+
+
 def summary_rows(df: pd.DataFrame) -> list[dict]:
     """The headline's ``models`` list: one dict per model, head lists as lists of ints."""
     keep = ["model", "name", "revision", "slow_heads", "circuit_heads", "median_tv", "denominator_cv", "n_found",

@@ -209,6 +209,46 @@ class Calibration:
     density: float
 
 
+CANDIDATES_COLUMNS = {
+    "candidate": "candidate calibration text (domain#document id)",
+    "domain": "its domain",
+    "doc_id": "its document id in the domain's corpus",
+    "cluster": "its k-means cluster",
+    "is_cluster_calibration": "whether it is its cluster's calibration (the candidate nearest the cluster's centre)",
+    "density": "stop-word density over positions 1 to the calibration position",
+    "ln2_scale": "its median LN2 scale (positions 1 to the calibration position)",
+    "pc1": "first principal component of the candidates' log D_h vectors",
+    "pc2": "second principal component",
+}
+
+
+def candidates_frame(candidates: list[tuple[str, object, Calibration]], clusters: Clusters) -> pd.DataFrame:
+    """The candidate calibration texts, each (domain, document id, calibration), with their
+    :func:`cluster_candidates` result as a tidy table with CANDIDATES_COLUMNS."""
+    return pd.DataFrame([
+        {"candidate": cal.name, "domain": name, "doc_id": doc, "cluster": int(clusters.labels[i]),
+         "is_cluster_calibration": i in clusters.calibration, "density": cal.density, "ln2_scale": cal.ln2,
+         "pc1": float(clusters.coords[i, 0]), "pc2": float(clusters.coords[i, 1])}
+        for i, (name, doc, cal) in enumerate(candidates)])
+
+
+DENOMINATORS_COLUMNS = {
+    "calibration": "the calibration text",
+    "role": "default (the book's), domain (a domain's own) or candidate (the clustering pool)",
+    "domain": "its domain (empty for the book's)",
+    "head": "circuit head h",
+    "log_denom": "log D_h, the factorised denominator at the calibration position with query ' the'",
+}
+
+
+def denominators_frame(heads: tuple[int, ...], calibrations: list[tuple[str, str, Calibration]]) -> pd.DataFrame:
+    """Each calibration's log D_h, from (role, domain, calibration) triples and the circuit's
+    heads [h], as a tidy table with DENOMINATORS_COLUMNS."""
+    return pd.DataFrame([
+        {"calibration": cal.name, "role": role, "domain": dom, "head": h, "log_denom": float(v)}
+        for role, dom, cal in calibrations for h, v in zip(heads, cal.log_D.tolist())])
+
+
 def score_domain(
     w: Layer0, parts: Parts, neurons: torch.Tensor, tokens: torch.Tensor, n_score: int,
     default: Calibration, domain: Calibration, clusters: Clusters, cluster_cals: list[Calibration],
@@ -261,6 +301,22 @@ def score_domain(
     return {c: {k: torch.cat(v) for k, v in d.items()} for c, d in out.items()}, pd.DataFrame(rows)
 
 
+BY_TEXT_COLUMNS = {
+    "domain": "test domain",
+    "choice": "calibration choice",
+    "text": "index of the test text within its domain",
+    "doc_id": "its document id in the domain's corpus",
+    "calibration": "the calibration text used ('own' for the oracle)",
+    "cluster": "the cluster the text is assigned to by its own log D_h at the calibration position",
+    "density_test": "the test text's stop-word density over the scored positions",
+    "density_calibration": "the calibration text's stop-word density (the test text's own for the oracle)",
+    "density_difference": "density_test - density_calibration",
+    "median_r": "median Pearson r over neurons",
+    "median_fvu": "median FVU over neurons",
+    "median_bias": "median bias over neurons",
+}
+
+
 def by_text_frame(domain: str, scores: dict[str, dict[str, torch.Tensor]], rows: pd.DataFrame, doc_ids: list) -> pd.DataFrame:
     """:func:`score_domain`'s rows with each (choice, text)'s medians over neurons
     (scores: per choice {'r', 'fvu', 'bias'} each [B, J]):
@@ -274,6 +330,17 @@ def by_text_frame(domain: str, scores: dict[str, dict[str, torch.Tensor]], rows:
     cols = ["domain", "choice", "text", "doc_id", "calibration", "cluster", "density_test", "density_calibration",
             "density_difference", "median_r", "median_fvu", "median_bias"]
     return df[cols]
+
+
+SUMMARY_COLUMNS = {
+    "domain": "test domain",
+    "choice": "calibration choice: default, domain, cluster or oracle",
+    "median_r": "median Pearson r over (neuron, text) pairs, positions >= 1",
+    "median_fvu": "median FVU over the same pairs",
+    "median_bias": "median over the same pairs of mean(approx - true) / std(true) over positions",
+    "n_texts": "test texts of the domain",
+    "n_neurons": "neurons scored",
+}
 
 
 def summary_rows(domain: str, scores: dict[str, dict[str, torch.Tensor]]) -> list[dict]:
@@ -301,6 +368,14 @@ def domain_texts(corpus_name: str, tokenizer, n_test: int, n_other: int, n_token
         return TokenBatch(batch.tokens[rows], [batch.doc_ids[i] for i in rows], [batch.texts[i] for i in rows], batch.source, batch.revision)
 
     return part(keep[:n_test]), part(keep[n_test:])
+
+
+SIGNATURE_COLUMNS = {
+    "choice": "calibration choice (the oracle left out)",
+    "slope": "least-squares slope of median bias on the stop-word density difference (test - calibration)",
+    "correlation": "Pearson correlation of the two over (text, domain)",
+    "n": "points",
+}
 
 
 def density_signature(by_text: pd.DataFrame) -> pd.DataFrame:
