@@ -80,10 +80,6 @@ def _notebook_parameters(namespace: dict) -> dict:
     }
 
 
-def _env_overrides(params: dict) -> dict:
-    return env_overrides(params)[0]
-
-
 def open_run(name: str, params: dict, environment: dict | None = None) -> Run:
     """A :class:`Run` for parameters already through :func:`validate`: the model loaded on
     its device and the heads checked against it. Nothing is written (``start`` prepares
