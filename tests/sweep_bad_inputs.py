@@ -48,7 +48,15 @@ extra = [
     ["batch", "--notebook-dir", str(nb), "--out", str(tmp / "runs"), "--set", "n_texts=1e9x"],
     ["batch", "merge", "--out", str(tmp / "m")], ["batch", "merge", str(tmp / "afile"), "--out", str(tmp / "m")],
     ["prefetch", "--seed", "x"], ["edition", "/no/such/dir"], ["nosuchverb"],
+    ["prefetch", "--model", "gpt2"],  # the hub is unreachable here
+    ["discover", "--model", "gpt2"],
+    ["discover", "--model", "no-such-org/no-such-model"],
+    ["discover", "--model", "toy", "--corpus", "openwebtext"],  # its calibration text needs the hub
+    ["discover", "--model", "toy", "--calibration-text", str(tmp / "bad.jsonl")],
+    ["discover", "--model", "toy", "--calibration-text", "too short a text, hardly any tokens at all."],
+    ["discover", "--model", "toy", "--heads", "0,99"],
 ]
+(tmp / "bad.jsonl").write_text('{"nottext": 1}\n')
 for argv in extra:
     cls, msg = cli_probe(argv); counts[cls] += 1; log.append((cls, " ".join(argv)[:80], msg))
 for raw, frag in NOTEBOOK_CASES:
@@ -59,6 +67,10 @@ for raw, frag in NOTEBOOK_CASES:
     except Exception as e:
         cls = "traceback"
     counts[cls] += 1; log.append((cls, f"notebook {raw}", ""))
+
+os.environ["CTXN_CACHE"] = str(tmp / "afile")  # the toy model cannot be built under a file
+cls, msg = cli_probe(["discover", "--model", "toy"]); counts[cls] += 1; log.append((cls, "CTXN_CACHE is a file, model toy", msg))
+os.environ["CTXN_CACHE"] = "/work/wt/robust/.cache-tests"
 
 # Faults (correct handling = "handled correctly")
 def fault(name, ok):
@@ -107,7 +119,6 @@ finally:
 from ctxneurons.io import corpus
 (tmp / "cal.jsonl").write_text('{"text": "Hello there."}\n{"text": "Second."}\n')
 fault("jsonl calibration read as its texts", corpus.load_calibration_text(str(tmp / "cal.jsonl")).text == "Hello there.\n\nSecond.")
-(tmp / "bad.jsonl").write_text('{"nottext": 1}\n')
 try: corpus.load_calibration_text(str(tmp / "bad.jsonl")); fault("jsonl without text refused", False)
 except corpus.CorpusError: fault("jsonl without text refused", True)
 # live: truncated neuron file
@@ -120,7 +131,7 @@ m = live.export(c, [1, 2], gpt2_tokenizer(), tmp / "live")
 p = tmp / "live/neuron-1.bin"; p.write_bytes(p.read_bytes()[:1000])
 try: live.approximate_from_export(tmp / "live", 1, [10, 11]); fault("truncated live file detected", False)
 except live.DamagedExport: fault("truncated live file detected", True)
-js = Path(__file__).resolve().parents[1] / "book/js/ctxneurons_live.js".read_text()
+js = (Path(__file__).resolve().parents[1] / "book/js/ctxneurons_live.js").read_text()
 fault("live page checks sizes/hashes/non-finite", "the manifest says" in js and "SHA-256" in js and "not a number" in js)
 print(json.dumps(counts, indent=1)); print("total", sum(counts.values()))
 for row in log:

@@ -100,28 +100,28 @@ def _decode_utf8(data: bytes, what: str) -> str:
     return text
 
 
-def _read_jsonl(path: Path) -> list[str]:
+def _read_jsonl(path: Path, what: str = "corpus file") -> list[str]:
     texts = []
     # JSON strings cannot hold a raw newline, but may hold U+2028, which str.splitlines splits on.
-    for lineno, line in enumerate(_decode_utf8(path.read_bytes(), f"corpus file {path}").split("\n"), 1):
+    for lineno, line in enumerate(_decode_utf8(path.read_bytes(), f"{what} {path}").split("\n"), 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
             raise CorpusError(
-                f"corpus file {path}, line {lineno}: not valid JSON ({err.msg}, column {err.colno}). "
+                f"{what} {path}, line {lineno}: not valid JSON ({err.msg}, column {err.colno}). "
                 'Each line must be one JSON object such as {"text": "..."}.'
             ) from None
         if not isinstance(record, dict) or "text" not in record:
             found = f"keys {sorted(record)}" if isinstance(record, dict) else f"a JSON {type(record).__name__}"
             raise CorpusError(
-                f'corpus file {path}, line {lineno}: no "text" field (found {found}). '
+                f'{what} {path}, line {lineno}: no "text" field (found {found}). '
                 'Each line must be one JSON object such as {"text": "..."}.'
             )
         if not isinstance(record["text"], str):
             raise CorpusError(
-                f'corpus file {path}, line {lineno}: "text" is a {type(record["text"]).__name__}, not a string.'
+                f'{what} {path}, line {lineno}: "text" is a {type(record["text"]).__name__}, not a string.'
             )
         texts.append(record["text"])
     return texts
@@ -417,7 +417,7 @@ def load_calibration_text(text_or_path: str | os.PathLike) -> CalibrationText:
         return CalibrationText(text=raw, name="inline")
     if path.suffix == ".jsonl":
         # One {"text": ...} per line, as corpora are written: the texts, not the JSON, are the prose.
-        texts = [t for t in _read_jsonl(path) if t.strip()]
+        texts = [t for t in _read_jsonl(path, "calibration text file") if t.strip()]
         if not texts:
             raise CorpusError(f'calibration text file {path} holds no non-empty {{"text": ...}} line; '
                               "it needs prose of at least a few hundred tokens.")
