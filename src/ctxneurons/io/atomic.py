@@ -6,8 +6,8 @@ one, never a mixture. Folders (a run's outputs, a cache entry, an export) are bu
 a temporary sibling and swapped in with :func:`replace_dir`. Temporary names are unique
 per call (``tempfile``), so two processes writing the same target never share one.
 
-This is the library's only writer of that pattern: results, batch runs, merges, cache
-entries, the hub's manifests and the live page's export all go through it.
+This is the library's writer of that pattern: results, batch runs, merges, cache entries,
+the hub's manifests and the live page's export all go through it.
 """
 
 from __future__ import annotations
@@ -85,8 +85,9 @@ def temp_dir_beside(target: str | os.PathLike) -> Path:
 def replace_dir(src: str | os.PathLike, target: str | os.PathLike) -> Path:
     """Move the finished folder ``src`` to ``target``, replacing what was there.
 
-    The old ``target`` is first renamed aside, so at every moment ``target`` is either the
-    old folder or the new one; if the second rename fails the old one is put back."""
+    The old ``target`` is first renamed aside, so ``target`` is always the whole old folder,
+    for an instant none, or the whole new one, never a mixture; if the second rename
+    fails the old one is put back."""
     src, target = Path(src), Path(target)
     aside = None
     if target.exists():
@@ -104,45 +105,15 @@ def replace_dir(src: str | os.PathLike, target: str | os.PathLike) -> Path:
     return target
 
 
-def publish_dir(src: str | os.PathLike, target: str | os.PathLike) -> bool:
-    """Move ``src`` to ``target`` unless ``target`` already exists (another process got there
-    first: its folder stands and ``src`` is removed). Returns whether ``src`` was published."""
-    try:
-        Path(src).rename(target)
-        return True
-    except OSError:
-        if not Path(target).exists():
-            raise
-        shutil.rmtree(src, ignore_errors=True)
-        return False
-
-
-def remove_dir(target: str | os.PathLike) -> None:
-    """Delete a folder, first renaming it aside so that no reader sees it half deleted."""
-    target = Path(target)
-    try:
-        aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-    except OSError:
-        return
-    try:
-        target.rename(aside / "old")
-    except OSError:
-        pass  # another process moved it first
-    shutil.rmtree(aside, ignore_errors=True)
-
-
 @contextmanager
-def atomic_dir(target: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
+def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     """Build a folder in a temporary sibling (yielded); when the block ends normally it
-    replaces ``target`` (``replace=False``: unless ``target`` exists by then); when it
-    raises, or is interrupted, the temporary folder is removed and ``target`` is untouched."""
+    replaces ``target``; when it raises, or is interrupted, the temporary folder is removed
+    and ``target`` is untouched."""
     tmp = temp_dir_beside(target)
     try:
         yield tmp
-        if replace:
-            replace_dir(tmp, target)
-        else:
-            publish_dir(tmp, target)
+        replace_dir(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
