@@ -268,3 +268,23 @@ def test_batch_page_escapes_parameters_and_names_unfinished_runs(tmp_path):
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert "1 finished run(s)" in page and "1 unfinished run(s), not shown: <code>01_demo/seed=2__bbbb.partial</code>" in page
     assert "No finished batch runs" in report.batch_html(tmp_path / "nothing")
+
+
+def test_an_environment_override_makes_a_new_recorded_run_not_a_skipped_one(notebook_dir, tmp_path, monkeypatch):
+    """A run made with CTXN_N_TEXTS=64 is not the run made without it: the later batch runs
+    anew, and run.json and summary.csv say which setting each used."""
+    nbs = batch.find_notebooks([], notebook_dir)
+    sets = batch.expand_grid({"seed": "5"}, {})
+    root = tmp_path / "runs"
+    monkeypatch.setenv("CTXN_N_TEXTS", "64")
+    assert [r["status"] for r in batch.run_batch(nbs, sets, root, log=lambda line: None)] == ["done"]
+    monkeypatch.delenv("CTXN_N_TEXTS")
+    assert [r["status"] for r in batch.run_batch(nbs, sets, root, log=lambda line: None)] == ["done"]
+    runs = sorted((root / "01_demo").glob("*/run.json"))
+    assert len(runs) == 2
+    records = [json.loads(p.read_text()) for p in runs]
+    assert sorted(json.dumps(r["environment"]) for r in records) == ['{"CTXN_N_TEXTS": "64"}', "{}"]
+    summary = pd.read_csv(root / "summary.csv")
+    assert sorted(summary["n"]) == [1, 64]  # the notebook read the override as the record says
+    by_env = dict(zip(summary["environment"], summary["param.n_texts"]))
+    assert by_env['{"CTXN_N_TEXTS": "64"}'] == 64 and pd.isna(by_env["{}"])  # the notebook's own default
