@@ -101,9 +101,14 @@ TOY_CONTROL = "toy-control"  # the toy's negative control: its slow heads made l
 
 
 def is_toy(model: str | os.PathLike) -> bool:
-    """Whether ``model`` names the offline toy or its negative control, which share the toy's
-    corpus, calibration text and domains."""
-    return str(model) in ("toy", TOY_CONTROL)
+    """Whether ``model`` is the offline toy or its negative control, by name or as a folder
+    the toy built (its version stamp): either way it shares the toy's corpus, calibration
+    text, domains and ground truth, so a toy given by its path is not taken for another model."""
+    if str(model) in ("toy", TOY_CONTROL):
+        return True
+    from ctxneurons.toy.model import STAMP_FILE
+
+    return (Path(model).expanduser() / STAMP_FILE).is_file()
 
 
 def resolve_model(model: str | os.PathLike) -> ModelSource:

@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ctxneurons.io.model import is_toy
 from ctxneurons.method import circuit, denominators, kernels, forward
 from ctxneurons.method.circuit import Circuit, calibration_ln2_scale
 from ctxneurons.method.evaluation import fvu, pearson_r
@@ -68,7 +69,7 @@ def toy_domains() -> dict[str, str]:
 def default_domains(model: str, corpus: str) -> dict[str, str]:
     """``domains='auto'``: the toy's domains for the toy model, else the run's corpus
     (named 'web' when it is OpenWebText) and GPT2_DOMAINS."""
-    if model == "toy":
+    if is_toy(model):
         return toy_domains()
     return {"web" if corpus == "openwebtext" else corpus: corpus, **GPT2_DOMAINS}
 
