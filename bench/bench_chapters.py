@@ -137,7 +137,9 @@ def _run(args, w, **params):
     (compute does not depend on token content), so each chapter's function is the one the
     notebook calls. Its on-disk cache is a fresh folder of this child process: every
     computation runs, and its cache writes are timed, as on a first book build."""
+    import atexit
     import dataclasses
+    import shutil
     import tempfile
     from functools import cached_property
 
@@ -163,38 +165,39 @@ def _run(args, w, **params):
                     for s in range(2, 2 + k)]
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-chapters-"))
+    atexit.register(shutil.rmtree, tmp, True)  # chapter 04's four circuits take 2.5 GB
     os.environ["CTXN_CACHE"] = str(tmp)
     w = dataclasses.replace(w, tokenizer=c.tokenizer())
     base = {"model": "synthetic", "n_texts": args.n, "n_tokens": N_TOKENS, "heads": list(HEADS), "seed": 0, "device": args.device}
     return Synthetic(name="bench", params=base | params, w=w, fallback=False, model_label="synthetic", output_dir=tmp / "out")
 
 
-def _compute(module: str, args, w, **params):
+def _compute(module: str, run):
     """chNN.compute on the synthetic run, waited for on the GPU."""
     import importlib
 
-    result = importlib.import_module(f"ctxneurons.chapters.{module}").compute(_run(args, w, **params))
-    c.sync(w.device)
+    result = importlib.import_module(f"ctxneurons.chapters.{module}").compute(run)
+    c.sync(run.w.device)
     return result
 
 
-def ch01(args, w) -> tuple[float, dict]:
-    _compute("ch01_positional_kernels", args, w, query_position=-1)
-    n = 500  # the chapter's query position for GPT-2's n_ctx
+def ch01(args, run) -> tuple[float, dict]:
+    _compute("ch01_positional_kernels", run)
+    w, n = run.w, 500  # the chapter's query position for GPT-2's n_ctx
     return 2 * (n + 1) * w.d_model * w.n_heads * w.d_head + 2 * w.n_heads * (n + 1) * w.d_head, {}
 
 
-def ch02(args, w) -> tuple[float, dict]:
+def ch02(args, run) -> tuple[float, dict]:
     from ctxneurons.chapters.ch02_tv_distance import N_SWEEP
 
-    r = _compute("ch02_tv_distance", args, w, C_values=C_VALUES)
+    r, w = _compute("ch02_tv_distance", run), run.w
     n_tv = 1 + args.n + min(N_SWEEP, args.n) * len(C_VALUES)
     return n_tv * tv_flops(N_TOKENS, w.d_model, len(HEADS), w.d_head), {"median_tv": float(r.tables["tv_by_text"].frame["median_tv"].median()),
                                                                          "sweep_rows": len(r.tables["tv_by_C"].frame)}
 
 
-def ch03(args, w) -> tuple[float, dict]:
-    r = _compute("ch03_denominator_stability", args, w, n_examples=5)
+def ch03(args, run) -> tuple[float, dict]:
+    r, w = _compute("ch03_denominator_stability", run), run.w
     return args.n * denominator_flops(N_TOKENS, w.d_model, w.n_heads, w.d_head), {"cv_head0": r.headline["cv_by_head"]["0"]}
 
 
@@ -206,11 +209,10 @@ def _circuit(w, seed: int):
         return circuit.build_circuit(w, cal, heads=HEADS, query_token=c.THE, n_positions=N_TOKENS)
 
 
-def ch04(args, w) -> tuple[float, dict]:
+def ch04(args, run) -> tuple[float, dict]:
     from ctxneurons.chapters.ch04_contextual_circuit import N_COMPARE
 
-    r = _compute("ch04_contextual_circuit", args, w, threshold=5.0, max_neurons=N_NEURONS, extra_calibration_texts=N_CALIBRATIONS - 1,
-                 n_examples=3)
+    r, w = _compute("ch04_contextual_circuit", run), run.w
     J, h = r.headline["n_neurons_evaluated"], len(HEADS)
     per_text = evaluate_flops(N_TOKENS, w.d_model, w.n_heads, w.d_head, h, J)
     # compare_calibrations: one truth pass over its texts, then each calibration's approximation
@@ -219,8 +221,9 @@ def ch04(args, w) -> tuple[float, dict]:
     return flops, {"median_r": r.headline["median_r"]}
 
 
-def ch05(args, w) -> tuple[float, dict]:
-    _compute("ch05_context_neurons", args, w, threshold=5.0, thresholds=[2, 3, 4, 5, 6, 8, 10], max_neurons=N_NEURONS)
+def ch05(args, run) -> tuple[float, dict]:
+    _compute("ch05_context_neurons", run)
+    w = run.w
     f = circuit_flops(w, N_TOKENS, CAL_POSITION, len(HEADS))
     f += 2 * (layer0_flops(N_TOKENS, w.d_model, w.n_heads, w.d_head) + 2 * N_TOKENS * w.d_model * w.d_mlp)
     return f, {}
@@ -318,6 +321,14 @@ def ch09(args, w) -> tuple[float, dict]:
     return args.n * per_text + tables + once, {}
 
 
+# Chapters 01-05 get the book's Run with these parameters, built before the clock starts.
+BOOK_PARAMS = {
+    "01": {"query_position": -1},
+    "02": {"C_values": C_VALUES},
+    "03": {"n_examples": 5},
+    "04": {"threshold": 5.0, "max_neurons": N_NEURONS, "extra_calibration_texts": N_CALIBRATIONS - 1, "n_examples": 3},
+    "05": {"threshold": 5.0, "thresholds": [2, 3, 4, 5, 6, 8, 10], "max_neurons": N_NEURONS},
+}
 CHAPTERS = {"01": ch01, "02": ch02, "03": ch03, "04": ch04, "05": ch05, "06": ch06, "07": ch07, "08": ch08, "09": ch09}
 
 
@@ -341,11 +352,12 @@ def item_peak(args) -> dict:
 
 def item_chapter(args) -> dict:
     w = _setup(args)
+    given = _run(args, w, **BOOK_PARAMS[args.item]) if args.item in BOOK_PARAMS else w
     if w.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     base = c.rss_mb()
     t0 = time.perf_counter()
-    flops, extra = CHAPTERS[args.item](args, w)
+    flops, extra = CHAPTERS[args.item](args, given)
     seconds = time.perf_counter() - t0
     out = {"seconds": seconds, "flops": flops, "peak_rss_mb": c.peak_rss_mb(), "base_rss_mb": base, **extra}
     if w.device.type == "cuda":
