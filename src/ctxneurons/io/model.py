@@ -106,8 +106,17 @@ class ModelSource:
         return f"{self.repo}@{self.revision[:12]}" if self.repo and self.revision else str(self.path)
 
 
+TOY_CONTROL = "toy-control"  # the toy's negative control: its slow heads made local (toy.build_model)
+
+
+def is_toy(model: str | os.PathLike) -> bool:
+    """Whether ``model`` names the offline toy or its negative control, which share the toy's
+    corpus, calibration text and domains."""
+    return str(model) in ("toy", TOY_CONTROL)
+
+
 def resolve_model(model: str | os.PathLike) -> ModelSource:
-    """The local files of ``model``: 'toy' (built on first use), a local directory, or a hub
+    """The local files of ``model``: 'toy' or 'toy-control' (built on first use), a local directory, or a hub
     name such as 'gpt2' or 'openai-community/gpt2' (optionally 'NAME@REVISION').
 
     A hub model already in the Hugging Face cache is used with no network call; otherwise it is
@@ -115,10 +124,10 @@ def resolve_model(model: str | os.PathLike) -> ModelSource:
     unreachable hub fails within seconds with a message saying what to do.
     """
     model_str = str(model)
-    if model_str == "toy":
+    if is_toy(model_str):
         from ctxneurons import toy
 
-        return ModelSource(toy.ensure_model())
+        return ModelSource(toy.ensure_model(control=model_str == TOY_CONTROL))
     path = Path(model_str).expanduser()
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
@@ -220,8 +229,10 @@ def score_scale(config: dict, d_head: int) -> float:
     return math.sqrt(d_head)
 
 
-def load_bridge(model: str | os.PathLike = "gpt2", device: str = "auto", source: ModelSource | None = None):
-    """The TransformerLens bridge in compatibility mode (folded LN, centred weights)."""
+def load_bridge(model: str | os.PathLike = "gpt2", device: str = "auto", source: ModelSource | None = None, hf_model=None):
+    """The TransformerLens bridge in compatibility mode (folded LN, centred weights), over
+    the whole model, or over ``hf_model`` (a Hugging Face model of the same files, such as
+    :func:`load_layer0`'s one-layer copy)."""
     from transformer_lens.model_bridge import TransformerBridge
     from transformers.utils import logging as hf_logging
 
@@ -229,7 +240,7 @@ def load_bridge(model: str | os.PathLike = "gpt2", device: str = "auto", source:
     model_dir = (source or resolve_model(model)).path
     _check_architecture(model_dir)
     dev = resolve_device(device)
-    bridge = TransformerBridge.boot_transformers(str(model_dir), device=dev)
+    bridge = TransformerBridge.boot_transformers(str(model_dir), device=dev, hf_model=hf_model)
     bridge.enable_compatibility_mode()
     return bridge
 
@@ -398,14 +409,7 @@ def _write_layer0_entry(entry: Path, key: dict, layer0: Layer0) -> None:
 
 def _boot_layer0(source: ModelSource, config: dict) -> Layer0:
     """Layer 0 read from the checkpoint through TransformerLens's bridge, on CPU."""
-    from transformer_lens.model_bridge import TransformerBridge
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    cpu = torch.device("cpu")
-    hf_model = _layer0_model(source.path, config)
-    bridge = TransformerBridge.boot_transformers(str(source.path), device=cpu, hf_model=hf_model)
-    bridge.enable_compatibility_mode()
+    bridge = load_bridge(device="cpu", source=source, hf_model=_layer0_model(source.path, config))
     return layer0_from_bridge(bridge, config=config)
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from ctxneurons.method import decomposition, forward
+from ctxneurons.method import decomposition, forward, kernels
 from ctxneurons.method.weights import Layer0
 from ctxneurons.method.stats import TEXT_COLUMNS, histogram, log_edges
 
@@ -33,15 +33,34 @@ def log_denominators(w: Layer0, tokens: torch.Tensor, query_token: int) -> torch
 
 
 def log_factorised_denominators(w: Layer0, tokens: torch.Tensor, query_token: int, kernel: torch.Tensor) -> torch.Tensor:
-    """log D_{h,n} = log sum_j pos_h[n, j] exp(s_n(t_j)): tokens [B, n], kernel [H, n, n] -> [B, H, n].
+    """log D_{h,n} = log sum_{i<=n} pos_h[n, i] exp(s_n(t_i)): tokens [B, n], kernel [H, >=n, >=n] -> [B, H, n].
 
     The denominator of the factorised pattern A' = pos * exp(s) / D, with the query of
-    ``query_token`` at every position.
+    ``query_token`` at every position. That query is the same for every text, so s_n(t) is
+    tabulated once per batch for the U distinct tokens in it ([H, n, U], U <= V) and
+    gathered, instead of scoring every (text, n, i) triple (U << B n on the toy's vocabulary
+    and GPT-2's batches alike).
     """
     n = tokens.shape[-1]
-    q = decomposition.query(w, query_token, n)[None].expand(tokens.shape[0], -1, -1, -1)
-    s = decomposition.content_scores(w, q, tokens)  # [B, H, n, n]
-    return (s + kernel[:, :n, :n].log()).logsumexp(-1)
+    distinct, index = tokens.unique(return_inverse=True)  # [U], [B, n]
+    q = decomposition.query(w, query_token, n)  # [H, n, e]
+    e_tok, p = w.W_E[distinct], w.W_pos[:n]  # [U, d], [n, d]
+    # q_n . E[n, t] in d_head: against the tokens' keys e_t W_K, not W_K q_n against e_t in d_model.
+    numer = q @ decomposition.head_keys(w, e_tok).transpose(-1, -2) + (q * decomposition.head_keys(w, p)).sum(-1, keepdim=True)
+    norm2 = e_tok.pow(2).sum(-1) + 2 * p @ e_tok.T + p.pow(2).sum(-1, keepdim=True)  # [n, U]
+    table = numer * (w.d_model**0.5 / w.d_head**0.5) / norm2.clamp_min(1e-12).sqrt()  # [H, n, U]
+    # D = sum_i pos[n, i] exp(s_n(t_i)), with each (h, n)'s largest score over the batch's
+    # tokens taken out first so that nothing overflows: a plain weighted sum, no logsumexp.
+    # Rows come kernels.KERNEL_ROWS at a time with the keys up to their last row, so neither
+    # the [H, n, B, n] gather nor the kernel's upper half of zeros is ever formed.
+    top = table.amax(-1, keepdim=True)  # [H, n, 1]
+    weights = (table - top).exp()  # [H, n, U]
+    D = weights.new_empty(tokens.shape[0], w.n_heads, n)
+    for r0 in range(0, n, kernels.KERNEL_ROWS):
+        r1 = min(n, r0 + kernels.KERNEL_ROWS)
+        block = weights[:, r0:r1][:, :, index[:, :r1]]  # [H, r, B, r1]
+        D[:, :, r0:r1] = torch.einsum("hri,hrbi->bhr", kernel[:, r0:r1, :r1], block)
+    return D.log() + top[None, :, :, 0]
 
 
 def log_normalising_constants(log_denoms: torch.Tensor) -> torch.Tensor:
@@ -54,9 +73,10 @@ class Concentration:
     """For one head at one position: the spread of D/E[D] across texts, measured and bounded.
 
     cv_empirical: std/mean of the denominators across texts.
-    cv_iid: sqrt(Var(Y) sum_j pos_j^2) / E[Y] for i.i.d. key tokens, Y = exp(s_n(t)).
+    cv_iid: sqrt(Var(Y) sum_j pos_j^2) / E[D] for i.i.d. key tokens, Y = exp(s_n(t)), the
+    sum over the random keys (see :func:`iid_moments`: a fixed first token is not one).
     For each deviation eps: the fraction of texts with |D/mean - 1| >= eps, Chebyshev's
-    bound cv_iid^2/eps^2, and Hoeffding's 2 exp(-2 eps^2 E[Y]^2 / ((b-a)^2 sum_j pos_j^2))
+    bound cv_iid^2/eps^2, and Hoeffding's 2 exp(-2 eps^2 E[D]^2 / ((b-a)^2 sum_j pos_j^2))
     with Y in [a, b] over the tokens that occur.
     """
 
@@ -76,6 +96,33 @@ def token_distribution(tokens: torch.Tensor, d_vocab: int, exclude: tuple[int, .
     return counts / counts.sum()
 
 
+def fixed_first_token(tokens: torch.Tensor) -> int | None:
+    """The token every text of tokens [N, m] holds at position 0 (BOS), or None when they
+    differ: the ``first_token`` of :func:`iid_moments` and :func:`concentration`."""
+    first = tokens[:, 0]
+    return int(first[0]) if bool((first == first[0]).all()) else None
+
+
+def iid_moments(y: torch.Tensor, p: torch.Tensor, kernel_row: torch.Tensor, first_token: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """E[D], Var[D] and sum_j pos_j^2 over the random keys, for D = sum_j pos_j Y_j with
+    i.i.d. key tokens: y [H, V] = exp(s_n(t)), p [V] the token distribution, kernel_row
+    [H, n+1] -> three [H].
+
+    ``first_token``: the token every text holds at position 0 (BOS). That key is then the
+    same in every text: it adds pos_0 exp(s_n(BOS)) to E[D] and nothing to Var[D]. Drawn
+    like the others instead, a head that parks its weight on BOS would be predicted a
+    wildly varying denominator that is in fact constant.
+    """
+    y, p, pos = y.double(), p.to(y.device, torch.float64), kernel_row.to(y.device).double()
+    mean_y = y @ p
+    var_y = (y.pow(2) @ p) - mean_y.pow(2)
+    random = pos if first_token is None else pos[:, 1:]
+    mean_d = random.sum(-1) * mean_y + (0 if first_token is None else pos[:, 0] * y[:, first_token])
+    sum_sq = random.pow(2).sum(-1)
+    return mean_d, var_y * sum_sq, sum_sq
+
+
 def concentration(
     w: Layer0,
     log_denoms_at_n: torch.Tensor,
@@ -84,25 +131,27 @@ def concentration(
     n: int,
     p_token: torch.Tensor,
     eps: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5),
+    first_token: int | None = None,
 ) -> list[Concentration]:
     """Empirical spread of denominators at position n next to the i.i.d. bounds.
 
     log_denoms_at_n [N, H]: one denominator per text and head (raw or factorised; only
     ratios to the mean are used). kernel_row [H, n+1]: pos_h[n, :]. p_token [V]: the key
-    token distribution, e.g. :func:`token_distribution` of the corpus.
+    token distribution, e.g. :func:`token_distribution` of the corpus. ``first_token``: the
+    token every text starts with (BOS), held fixed in the prediction (:func:`iid_moments`).
     """
     q_n = decomposition.query(w, query_token, torch.tensor([n], device=w.device))[:, 0]
-    y = decomposition.content_scores_all_tokens(w, q_n, n).double().exp()  # [H, V]
-    p = p_token.to(y.device, torch.float64)
-    mean_y = y @ p
-    var_y = (y.pow(2) @ p) - mean_y.pow(2)
-    occurring = p > 0
+    s = decomposition.content_scores_all_tokens(w, q_n, n).double()  # [H, V]
+    # Each head's exp(s) is taken relative to its largest: the CV and both bounds are ratios,
+    # and a head whose scores at n sit hundreds of logits down (a sink, seen from far) must not underflow.
+    y = (s - s.amax(-1, keepdim=True)).exp()
+    mean_d, var_d, sum_sq = iid_moments(y, p_token, kernel_row, first_token)
+    occurring = p_token.to(y.device) > 0
     range_y = y[:, occurring].amax(-1) - y[:, occurring].amin(-1)
-    sum_sq = kernel_row.double().pow(2).sum(-1)
     ratio = (log_denoms_at_n.double() - log_normalising_constants(log_denoms_at_n.double()[:, :, None])[:, 0]).exp()
     out = []
     for h in range(ratio.shape[1]):
-        cv_iid = float((var_y[h] * sum_sq[h]).sqrt() / mean_y[h])
+        cv_iid = float(var_d[h].sqrt() / mean_d[h])
         dev = (ratio[:, h] - 1).abs()
         out.append(
             Concentration(
@@ -113,7 +162,7 @@ def concentration(
                 frac_empirical=tuple(float((dev >= e).double().mean()) for e in eps),
                 chebyshev=tuple(min(1.0, cv_iid**2 / e**2) for e in eps),
                 hoeffding=tuple(
-                    min(1.0, 2 * math.exp(-2 * e**2 * float(mean_y[h]) ** 2 / (float(range_y[h]) ** 2 * float(sum_sq[h]))))
+                    min(1.0, 2 * math.exp(-2 * e**2 * float(mean_d[h]) ** 2 / max(float(range_y[h]) ** 2 * float(sum_sq[h]), 1e-300)))
                     for e in eps
                 ),
             )
@@ -177,15 +226,6 @@ def stream_denominators(
     return _stream(_computed(w, batches, query_token), position, n_examples)
 
 
-def deviation_histogram(
-    w: Layer0, batches: Iterable[torch.Tensor], query_token: int, log_c: torch.Tensor, edges: torch.Tensor,
-    first_position: int = 1,
-) -> torch.Tensor:
-    """Histogram counts [H, b] over edges [b+1] of |denom / c - 1| for every text of the
-    token batches [B, n] and position >= ``first_position``; log_c [H, n]."""
-    return _deviation_counts(_computed(w, batches, query_token), log_c, edges, first_position)
-
-
 @dataclass
 class DenominatorStatistics:
     """What chapter 03 reads off every text's denominators: log_c [H, n], the values at one
@@ -201,14 +241,16 @@ def denominator_statistics(
     w: Layer0, batches: Iterable[torch.Tensor], query_token: int, position: int, edges: torch.Tensor,
     n_examples: int = 0, first_position: int = 1,
 ) -> DenominatorStatistics:
-    """:func:`stream_denominators`, then :func:`deviation_histogram` against its log_c, with
-    each text's denominators computed once instead of twice: token batches [B, n], edges
-    [b+1] -> log_c [H, n], at_position [N, H], examples [n_examples, H, n], deviation_counts [H, b].
+    """:func:`stream_denominators`, then the histogram of |denom / c - 1| against its log_c
+    over positions >= ``first_position``, with each text's denominators computed once: token
+    batches [B, n], edges [b+1] -> log_c [H, n], at_position [N, H], examples
+    [n_examples, H, n], deviation_counts [H, b].
 
     The deviations need the mean over all texts first, so the first pass writes every text's
-    log-denominators to a temporary file (float32, 4 H n bytes a text: 49 KB for GPT-2) and
-    the second reads them back a batch at a time: memory stays flat in N, and the second
-    pass costs a disk read instead of the layer-0 keys and scores again.
+    log-denominators to a temporary file (in the model's dtype: H n x 4 bytes a text in
+    float32, 49 KB for GPT-2) and the second reads them back a batch at a time: memory stays
+    flat in N, and the second pass costs a disk read instead of the layer-0 keys and scores
+    again.
     """
     with tempfile.TemporaryFile() as spill:
         sizes: list[int] = []
@@ -221,8 +263,9 @@ def denominator_statistics(
 
         log_c, at_position, examples = _stream(spilled(), position, n_examples)
         H, n = log_c.shape
+        dtype = at_position.dtype  # the spilled batches' (the model's): log_c is float64 whatever they are
         spill.seek(0)
-        read_back = (torch.frombuffer(bytearray(spill.read(B * H * n * 4)), dtype=torch.float32).view(B, H, n) for B in sizes)
+        read_back = (torch.frombuffer(bytearray(spill.read(B * H * n * dtype.itemsize)), dtype=dtype).view(B, H, n) for B in sizes)
         counts = _deviation_counts(read_back, log_c, edges, first_position)
     return DenominatorStatistics(log_c, at_position, examples, counts)
 
@@ -279,7 +322,7 @@ CONCENTRATION_COLUMNS = {
     "kind": "the head's kind from its kernel at n_tokens // 2",
     "in_circuit": "whether the head is a circuit head",
     "cv_empirical": "std / mean of the denominators at n_tokens // 2 across test texts",
-    "cv_iid": "the same predicted for i.i.d. key tokens from the test texts' unigram distribution",
+    "cv_iid": "the same predicted for i.i.d. key tokens from the test texts' unigram distribution, the BOS key held fixed",
     "eps": "a relative deviation epsilon",
     "frac_empirical": "fraction of texts with |D / mean - 1| >= eps",
     "chebyshev": "Chebyshev bound on that fraction, min(1, cv_iid^2 / eps^2)",
