@@ -45,10 +45,13 @@ def test_ch01_finds_the_planted_head_kinds_and_says_whether_the_circuit_is_slow(
     r = ch01_positional_kernels.compute(run)
     h = r.headline
     assert h["query_position"] == 500  # n_ctx / 2 - 12, as for GPT-2
-    assert {k: h[f"heads_{k}"] for k in truth["heads"]} == truth["heads"]
+    assert {k: h["heads_" + k.replace("-", "_")] for k in truth["kernel_kinds"]} == truth["kernel_kinds"]
     assert h["circuit_heads_all_slow"] is True
-    mixed = ch01_positional_kernels.compute(dataclasses.replace(run, params={**run.params, "heads": [0, 1]}))
-    assert mixed.headline["circuit_heads_all_slow"] is False  # head 1 is planted local
+    # The duplicate-token head's kernel is slow too; its denominator is not stable.
+    assert h["stable_heads"] == truth["heads"]["slow"]
+    local = truth["kernel_kinds"]["local"][0]
+    mixed = ch01_positional_kernels.compute(dataclasses.replace(run, params={**run.params, "heads": [0, local]}))
+    assert mixed.headline["circuit_heads_all_slow"] is False
     kernels = r.tables["kernels"].frame
     assert ((kernels.groupby("head")["weight"].sum() - 1).abs() < 1e-6).all()
     assert set(kernels.loc[kernels["in_circuit"], "head"]) == set(truth["heads"]["slow"])
@@ -73,7 +76,7 @@ def test_ch02_tv_is_small_on_the_slow_heads_and_lowest_at_the_planted_token_norm
 def test_ch03_slow_heads_denominators_are_stable_and_the_contrast_is_a_planted_local_head(toy_run, truth):
     r = ch03_denominator_stability.compute(toy_run("denominator_stability", n_examples=2))
     h = r.headline
-    assert h["local_head"] in truth["heads"]["local"]
+    assert h["local_head"] in truth["kernel_kinds"]["local"]
     slow_cv = [h["cv_by_head"][str(j)] for j in truth["heads"]["slow"]]
     assert max(slow_cv) < h["local_head_cv"] / 3  # METHOD.md §3: spread shrinks with the kernel's spread
     assert h["median_abs_dev_from_1"] < h["median_abs_dev_from_1_by_head"][str(h["local_head"])] / 3
