@@ -11,7 +11,8 @@ tokens, with an empty intermediates cache, so every computation and cache write 
 as on a first build; the model is loaded and the test texts drawn before the clock
 starts. The paper's circuit heads (0, 2, 6, 8, 9, 10), 100 evaluated neurons:
 
-  01  every head's positional kernel at n = 500 and its kind
+  01  every head's positional kernel at n = 500 and its kind, and every text's denominators
+      there (the stable-heads rule)
   02  TV streamed over N texts (run.tv_statistics), the C sweep over 16 texts x 5 C values
       (tv_by_C) and one example text (tv_along_text)
   03  the denominators of N texts and their deviation histogram (denominator_statistics:
@@ -127,7 +128,9 @@ def circuit_flops(w, n: int, n_cal: int, h: int) -> float:
 def ch01(args, run) -> tuple[float, dict]:
     _compute_on(args, run)
     w, n = run.w, 500  # the chapter's query position for GPT-2's n_ctx
-    return 2 * (n + 1) * w.d_model * w.n_heads * w.d_head + 2 * w.n_heads * (n + 1) * w.d_head, {}
+    d, H, e = w.d_model, w.n_heads, w.d_head
+    kernel_row = 2 * (n + 1) * d * H * e + 2 * H * (n + 1) * e
+    return kernel_row + args.n * denominator_flops(n + 1, d, H, e), {}  # + every text's denominators at n (stable heads)
 
 
 def ch02(args, run) -> tuple[float, dict]:
