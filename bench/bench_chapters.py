@@ -205,14 +205,6 @@ def ch03(args, w) -> tuple[float, dict]:
     return args.n * denominator_flops(N_TOKENS, w.d_model, w.n_heads, w.d_head), {"cv_head0": r.headline["cv_by_head"]["0"]}
 
 
-def _circuit(w, seed: int):
-    from ctxneurons.method import circuit
-
-    cal = _tokens(1, seed=seed)[0, : CAL_POSITION + 1].to(w.device)
-    with torch.inference_mode():
-        return circuit.build_circuit(w, cal, heads=HEADS, query_token=c.THE, n_positions=N_TOKENS)
-
-
 def ch04(args, w) -> tuple[float, dict]:
     from ctxneurons.chapters.ch04_contextual_circuit import N_COMPARE
 
@@ -231,14 +223,6 @@ def ch05(args, w) -> tuple[float, dict]:
     f = circuit_flops(w, N_TOKENS, CAL_POSITION, len(HEADS))
     f += 2 * (layer0_flops(N_TOKENS, w.d_model, w.n_heads, w.d_head) + 2 * N_TOKENS * w.d_model * w.d_mlp)
     return f, {}
-
-
-def _found(w, circ, threshold: float = 5.0):
-    from ctxneurons.method import neurons
-
-    with torch.inference_mode():
-        top = neurons.top_statistic(circ.contribution, neurons.glitch_mask(w))
-    return top, neurons.select_capped(top, threshold, N_NEURONS)[0]
 
 
 # Chapter: (its notebook's run name, its chapters module, its own parameters), as the book
