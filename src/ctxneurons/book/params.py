@@ -211,6 +211,7 @@ def _kind(path: Path) -> str | None:
 
 
 def check_readable_file(path: Path, what: str, fix: str) -> None:
+    """``path`` is a file this process may read; else a ParameterError naming ``what`` and ``fix``."""
     kind = _kind(path)
     if kind is None:
         raise ParameterError(f"{what} {str(path)!r}: no such file; {fix}")
@@ -330,6 +331,7 @@ def env_overrides(params: dict, names=None) -> tuple[dict, dict]:
 
 
 def require(params: dict, names, where: str) -> None:
+    """Each of ``names`` is in ``params``; else a ParameterError saying where it is missing from."""
     for required in names:
         if required not in params:
             raise ParameterError(f"{where}: parameter {required!r} is missing from its parameters cell")
