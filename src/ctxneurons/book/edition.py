@@ -34,8 +34,11 @@ def resolve_model_choice(model: str) -> tuple[str, bool]:
 
 def model_label(w, model: str) -> str:
     """How pages name the model (w: its Layer0): what it is, and for hub models the commit its weights came from."""
-    if model == "toy":
-        return "toy (planted-circuit GPT-2, offline)"
+    from ctxneurons.io.model import TOY_CONTROL, is_toy  # w is loaded: torch is already in
+
+    if is_toy(model):
+        control = " negative control: its slow heads made local" if model == TOY_CONTROL else ""
+        return f"toy{control} (planted-circuit GPT-2, offline)"
     name = "GPT-2 Small" if w.paper_model else model
     where = [] if name == model else [model]
     if w.revision:

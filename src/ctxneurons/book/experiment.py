@@ -90,7 +90,7 @@ def open_run(name: str, params: dict, environment: dict | None = None) -> Run:
     model, fallback = resolve_model_choice(params["model"])
     params = {**params, "model": model}
     w = load_layer0(model, device=str(device))
-    if "heads" in params:
+    if "heads" in params and params["heads"] != "auto":
         bad = [h for h in params["heads"] if not 0 <= h < w.n_heads]
         if bad:
             raise ParameterError(f"parameter heads={params['heads']}: {bad} outside 0..{w.n_heads - 1} (the model has {w.n_heads} heads)")

@@ -157,7 +157,8 @@ PARAMETERS: dict[str, tuple] = {
     "calibration_text": (_as_opt_str, "a text file (.txt, .md, or .jsonl whose texts are joined) or the text itself; None: a corpus text outside the test set (toy: its calibration text)"),
     "n_texts": (_as_int, "how many test texts"),
     "n_tokens": (_as_int, "tokens per text, BOS included; 0: the model's n_ctx"),
-    "heads": (_as_int_list, "the contextual circuit's heads"),
+    "heads": (lambda n, v: "auto" if v == "auto" else _as_int_list(n, v),
+              "the contextual circuit's heads, or 'auto': the stable-heads rule's pick (slow kernel, not a first-token sink, stable denominator)"),
     "device": (_as_str, "'auto', 'cpu' or 'cuda'"),
     "seed": (_as_int, "chooses the texts"),
     "output_dir": (_as_str, "where tables and summaries go (a subfolder per notebook); a relative path is taken from the book's root"),
@@ -185,7 +186,7 @@ _AT_LEAST_1 = ("n_texts", "max_neurons", "n_examples", "n_candidates", "n_cluste
 RANGES: dict[str, tuple] = {
     **{n: (lambda x: x >= 1, "at least 1") for n in _AT_LEAST_1},
     "n_tokens": (lambda x: x == 0 or x >= 2, "0 (the model's n_ctx) or at least 2"),
-    "heads": (lambda xs: all(h >= 0 for h in xs), "head indices of 0 or more"),
+    "heads": (lambda xs: xs == "auto" or all(h >= 0 for h in xs), "head indices of 0 or more, or 'auto'"),
     "extra_calibration_texts": (lambda x: x >= 0, "0 or more"),
     "query_position": (lambda x: x >= -1, "-1 (n_ctx/2 - 12) or a position of 0 or more"),
     # top[j] >= threshold: at or below 0 every neuron with any positive contribution "passes".

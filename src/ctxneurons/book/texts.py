@@ -14,7 +14,8 @@ from functools import cached_property
 import torch
 
 from ctxneurons.io import corpus
-from ctxneurons.method import decomposition
+from ctxneurons.io.model import is_toy
+from ctxneurons.method import decomposition, stable_heads
 from ctxneurons.method.circuit import PAPER_HEADS, other_calibrations
 
 CALIBRATION_SEED_OFFSET = 7919  # the default calibration text is drawn with seed + this, apart from the test texts
@@ -38,7 +39,7 @@ class RunTexts:
     def corpus(self) -> str:
         c = self.params.get("corpus", "auto")
         if c == "auto":
-            return "toy" if self.params["model"] == "toy" else "openwebtext"
+            return "toy" if is_toy(self.params["model"]) else "openwebtext"
         return c
 
     @cached_property
@@ -103,9 +104,16 @@ class RunTexts:
                                            seed=self.params["seed"] + OTHER_CALIBRATIONS_SEED_OFFSET)
         return [(name, tokens.to(self.w.device), sha) for name, tokens, sha in other_calibrations(others, taken, k)]
 
+    @cached_property
+    def head_pick(self) -> stable_heads.HeadPick:
+        """The stable-heads rule on this run's model and texts (chapter 01 shows it)."""
+        return stable_heads.pick_heads(self.w, self.texts.tokens, self.the, self.C, self.params.get("query_position", -1))
+
     @property
     def heads(self) -> tuple[int, ...]:
-        return tuple(self.params.get("heads", PAPER_HEADS))
+        """The circuit's heads: the ``heads`` parameter, or with 'auto' the stable-heads rule's
+        pick (:class:`stable_heads.PremiseFails` when it picks none)."""
+        return stable_heads.resolve(self.params.get("heads", PAPER_HEADS), lambda: self.head_pick)
 
     @property
     def C(self) -> float:

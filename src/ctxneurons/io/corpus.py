@@ -397,7 +397,8 @@ def _existing(path: Path) -> str | None:
 
 def load_calibration_text(text_or_path: str | os.PathLike) -> CalibrationText:
     """The calibration text from a UTF-8 file (a Path, or a string that names an existing
-    file or looks like a path) or from a literal string (name 'inline')."""
+    file or looks like a path) or from a literal string (name 'inline'). A ``.jsonl`` file
+    is read as a corpus file is ({"text": ...} per line), and gives its first document."""
     is_path = isinstance(text_or_path, os.PathLike)
     raw = os.fspath(text_or_path)
     if not is_path and not raw.strip():

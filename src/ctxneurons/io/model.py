@@ -97,8 +97,22 @@ class ModelSource:
         return f"{self.repo}@{self.revision[:12]}" if self.repo and self.revision else str(self.path)
 
 
+TOY_CONTROL = "toy-control"  # the toy's negative control: its slow heads made local (toy.build_model)
+
+
+def is_toy(model: str | os.PathLike) -> bool:
+    """Whether ``model`` is the offline toy or its negative control, by name or as a folder
+    the toy built (its version stamp): either way it shares the toy's corpus, calibration
+    text, domains and ground truth, so a toy given by its path is not taken for another model."""
+    if str(model) in ("toy", TOY_CONTROL):
+        return True
+    from ctxneurons.toy.model import STAMP_FILE
+
+    return (Path(model).expanduser() / STAMP_FILE).is_file()
+
+
 def resolve_model(model: str | os.PathLike) -> ModelSource:
-    """The local files of ``model``: 'toy' (built on first use), a local directory, or a hub
+    """The local files of ``model``: 'toy' or 'toy-control' (built on first use), a local directory, or a hub
     name such as 'gpt2' or 'openai-community/gpt2' (optionally 'NAME@REVISION').
 
     A hub model already in the Hugging Face cache is used with no network call; otherwise it is
@@ -106,13 +120,13 @@ def resolve_model(model: str | os.PathLike) -> ModelSource:
     unreachable hub fails within seconds with a message saying what to do.
     """
     model_str = str(model)
-    if model_str == "toy":
+    if is_toy(model_str):
         from ctxneurons import toy
 
         try:
-            return ModelSource(toy.ensure_model())
+            return ModelSource(toy.ensure_model(control=model_str == TOY_CONTROL))
         except OSError as err:
-            raise ModelLoadError(f"model='toy' could not be built under the cache folder ({err}); set CTXN_CACHE "
+            raise ModelLoadError(f"model={model_str!r} could not be built under the cache folder ({err}); set CTXN_CACHE "
                                  "to a writable folder") from None
     path = Path(model_str).expanduser()
     if path.exists():
