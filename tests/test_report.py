@@ -125,3 +125,16 @@ def test_front_page_headline_reads_the_numbers_and_escapes_them():
     assert "not comparable" in box and "scorecard" in box
     assert "not comparable" not in report.headline_html(summaries, info={"model": "gpt2"})
     assert "No chapter has written" in report.headline_html({}, info={"model": "gpt2"})
+
+
+def test_neuron_card_is_linkable_links_try_a_neuron_and_compares_like_with_like():
+    card = report.neuron_card_html(
+        7, {"top[j]": 5.0}, [("a", 1.0)], [("b", -1.0)],
+        [{"title": "text 0", "tokens": ["x", "y"], "approx": [1.0, 0.5], "true": [2.0, 0.0], "first_position": 40}],
+        try_href="try_a_neuron.html#neuron-7")
+    assert 'id="neuron-7"' in card and 'href="#neuron-7"' in card and 'href="try_a_neuron.html#neuron-7"' in card
+    # One legend for the pair, one scale (the truth's 2.0 is full red, the approximation's 1.0 half).
+    assert card.count('class="ctxn-heatmap-legend"') == 1 and "rgba(214,39,40,1.000)" in card and "rgba(214,39,40,0.500)" in card
+    assert "circuit&#x27;s approximation" in card and "true contribution of the circuit heads" in card and "position 40, " in card
+    page = report.neuron_browser_html([card], hint="<zork>")
+    assert "e.g. &lt;zork&gt;" in page and "neuron-' + m[1]" in page

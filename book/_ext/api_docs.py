@@ -5,8 +5,9 @@ text with the paper's ASCII maths rather than as reStructuredText:
 - runs of ``name: meaning`` lines (parameter lists, maybe with hanging indents) become bullet lists;
 - an indented continuation line followed by a dedent needs a blank line in RST: one is added;
 - ``:func:`neurons.select``` names a sibling module the way the code does: a reference that
-  does not resolve as written is tried inside the ``ctxneurons`` package and inside the
-  documented object's own module;
+  does not resolve as written is tried inside the ``ctxneurons`` package, inside the
+  documented object's own module and its package, and as the one documented object whose
+  name ends with it;
 - "METHOD.md §N" (the repository's notes on the paper, which are not part of the site)
   becomes a link to that section of the book's method page (book/method.md).
 """
@@ -92,8 +93,14 @@ def _within_package(app, env, node, contnode):
     target = node["reftarget"].lstrip("~.")
     module = node.get("py:module") or ""
     domain = env.get_domain("py")
-    for candidate in (f"{PACKAGE}.{target}", f"{module}.{target}"):
-        if candidate.startswith(f"{PACKAGE}.{PACKAGE}.") or candidate == target:
+    candidates = [f"{PACKAGE}.{target}", f"{module}.{target}", f"{module.rpartition('.')[0]}.{target}"]
+    # Otherwise the one documented object whose name ends with the target (``neurons.select``
+    # from ctxneurons.book, where the module is ctxneurons.method.neurons), when there is one.
+    ending = [name for name in domain.objects if name.startswith(f"{PACKAGE}.") and name.endswith(f".{target}")]
+    if len(ending) == 1:
+        candidates.append(ending[0])
+    for candidate in dict.fromkeys(candidates):
+        if candidate.startswith(f"{PACKAGE}.{PACKAGE}.") or candidate == target or candidate.startswith("."):
             continue
         retry = node.deepcopy()
         retry["reftarget"] = candidate

@@ -4,7 +4,7 @@
   build uses, resolved exactly as the chapters resolve them;
 - :func:`scorecard`: the paper's numbers next to this build's, with where each came from, an
   interval where the tables allow one (:func:`bootstrap_median`) and, on the toy edition,
-  what each comparison can and cannot show (:data:`TOY_CAN_SHOW`);
+  what each comparison can and cannot show (``TOY_CAN_SHOW``);
 - :func:`headline_html`: this build's headline numbers for the front page;
 - :func:`neuron_browser_html`: one searchable page of discovered neurons, every piece of
   corpus text escaped;
@@ -176,7 +176,7 @@ def scorecard(summaries: dict[str, dict], tables: str | os.PathLike | None = Non
     """The paper's numbers and this build's, side by side. A missing chapter shows as 'not run'.
 
     tables: the chapters' output folder (e.g. :func:`output_dir`); where a chapter's per-pair
-    table is there, its headline median gets a bootstrap interval (:data:`INTERVAL_METHOD`).
+    table is there, its headline median gets a bootstrap interval (``INTERVAL_METHOD``).
     toy: whether this is the toy edition (default: any summary's model is the toy); the toy
     edition adds a column saying what each comparison can and cannot show there.
     """
@@ -298,27 +298,41 @@ def _domain_calibration_wins(h: dict, p: dict) -> str:
     return f"{len(wins)} of {len(domains)}" + (f" ({', '.join(wins)})" if wins else "")
 
 
-def neuron_card_html(neuron: int, stats: dict, top: list[tuple[str, float]], bottom: list[tuple[str, float]],
-                     examples: list[dict], sections: list[tuple[str, str]] = ()) -> str:
-    """One neuron: its extreme tokens, r and FVU, further sections, and example texts shaded
-    by approximate and true values.
+def neuron_anchor(neuron: int) -> str:
+    """The HTML id of a neuron's card in the neuron browser (``neuron_browser.html#neuron-<j>``)."""
+    return f"neuron-{int(neuron)}"
 
-    examples: dicts with 'title', 'tokens' (strings), 'approx' and 'true' (floats per token).
+
+def neuron_card_html(neuron: int, stats: dict, top: list[tuple[str, float]], bottom: list[tuple[str, float]],
+                     examples: list[dict], sections: list[tuple[str, str]] = (), *, try_href: str | None = None) -> str:
+    """One neuron: its extreme tokens, r and FVU, further sections, and example texts shaded
+    by the circuit's approximation and by the true contribution it approximates, both on one
+    colour scale with a legend.
+
+    The card has the id :func:`neuron_anchor` and a link to itself, so that a neuron can be
+    linked to (the browser's script opens the card the address names).
+    examples: dicts with 'title', 'tokens' (strings), 'approx' and 'true' (floats per token),
+    and optionally 'first_position' (the position of tokens[0] in its text).
     sections: (title, HTML) pairs shown after the tokens; the HTML must already be escaped
     (e.g. from :func:`head_shares_html` or plots.core_categories_list_html), titles are escaped here.
+    try_href: where *Try a neuron* opens on this neuron (e.g. ``try_a_neuron.html#neuron-7``), when it offers it.
     """
     def token_list(items):
         return ", ".join(f"<code>{figures.escape_text(repr(t))}</code>&nbsp;{v:+.2f}" for t, v in items)
 
+    j = int(neuron)
     stat = " · ".join(f"{html.escape(k)} {_fmt(v)}" for k, v in stats.items())
-    parts = [f'<details class="ctxn-neuron" data-neuron="{int(neuron)}"><summary><b>neuron {int(neuron)}</b> · {stat}</summary>',
+    link = f' · <a class="ctxn-neuron-link" href="#{neuron_anchor(j)}" title="link to this neuron">#</a>'
+    parts = [f'<details class="ctxn-neuron" id="{neuron_anchor(j)}" data-neuron="{j}"><summary><b>neuron {j}</b> · {stat}{link}</summary>',
              f"<p><b>most positive tokens:</b> {token_list(top)}</p>",
              f"<p><b>most negative tokens:</b> {token_list(bottom)}</p>"]
     parts += [f"<p><b>{html.escape(title)}:</b> {body}</p>" for title, body in sections if body]
+    if try_href:
+        parts.append(f'<p><a class="ctxn-try-link" href="{html.escape(try_href, quote=True)}">Try neuron {j} on your own text</a></p>')
     for ex in examples:
-        vmax = max([abs(v) for v in ex["approx"] + ex["true"]] + [1e-9])
-        parts.append(figures.token_heatmap_html(ex["tokens"], ex["approx"], vmax=vmax, title=f"{ex['title']} — approximation"))
-        parts.append(figures.token_heatmap_html(ex["tokens"], ex["true"], vmax=vmax, title=f"{ex['title']} — true"))
+        parts.append(figures.token_heatmaps_html(
+            ex["tokens"], [("circuit's approximation", ex["approx"]), ("true contribution of the circuit heads", ex["true"])],
+            title=ex["title"], window=None, first_position=int(ex.get("first_position", 0)), unit=f"input to neuron {j}"))
     parts.append("</details>")
     return "\n".join(parts)
 
@@ -347,14 +361,25 @@ _SEARCH_SCRIPT = """
       d.style.display = d.textContent.toLowerCase().indexOf(q) >= 0 ? '' : 'none';
     });
   });
+  // A link to #neuron-<j> opens that neuron's card.
+  function openLinked() {
+    var m = /^#neuron-(\\d+)$/.exec(window.location.hash);
+    var card = m && document.getElementById('neuron-' + m[1]);
+    if (card) { card.open = true; card.style.display = ''; card.scrollIntoView(); }
+  }
+  window.addEventListener('hashchange', openLinked);
+  openLinked();
 })();
 </script>
 """
 
 
-def neuron_browser_html(cards: list[str]) -> str:
-    """A search box over the neuron cards (matching neuron ids and tokens) and the cards."""
-    search = ('<p><input id="ctxn-neuron-search" type="search" placeholder="filter by neuron or token, e.g. colour" '
+def neuron_browser_html(cards: list[str], hint: str = "colour") -> str:
+    """A search box over the neuron cards (matching neuron ids and tokens) and the cards.
+    hint: an example token for the box's placeholder, one the reader's model knows (the toy
+    has its own words)."""
+    search = ('<p><input id="ctxn-neuron-search" type="search" '
+              f'placeholder="filter by neuron or token, e.g. {html.escape(hint, quote=True)}" '
               'style="width:100%;padding:4px"></p>')
     return search + "\n".join(cards) + _SEARCH_SCRIPT
 
