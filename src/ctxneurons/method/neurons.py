@@ -11,11 +11,13 @@ Shapes: V vocabulary, M neurons, J selected neurons.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
 
 from ctxneurons.method import forward
+from ctxneurons.method.circuit import Circuit
 from ctxneurons.method.weights import Layer0
 
 PAPER_THRESHOLD = 5.0
@@ -61,6 +63,18 @@ def select(top: torch.Tensor, threshold: float = PAPER_THRESHOLD) -> torch.Tenso
     return found[top[found].argsort(descending=True)]
 
 
+#: The columns of :func:`counts_frame` (chapter 05's counts_by_threshold.csv).
+COUNTS_COLUMNS = {
+    "threshold": "discovery threshold on top[j]",
+    "n_found": "neurons with top[j] >= threshold",
+}
+
+
+def counts_frame(top: torch.Tensor, thresholds: torch.Tensor) -> pd.DataFrame:
+    """:func:`count_by_threshold` as a tidy table: threshold, n_found; one row per threshold of thresholds [T]."""
+    return pd.DataFrame({"threshold": thresholds.tolist(), "n_found": count_by_threshold(top, thresholds).tolist()})
+
+
 def count_by_threshold(top: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
     """How many neurons each threshold finds: thresholds [T] -> [T]."""
     return (top[None, :] >= thresholds.to(top.device)[:, None]).sum(-1)
@@ -99,6 +113,39 @@ def select_capped(top: torch.Tensor, threshold: float, max_neurons: int) -> tupl
     return top.argsort(descending=True)[:max_neurons], 0
 
 
+@dataclass
+class Discovery:
+    """What discovery finds in a circuit: glitch [V] the tokens it ignores, top [M] top[j],
+    found [J] the neurons to study (strongest first, at most ``max_neurons``), n_passed how
+    many reach ``threshold`` (0: none does, and ``found`` holds the highest top[j] instead)."""
+
+    glitch: torch.Tensor
+    top: torch.Tensor
+    found: torch.Tensor
+    n_passed: int
+    threshold: float
+    max_neurons: int
+
+    def message(self, doing: str = "evaluating") -> str:
+        """One line saying what was found, or that nothing passes and what stands in;
+        ``doing`` names what the caller does with the neurons."""
+        if self.n_passed == 0:
+            return (f"No neuron reaches top[j] >= {self.threshold} (the largest top[j] is {float(self.top.max()):.4g}); "
+                    f"{doing} the {len(self.found)} neurons with the highest top[j] instead.")
+        return (f"{self.n_passed} neurons reach top[j] >= {self.threshold}; {doing} the {len(self.found)} strongest "
+                f"(max_neurons = {self.max_neurons}).")
+
+
+def discover(w: Layer0, circuit: Circuit, threshold: float = PAPER_THRESHOLD, max_neurons: int = 100) -> Discovery:
+    """The paper's discovery on a built circuit: :func:`glitch_mask`, :func:`top_statistic`
+    over the contribution matrix [V, M] and :func:`select_capped`; found [J], J <= max_neurons."""
+    with torch.inference_mode():
+        glitch = glitch_mask(w)
+        top = top_statistic(circuit.contribution, glitch)
+        found, n_passed = select_capped(top, threshold, max_neurons)
+    return Discovery(glitch=glitch, top=top, found=found, n_passed=n_passed, threshold=threshold, max_neurons=max_neurons)
+
+
 def precision_recall(top: torch.Tensor, thresholds: torch.Tensor, true_neurons: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Discovery against a known answer: top [M], thresholds [T], true_neurons [K] -> (precision [T], recall [T]).
 
@@ -119,18 +166,43 @@ def preactivations(w: Layer0, tokens: torch.Tensor, neurons: torch.Tensor) -> to
         return forward.run(w, tokens, mlp=True).mlp_pre[:, :, neurons]
 
 
+#: The columns of :func:`extreme_tokens_frame` given ``top`` (chapter 05's extreme_tokens.csv,
+#: and what ``ctxneurons discover --out x.csv`` writes).
+EXTREME_TOKENS_COLUMNS = {
+    "neuron": "layer-0 MLP neuron j",
+    "top": "top[j], its largest contribution over non-glitch tokens",
+    "sign": "'+' for the most positive contributions, '-' for the most negative",
+    "rank": "1 = the most extreme on that side",
+    "token": "the token (decoded)",
+    "contribution": "contribution[j, t] of one occurrence of the token in the context",
+}
+
+
 def extreme_tokens_frame(contribution: torch.Tensor, neurons: list[int], glitch: torch.Tensor,
-                         token_str: Callable[[torch.Tensor], list[str]], k: int = 10, first_rank: int = 1) -> pd.DataFrame:
-    """:func:`extreme_tokens` of each of ``neurons`` as a tidy table: neuron, sign ('+' most
-    positive, '-' most negative), rank (``first_rank`` = most extreme), token (decoded by
-    token_str from ids [k]), contribution."""
+                         token_str: Callable[[torch.Tensor], list[str]], k: int = 10, first_rank: int = 1,
+                         top: torch.Tensor | None = None) -> pd.DataFrame:
+    """:func:`extreme_tokens` of each of ``neurons`` as a tidy table: neuron, top (top[j] from
+    top [M], when given), sign ('+' most positive, '-' most negative), rank (``first_rank`` =
+    most extreme), token (decoded by token_str from ids [k]), contribution."""
     rows = []
     for j in neurons:
         ids, vals, bids, bvals = extreme_tokens(contribution, j, glitch, k=k)
         for sign, tok_ids, tok_vals in (("+", ids, vals), ("-", bids, bvals)):
             rows += [{"neuron": j, "sign": sign, "rank": rank, "token": t, "contribution": v}
                      for rank, (t, v) in enumerate(zip(token_str(tok_ids), tok_vals.tolist()), start=first_rank)]
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    if top is not None:
+        df.insert(1, "top", top[df["neuron"].tolist()].tolist())
+    return df
+
+
+#: The columns of :func:`calibration_firing` (chapter 05's calibration_firing.csv).
+CALIBRATION_FIRING_COLUMNS = {
+    "neuron": "layer-0 MLP neuron j (the listed neurons)",
+    "top": "top[j]",
+    "max_preactivation_on_calibration": "largest true pre-activation over the calibration text, positions >= 1",
+    "fired_on_calibration": "whether that maximum is >= 0",
+}
 
 
 def calibration_firing(w: Layer0, tokens: torch.Tensor, neurons: torch.Tensor, top: torch.Tensor) -> pd.DataFrame:
@@ -139,6 +211,15 @@ def calibration_firing(w: Layer0, tokens: torch.Tensor, neurons: torch.Tensor, t
     max_pre = max_preactivation(w, tokens[None], neurons).cpu()
     return pd.DataFrame({"neuron": neurons.tolist(), "top": top[neurons].tolist(), "max_preactivation_on_calibration": max_pre.tolist(),
                          "fired_on_calibration": (max_pre >= 0).tolist()})
+
+
+#: The columns of :func:`precision_recall_frame` (chapter 05's toy_precision_recall.csv).
+PRECISION_RECALL_COLUMNS = {
+    "threshold": "discovery threshold on top[j]",
+    "n_found": "neurons with top[j] >= threshold",
+    "precision": "share of those that are planted context neurons (empty when none is found)",
+    "recall": "share of the planted context neurons that are found",
+}
 
 
 def precision_recall_frame(top: torch.Tensor, thresholds: torch.Tensor, true_neurons: torch.Tensor) -> pd.DataFrame:
