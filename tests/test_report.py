@@ -138,3 +138,16 @@ def test_neuron_card_is_linkable_links_try_a_neuron_and_compares_like_with_like(
     assert "circuit&#x27;s approximation" in card and "true contribution of the circuit heads" in card and "position 40, " in card
     page = report.neuron_browser_html([card], hint="<zork>")
     assert "e.g. &lt;zork&gt;" in page and "neuron-' + m[1]" in page
+
+
+def test_a_chapter_closes_with_its_own_rows_of_the_scorecard(tmp_path):
+    import json
+
+    for nb, summary in {"contextual_circuit": _summary("contextual_circuit", median_r=0.91, median_fvu=0.2),
+                        "tv_distance": _summary("tv_distance", median_tv=0.03)}.items():
+        (tmp_path / nb).mkdir()
+        (tmp_path / nb / "summary.json").write_text(json.dumps(summary))
+    table = report.chapter_comparison_html("contextual_circuit", tmp_path)
+    assert "median Pearson r" in table and "0.9485" in table and "0.91" in table and "median TV" not in table
+    assert 'class="dataframe table ctxn-comparison"' in table and "on the toy edition" in table
+    assert "no row" in report.chapter_comparison_html("no_such_chapter", tmp_path)

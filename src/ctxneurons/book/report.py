@@ -236,6 +236,22 @@ def scorecard(summaries: dict[str, dict], tables: str | os.PathLike | None = Non
     return pd.DataFrame(rows)
 
 
+def chapter_comparison_html(notebook: str, root: str | os.PathLike | None = None, toy: bool | None = None) -> str:
+    """A chapter's closing "Paper vs this build" table: the :func:`scorecard` rows that come
+    from ``notebook`` (e.g. "contextual_circuit"), with intervals where the chapter saved the
+    tables for them and, on the toy edition, what the toy was built to give. Read from the
+    summaries under ``root`` (default :func:`output_dir`), so a chapter calls it after saving
+    its own. Every value is escaped."""
+    root = output_dir() if root is None else Path(root)
+    card = scorecard(read_summaries(root), root, toy=toy)
+    mine = card[(card["from"] == notebook) | card["from"].str.startswith(f"{notebook} ·")]
+    if mine.empty:
+        return f"<p>The scorecard has no row for {html.escape(notebook)}.</p>"
+    shown = mine.drop(columns=["from"]).assign(quantity=lambda d: d["quantity"].str.strip().str.lstrip("… "))
+    note = f"<p>Brackets: {html.escape(INTERVAL_METHOD)}.</p>" if shown["this build"].str.contains(r"\[").any() else ""
+    return (shown.to_html(index=False, escape=True, classes="table ctxn-comparison", border=0, na_rep="—") + note)
+
+
 # The front page's numbers: (scorecard row, short name).
 HEADLINE_ROWS = [
     ("median TV, true vs decomposed pattern (circuit heads)", "median TV of the split (§1)"),
