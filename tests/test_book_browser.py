@@ -158,3 +158,21 @@ def test_output_noise_finds_what_a_reader_must_not_meet():
     clean = ["median r = 0.9485 over 100 texts", "a model at /path/to/gpt2 in the prose is fine: it is not a machine's path",
              "precision 1.00, recall 0.74", 'a JSON line {"text": "…"}']
     assert output_noise(clean) == []
+
+
+def test_parameter_cells_show_the_values_the_build_used():
+    """Issue 24: every parameter cell showed n_texts = 1000 while the build used 100."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "book" / "_ext"))
+    try:
+        import parameter_overrides as po
+    finally:
+        sys.path.pop(0)
+    cell = 'model = "auto"\nn_texts = 1000\nheads = [0, 2, 6, 8, 9, 10]\noutput_dir = "outputs"\nseed = 0'
+    shown = po.overridden(cell, {"CTXN_N_TEXTS": "100", "CTXN_HEADS": "[0, 2]", "CTXN_OUTPUT_DIR": "/tmp/build/outputs",
+                                 "CTXN_SEED": ""}).splitlines()
+    assert shown[0] == 'model = "auto"' and shown[4] == "seed = 0"  # not overridden (an empty variable is no override)
+    assert shown[1] == "n_texts = 100  # this build (CTXN_N_TEXTS); the notebook's default: 1000"
+    assert shown[2].startswith("heads = [0, 2]  # this build")
+    assert "/tmp" not in shown[3] and shown[3].startswith("output_dir = '.../outputs'")
