@@ -151,3 +151,11 @@ def test_a_chapter_closes_with_its_own_rows_of_the_scorecard(tmp_path):
     assert "median Pearson r" in table and "0.9485" in table and "0.91" in table and "median TV" not in table
     assert 'class="dataframe table ctxn-comparison"' in table and "on the toy edition" in table
     assert "no row" in report.chapter_comparison_html("no_such_chapter", tmp_path)
+
+
+def test_batch_page_shows_no_path_of_the_build_machine(tmp_path):
+    from ctxneurons.book.experiment import project_root
+
+    page = report.batch_html(tmp_path / "nothing")
+    assert str(tmp_path) not in page and "<code>.../nothing/</code>" in page
+    assert report.shown_path(project_root() / "runs") == "runs/"

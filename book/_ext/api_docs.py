@@ -99,6 +99,12 @@ def _within_package(app, env, node, contnode):
     ending = [name for name in domain.objects if name.startswith(f"{PACKAGE}.") and name.endswith(f".{target}")]
     if len(ending) == 1:
         candidates.append(ending[0])
+    # Or a name re-exported by a package (``toy.build_model``, documented as ctxneurons.toy.model.build_model).
+    head, _, last = target.rpartition(".")
+    if head and len(ending) != 1:
+        inside = [name for name in domain.objects if name.startswith(f"{PACKAGE}.{head}.") and name.endswith(f".{last}")]
+        if len(inside) == 1:
+            candidates.append(inside[0])
     for candidate in dict.fromkeys(candidates):
         if candidate.startswith(f"{PACKAGE}.{PACKAGE}.") or candidate == target or candidate.startswith("."):
             continue

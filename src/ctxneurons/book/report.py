@@ -24,7 +24,7 @@ import pandas as pd
 
 from ctxneurons.book import figures
 from ctxneurons.io.corpus import corpus_label
-from ctxneurons.book.experiment import resolve_model_choice, resolve_output_dir
+from ctxneurons.book.experiment import project_root, resolve_model_choice, resolve_output_dir
 from ctxneurons.io.model import resolve_model
 
 PAPER = {
@@ -400,6 +400,16 @@ def neuron_browser_html(cards: list[str], hint: str = "colour") -> str:
     return search + "\n".join(cards) + _SEARCH_SCRIPT
 
 
+def shown_path(path: str | os.PathLike) -> str:
+    """A folder as a page shows it: relative to the project root when inside it, else by its
+    last component (a page must not carry the build machine's paths)."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(project_root().resolve())) + "/"
+    except ValueError:
+        return f".../{path.name}/"
+
+
 def runs_dir() -> Path:
     """The batch runs this build shows: CTXN_RUNS_DIR (the folder ci/gpu_job.sh and
     ci/batch_merge.sh write), else runs/ at the project root."""
@@ -421,7 +431,7 @@ def batch_html(root: str | os.PathLike | None = None) -> str:
 
     root = runs_dir() if root is None else Path(root)
     table = batch_table(root)
-    where = f"<code>{html.escape(str(root))}</code>"
+    where = f"<code>{html.escape(shown_path(root))}</code>"
     if table.empty:
         return f"<p>No finished batch runs in {where} for this build.</p>"
     unfinished = [p for _, p in batch.unfinished_runs(root)] if root.is_dir() else []
