@@ -103,24 +103,27 @@ def kernels_by_distance(kernel_df: pd.DataFrame, n: int) -> go.Figure:
         ],
     }])
     fig.update_yaxes(type="log", range=log_range, **LOG_AXIS)
+    # px names each trace "label, kind"; the label already says the kind.
+    fig.for_each_trace(lambda t: t.update(name=t.name.rsplit(", ", 1)[0]))
     return fig
 
 
 def head_classes(class_df: pd.DataFrame, n: int) -> go.Figure:
-    """Mean distance against effective window per head, by kind. class_df: the ``head_classes`` table.
-    Labels alternate above and below their points so that neighbours do not overlap; hover names the head."""
+    """Mean distance against effective window per head: one colour per head (as in every
+    figure), one symbol per kind, the head named in the legend and on hover rather than on the
+    points, where the slow heads' labels would overlap. class_df: the ``head_classes`` table."""
+    labels = [_head_label(h, k, c, ", circuit") for h, k, c in zip(class_df["head"], class_df["kind"], class_df["in_circuit"])]
     fig = px.scatter(
-        class_df.assign(name=[f"head {h}" for h in class_df["head"]]),
-        x="mean_distance", y="effective_window", color="kind", symbol="in_circuit", text="name",
-        hover_data={"head": True, "kind": True, "effective_window": ":.1f", "mean_distance": ":.1f", "weight_on_first": ":.3f",
-                    "name": False},
+        class_df.assign(label=labels), x="mean_distance", y="effective_window", color="label", symbol="kind",
+        color_discrete_map=head_colour_map(labels),
+        hover_data={"head": True, "kind": True, "in_circuit": True, "effective_window": ":.1f", "mean_distance": ":.1f",
+                    "weight_on_first": ":.3f", "label": False},
         labels={"mean_distance": "mean distance (tokens)", "effective_window": "effective window (tokens)"},
         title=f"Head kinds at n = {n}",
     )
-    for trace in fig.data:
-        order = np.argsort(np.argsort(np.asarray(trace.x, dtype=float)))
-        trace.textposition = ["top center" if k % 2 == 0 else "bottom center" for k in order]
-    return fig
+    fig.for_each_trace(lambda t: t.update(name=t.name.rsplit(", ", 1)[0]))  # px appends the kind, which the label says
+    fig.update_traces(marker={"size": 11})
+    return fig.update_layout(legend_title_text="head (kind)")
 
 
 def tv_one_text(example_df: pd.DataFrame, doc_id) -> go.Figure:
