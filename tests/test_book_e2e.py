@@ -132,7 +132,7 @@ def test_batch_page_shows_the_jobs_batch(built_book):
 def test_scorecard_is_filled_from_the_outputs(built_book):
     with serve(built_book["html"]) as base, launch() as browser:
         page, report = open_page(browser, f"{base}/reports/scorecard.html")
-        rows = page.query_selector_all("table.ctxn-scorecard tbody tr")
+        rows = page.query_selector_all("table.ctxn-scorecard tbody tr.ctxn-row")
         assert len(rows) >= 8
         cells = [r.query_selector_all("td")[2].inner_text() for r in rows]
         assert "not run" not in cells, cells

@@ -159,3 +159,11 @@ def test_batch_page_shows_no_path_of_the_build_machine(tmp_path):
     page = report.batch_html(tmp_path / "nothing")
     assert str(tmp_path) not in page and "<code>.../nothing/</code>" in page
     assert report.shown_path(project_root() / "runs") == "runs/"
+
+
+def test_scorecard_page_puts_provenance_and_the_toy_note_under_each_row():
+    card = report.scorecard({"tv_distance": _summary("tv_distance", median_tv="<b>0.03</b>")})
+    page = report.scorecard_html(card)
+    assert page.count('<tr class="ctxn-row">') == len(card) == page.count('<tr class="ctxn-detail">')
+    assert "&lt;b&gt;0.03&lt;/b&gt;" in page and "<b>0.03" not in page
+    assert "on the toy edition: Built to be close" in page and "from: tv_distance · model toy" in page

@@ -192,7 +192,7 @@ def scorecard(summaries: dict[str, dict], tables: str | os.PathLike | None = Non
             shown += f" [{ci[interval][0]:.4g}, {ci[interval][1]:.4g}]"
         row = {"quantity": quantity, "paper": paper, "this build": shown, "from": _source(s) if s else notebook}
         if toy:
-            row["on the toy edition, this comparison shows"] = TOY_CAN_SHOW.get(can_show, "—")
+            row[TOY_COLUMN] = TOY_CAN_SHOW.get(can_show, "—")
         rows.append(row)
 
     add("median TV, true vs decomposed pattern (circuit heads)", f"≈ {PAPER['median_tv']}", "tv_distance",
@@ -250,6 +250,25 @@ def chapter_comparison_html(notebook: str, root: str | os.PathLike | None = None
     shown = mine.drop(columns=["from"]).assign(quantity=lambda d: d["quantity"].str.strip().str.lstrip("… "))
     note = f"<p>Brackets: {html.escape(INTERVAL_METHOD)}.</p>" if shown["this build"].str.contains(r"\[").any() else ""
     return (shown.to_html(index=False, escape=True, classes="table ctxn-comparison", border=0, na_rep="—") + note)
+
+
+TOY_COLUMN = "on the toy edition, this comparison shows"
+
+
+def scorecard_html(card: pd.DataFrame) -> str:
+    """The :func:`scorecard` as a page shows it: quantity, paper and this build side by side,
+    where each row came from (and, on the toy edition, what the comparison can show) in small
+    type under it, so that five columns of prose do not crush each other. Every value is escaped."""
+    e = lambda v: html.escape("—" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))  # noqa: E731
+    rows = []
+    for _, r in card.iterrows():
+        rows.append(f'<tr class="ctxn-row"><td>{e(r["quantity"])}</td><td>{e(r["paper"])}</td><td>{e(r["this build"])}</td></tr>')
+        detail = f"from: {e(r['from'])}"
+        if TOY_COLUMN in card.columns:
+            detail += f"<br>on the toy edition: {e(r[TOY_COLUMN])}"
+        rows.append(f'<tr class="ctxn-detail"><td colspan="3" style="font-size:.8em;color:#555;padding-top:0">{detail}</td></tr>')
+    return ('<table class="table ctxn-scorecard"><thead><tr><th>quantity</th><th>paper</th><th>this build</th></tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table>")
 
 
 # The front page's numbers: (scorecard row, short name).
