@@ -422,10 +422,12 @@ def homogeneity_by_segment(seg_df: pd.DataFrame) -> go.Figure:
     mean = seg_df.groupby(["core_set", "labelling", "segment"], as_index=False)["homogeneity"].mean()
     mean["series"] = mean["core_set"] + " core, " + mean["labelling"]
     # Dashes and symbols by labelling, so that two series lying on each other both stay visible.
-    return px.line(mean, x="segment", y="homogeneity", color="series", markers=True, line_dash="labelling", symbol="labelling",
+    fig = px.line(mean, x="segment", y="homogeneity", color="series", markers=True, line_dash="labelling", symbol="labelling",
                    hover_data={"homogeneity": ":.3f", "series": True},
                    labels={"segment": "activation segment (1 = lowest)", "homogeneity": "mean homogeneity over neurons"},
                    title="Categorical homogeneity by activation segment")
+    fig.for_each_trace(lambda t: t.update(name=t.name.rsplit(", ", 1)[0]))  # px appends the labelling, which the series says
+    return fig.update_layout(legend_title_text="core set, labelling")
 
 
 __all__ += ["token_list_html"]
