@@ -206,11 +206,16 @@ NOISE = {
 }
 
 
-def output_noise(outputs: list[str]) -> list[str]:
+def output_noise(outputs: list[str], inputs: tuple[str, ...] = ()) -> list[str]:
     """The noise in a page's cell outputs (their text, in order): one 'kind: excerpt' per
-    finding, e.g. a logging line, a progress bar, a path of the build machine, a printed dict."""
+    finding, e.g. a logging line, a progress bar, a path of the build machine, a printed dict.
+
+    inputs: paths the build was given as its model, corpus or calibration text; the captions
+    name those (it is how a local model is identified), so they are not noise."""
     found = []
     for k, text in enumerate(outputs):
+        for given in sorted(inputs, key=len, reverse=True):
+            text = text.replace(given, "<input>")
         for kind, pattern in NOISE.items():
             for m in pattern.finditer(text):
                 found.append(f"output {k + 1}, {kind}: {text[max(0, m.start() - 40): m.end() + 40]!r}")

@@ -158,6 +158,9 @@ def test_output_noise_finds_what_a_reader_must_not_meet():
     clean = ["median r = 0.9485 over 100 texts", "a model at /path/to/gpt2 in the prose is fine: it is not a machine's path",
              "precision 1.00, recall 0.74", 'a JSON line {"text": "…"}']
     assert output_noise(clean) == []
+    given = "/tmp/models/my-gpt2"
+    assert output_noise([f"Model: {given} · 4 texts"], (given,)) == []
+    assert output_noise([f"Model: {given} · written to /tmp/build/outputs"], (given,)) != []
 
 
 def test_parameter_cells_show_the_values_the_build_used():

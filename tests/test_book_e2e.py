@@ -55,7 +55,8 @@ def built_book(tmp_path_factory, tiny_dir, webtext):
     proc = subprocess.run(["bash", "ci/gpu_job.sh"], cwd=repo, env=env, capture_output=True, text=True, timeout=1800)
     log = proc.stdout[-8000:] + proc.stderr[-8000:]
     assert proc.returncode == 0, log
-    return {"html": repo / "_build" / "html", "runs": root / "runs", "outputs": root / "outputs", "log": log}
+    return {"html": repo / "_build" / "html", "runs": root / "runs", "outputs": root / "outputs", "log": log,
+            "inputs": (str(tiny_dir), str(corpus))}
 
 
 def test_gpu_job_batch_ran_on_cpu(built_book):
@@ -87,13 +88,14 @@ def test_every_page_loads_clean_and_draws_its_figures(built_book):
 
 def test_no_page_shows_python_noise(built_book):
     """No log lines, progress bars, paths of the build machine, printed dicts or empty output
-    boxes in any page's cell outputs (issue 24)."""
+    boxes in any page's cell outputs (issue 24). The model and corpus this build was given are
+    local paths here, and the captions rightly name them."""
     problems = {}
     with serve(built_book["html"]) as base, launch() as browser:
         for name in PAGES:
             page, _ = open_page(browser, f"{base}/{name}.html")
             outputs, empty = page_outputs(page)
-            found = output_noise(outputs) + ([f"{empty} empty output box(es)"] if empty else [])
+            found = output_noise(outputs, built_book["inputs"]) + ([f"{empty} empty output box(es)"] if empty else [])
             if found:
                 problems[name] = found
             page.close()
