@@ -62,6 +62,22 @@ def _legend_below(fig: go.Figure, n_entries: int) -> go.Figure:
     return fig
 
 
+def _wrap(text: str, width: int) -> str:
+    """``text`` broken into lines of at most about ``width`` characters at spaces (and at its
+    own newlines), joined with <br> for a plotly title or annotation."""
+    lines = []
+    for part in text.split("\n"):
+        line = ""
+        for word in part.split(" "):
+            if line and len(line) + 1 + len(word) > width:
+                lines.append(line)
+                line = word
+            else:
+                line = f"{line} {word}" if line else word
+        lines.append(line)
+    return "<br>".join(lines)
+
+
 def _shown_tokens(tokens: pd.Series) -> list[str]:
     return [escape_text(repr(t)) for t in tokens]
 
@@ -336,7 +352,7 @@ def kernels_across_models(kernel_df: pd.DataFrame) -> go.Figure:
     """Every model's kernels side by side, one panel per model, against distance, log y, coloured
     by kind. kernel_df: the ``kernels`` table of notebook 06 (model, head, kind, distance, weight)."""
     # Long labels break onto two lines so that neighbouring panel titles do not overlap.
-    plot_df = kernel_df.assign(model=kernel_df["model"].map(lambda m: escape_text(m).replace(" (", "<br>(", 1)),
+    plot_df = kernel_df.assign(model=kernel_df["model"].map(lambda m: _wrap(escape_text(m).replace(" (", "\n(", 1), 34)),
                                head_name=[f"head {h}" for h in kernel_df["head"]])
     n_models = plot_df["model"].nunique()
     fig = px.line(plot_df, x="distance", y="weight", color="kind", line_group="head_name", facet_col="model",
@@ -348,8 +364,8 @@ def kernels_across_models(kernel_df: pd.DataFrame) -> go.Figure:
                   height=380 * math.ceil(n_models / 3) + 100)
     fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
     fig.update_xaxes(matches=None)
-    fig.update_yaxes(range=[-8, 0.1])  # log10: below 1e-8 a kernel weighs nothing; local heads fall far below
-    fig.update_layout(margin={"t": 110})
+    fig.update_yaxes(range=[math.log10(KERNEL_FLOOR), 0.1], **LOG_AXIS)  # below 1e-8 a kernel weighs nothing
+    fig.update_layout(margin={"t": 140})
     return fig
 
 
