@@ -9,7 +9,6 @@ layer 0 alone): :func:`compute` loads it, and nothing is loaded on import.
 
 from __future__ import annotations
 
-import math
 
 import pandas as pd
 import torch
