@@ -137,7 +137,7 @@ def discover_main(argv: list[str]) -> int:
             atomic_write_csv(args.out, result.table)
             atomic_write_json(args.out.with_suffix(".meta.json"), {"columns": discover.COLUMNS, "rows": len(result.table), **run.provenance})
         else:
-            atomic_write_json(args.out, {**run.provenance, "threshold": result.threshold, "n_found": result.n_found,
+            atomic_write_json(args.out, {**run.provenance, "threshold": result.threshold, "n_found": result.n_passed,
                                          "neurons": result.neurons_json()})
         print(f"written to {args.out}")
     return 0
@@ -147,8 +147,8 @@ def _print_discovery(run, result, seconds: float) -> None:
     fb = " (offline fallback, not GPT-2)" if run.fallback else ""
     print(f"model: {run.model_label}{fb} · calibration text: {run.calibration.name} (sha256 {run.calibration.sha256[:12]}) · "
           f"heads {list(run.heads)} · device {run.w.device}")
-    if result.n_found:
-        print(f"{result.n_found} neurons reach top[j] >= {result.threshold:g}; listing {len(result.found)}, strongest first "
+    if result.n_passed:
+        print(f"{result.n_passed} neurons reach top[j] >= {result.threshold:g}; listing {len(result.found)}, strongest first "
               f"({seconds:.1f} s)")
     else:
         print(f"no neuron reaches top[j] >= {result.threshold:g} (the largest top[j] is {float(result.top.max()):.4g}); "

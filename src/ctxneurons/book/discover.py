@@ -1,10 +1,8 @@
 """The paper's procedure as one call: from the weights and one calibration text, the
 context-sensitive neurons (METHOD.md §4, discovery). ``ctxneurons discover`` runs it.
 
-It makes the same library calls as notebook 05, in the same order: the run's circuit
-(cached on disk like the notebook's), :func:`neurons.glitch_mask`,
-:func:`neurons.top_statistic`, :func:`neurons.select_capped` and
-:func:`neurons.extreme_tokens_frame`; so at the same parameters it lists the same
+It makes the same library calls as chapter 05: the run's circuit (cached on disk like
+the chapter's), :func:`neurons.discover` and :func:`neurons.extreme_tokens_frame`; so at the same parameters it lists the same
 neurons, with the same numbers, as that chapter's ``extreme_tokens.csv``.
 
 Shapes: V vocabulary, M neurons, J found neurons.
@@ -32,15 +30,10 @@ COLUMNS = {
 
 
 @dataclass
-class Discovery:
-    """top [M]: top[j]; found [J]: the listed neurons, strongest first; n_found: how many
-    reach the threshold (0: none does, and ``found`` holds the highest top[j] instead);
-    table: their most positive and negative tokens (columns :data:`COLUMNS`)."""
+class Listing(neurons.Discovery):
+    """:class:`neurons.Discovery` (top [M], found [J], n_passed) with ``table``: the found
+    neurons' most positive and negative tokens (columns :data:`COLUMNS`)."""
 
-    top: torch.Tensor
-    found: torch.Tensor
-    n_found: int
-    threshold: float
     table: pd.DataFrame
 
     def neurons_json(self) -> list[dict]:
@@ -53,19 +46,18 @@ class Discovery:
         return out
 
 
-def discover(run: Run, threshold: float, max_neurons: int, k: int = 10, step=lambda name: None) -> Discovery:
+def discover(run: Run, threshold: float, max_neurons: int, k: int = 10, step=lambda name: None) -> Listing:
     """Find the context-sensitive neurons of ``run``'s model from its calibration text.
 
     ``step(name)`` is called before each stage (the CLI shows them as progress).
     """
+    step("building the contextual circuit (the contribution matrix, every neuron x every token)")
+    c = run.circuit()
+    step("top[j] of every neuron")
+    d = neurons.discover(run.w, c, threshold, max_neurons)
+    step("the found neurons' most positive and negative tokens")
     with torch.inference_mode():
-        step("building the contextual circuit (the contribution matrix, every neuron x every token)")
-        c = run.circuit()
-        step("top[j] of every neuron")
-        glitch = neurons.glitch_mask(run.w)
-        top = neurons.top_statistic(c.contribution, glitch)
-        found, n_found = neurons.select_capped(top, threshold, max_neurons)
-        step("the found neurons' most positive and negative tokens")
-        table = neurons.extreme_tokens_frame(c.contribution, found.tolist(), glitch, run.token_str, k=k)
-    table.insert(1, "top", top[table["neuron"].tolist()].tolist())
-    return Discovery(top=top.cpu(), found=found.cpu(), n_found=n_found, threshold=threshold, table=table)
+        table = neurons.extreme_tokens_frame(c.contribution, d.found.tolist(), d.glitch, run.token_str, k=k)
+    table.insert(1, "top", d.top[table["neuron"].tolist()].tolist())
+    return Listing(glitch=d.glitch.cpu(), top=d.top.cpu(), found=d.found.cpu(), n_passed=d.n_passed, threshold=threshold,
+                   max_neurons=max_neurons, table=table)

@@ -4,7 +4,7 @@ neuron against the approximation, per position, with Pearson r and FVU per
 
 FVU = sum (true - approx)^2 / sum (true - mean(true))^2 on the raw approximation, no
 refit (our reading of the paper). Positions before ``first_position`` are excluded
-(default 1: position 0 holds BOS and sees only itself).
+(default :data:`FIRST_POSITION`).
 
 Texts stream through in batches; only the [texts, neurons] statistics and a few example
 traces are kept, so memory does not grow with the number of texts. A token tensor
@@ -26,6 +26,13 @@ import torch
 from ctxneurons.method import forward
 from ctxneurons.method.circuit import Circuit
 from ctxneurons.method.weights import Layer0, check_indices
+
+#: The first query position any score counts: position 0 holds BOS, which attends only to
+#: itself, so every head's pattern there is 1 and the circuit is exact by construction.
+FIRST_POSITION = 1
+#: Texts per batch the chapters stream: past ~8 texts a batch CPU GEMMs gain nothing, and a
+#: fixed size keeps the on-disk caches' keys (and the numbers) the same on every machine.
+BATCH_SIZE = 8
 
 
 def true_contributions(w: Layer0, tokens: torch.Tensor, heads: tuple[int, ...], neurons: torch.Tensor) -> torch.Tensor:
@@ -69,7 +76,7 @@ def evaluate(
     circuit: Circuit,
     batches: Iterable[torch.Tensor] | torch.Tensor,
     neurons: torch.Tensor,
-    first_position: int = 1,
+    first_position: int = FIRST_POSITION,
     n_traces: int = 0,
 ) -> Evaluation:
     """Stream token batches [B, n] (or one tensor [N, n], batched here) through layer 0 and
@@ -120,7 +127,7 @@ def scores_by_neuron(scores: pd.DataFrame) -> pd.DataFrame:
     return scores.groupby("neuron").agg(top=("top", "first"), median_r=("r", "median"), median_fvu=("fvu", "median")).reset_index()
 
 
-def traces_frame(ev: Evaluation, neurons: list[int], token_str, first_position: int = 1) -> pd.DataFrame:
+def traces_frame(ev: Evaluation, neurons: list[int], token_str, first_position: int = FIRST_POSITION) -> pd.DataFrame:
     """The evaluation's example traces for ``neurons`` (a few: every neuron's trace would
     make 10^5+ rows) as a tidy table text, neuron, position, token, true, approx.
     token_str(text index) gives that text's decoded tokens [n]."""
@@ -136,7 +143,7 @@ def traces_frame(ev: Evaluation, neurons: list[int], token_str, first_position: 
 
 def compare_calibrations(
     w: Layer0, circuits: Iterable[tuple[str, bool, Circuit]], tokens: torch.Tensor, neurons: torch.Tensor,
-    batch_size: int = 8, first_position: int = 1,
+    batch_size: int = BATCH_SIZE, first_position: int = FIRST_POSITION,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Score the same texts tokens [N, n] and neurons [J] under circuits built from different
     calibration texts, given as (name, whether it is the run's own, circuit); a generator
@@ -169,14 +176,14 @@ def compare_calibrations(
     return pd.DataFrame(by_cal), pd.DataFrame(denoms), pd.DataFrame(scores)
 
 
-def median_scores(true: torch.Tensor, approx: torch.Tensor, first_position: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def median_scores(true: torch.Tensor, approx: torch.Tensor, first_position: int = FIRST_POSITION) -> tuple[torch.Tensor, torch.Tensor]:
     """Median over texts of r and FVU per neuron, from true and approx [B, n, J] held in
     memory (a few example texts; :func:`evaluate` streams): -> (r [J], fvu [J])."""
     true, approx = true[:, first_position:], approx[:, first_position:]
     return pearson_r(true, approx, dim=1).nanmedian(0).values, fvu(true, approx, dim=1).nanmedian(0).values
 
 
-def peak_windows(true: torch.Tensor, n_examples: int, window: int, first_position: int = 1) -> list[list[tuple[int, int, int]]]:
+def peak_windows(true: torch.Tensor, n_examples: int, window: int, first_position: int = FIRST_POSITION) -> list[list[tuple[int, int, int]]]:
     """For each neuron of true [B, n, J], the n_examples texts where it peaks highest
     (positions >= first_position), each as (text, lo, hi): the span [lo, hi) from
     ``window`` positions before the peak to a quarter of that after it."""

@@ -11,11 +11,13 @@ Shapes: V vocabulary, M neurons, J selected neurons.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
 
 from ctxneurons.method import forward
+from ctxneurons.method.circuit import Circuit
 from ctxneurons.method.weights import Layer0
 
 PAPER_THRESHOLD = 5.0
@@ -97,6 +99,39 @@ def select_capped(top: torch.Tensor, threshold: float, max_neurons: int) -> tupl
     if len(passed) > 0:
         return passed[:max_neurons], len(passed)
     return top.argsort(descending=True)[:max_neurons], 0
+
+
+@dataclass
+class Discovery:
+    """What discovery finds in a circuit: glitch [V] the tokens it ignores, top [M] top[j],
+    found [J] the neurons to study (strongest first, at most ``max_neurons``), n_passed how
+    many reach ``threshold`` (0: none does, and ``found`` holds the highest top[j] instead)."""
+
+    glitch: torch.Tensor
+    top: torch.Tensor
+    found: torch.Tensor
+    n_passed: int
+    threshold: float
+    max_neurons: int
+
+    def message(self, doing: str = "evaluating") -> str:
+        """One line saying what was found, or that nothing passes and what stands in;
+        ``doing`` names what the caller does with the neurons."""
+        if self.n_passed == 0:
+            return (f"No neuron reaches top[j] >= {self.threshold} (the largest top[j] is {float(self.top.max()):.4g}); "
+                    f"{doing} the {len(self.found)} neurons with the highest top[j] instead.")
+        return (f"{self.n_passed} neurons reach top[j] >= {self.threshold}; {doing} the {len(self.found)} strongest "
+                f"(max_neurons = {self.max_neurons}).")
+
+
+def discover(w: Layer0, circuit: Circuit, threshold: float = PAPER_THRESHOLD, max_neurons: int = 100) -> Discovery:
+    """The paper's discovery on a built circuit: :func:`glitch_mask`, :func:`top_statistic`
+    over the contribution matrix [V, M] and :func:`select_capped`; found [J], J <= max_neurons."""
+    with torch.inference_mode():
+        glitch = glitch_mask(w)
+        top = top_statistic(circuit.contribution, glitch)
+        found, n_passed = select_capped(top, threshold, max_neurons)
+    return Discovery(glitch=glitch, top=top, found=found, n_passed=n_passed, threshold=threshold, max_neurons=max_neurons)
 
 
 def precision_recall(top: torch.Tensor, thresholds: torch.Tensor, true_neurons: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
