@@ -7,6 +7,7 @@ finding no stable head in the negative control's layer 1."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -189,3 +190,132 @@ def test_statistics_are_the_same_in_one_batch_or_many(tiny):
     summaries = dl.summarise(one)
     assert len(summaries) == len(specs) * HEADS
     assert set(dl.stable_heads(summaries)) == {str(s.layer) for s in specs}
+
+
+# -- ground truth: the toy's second layer ---------------------------------------------------
+
+TOY_TEXTS, TOY_TOKENS = 12, 640  # the planted stable head decays over ~160 tokens: its kernel is slow, not uniform, past ~600
+
+
+@pytest.fixture(scope="module")
+def toys(tmp_path_factory):
+    """(one-layer toy, the same extended by layer 1, the two-layer negative control) folders."""
+    import shutil
+
+    from ctxneurons import toy
+    from ctxneurons.toy import layer1
+
+    root = tmp_path_factory.mktemp("deeper-toys")
+    one = toy.build_model(root / "one", layers=1)
+    two = root / "two"
+    shutil.copytree(one, two)
+    layer1.extend(two)
+    control = toy.ensure_model(root / "control-cache", control=True)
+    return one, two, control
+
+
+@pytest.fixture(scope="module")
+def toy_texts():
+    from ctxneurons import toy
+    from ctxneurons.io import corpus
+
+    tok = toy.tokenizer()
+    batch = corpus.select_token_batch("toy", tok, TOY_TEXTS, TOY_TOKENS, seed=0)
+    cal = corpus.calibration_tokens(corpus.CalibrationText(text=toy.calibration_text(), name="cal"), tok, TOY_TOKENS - 1)
+    return batch.tokens, cal
+
+
+def _stable(folder, tokens, cal):
+    model = dl.load_model(folder)
+    stats = dl.collect(model, tokens.split(4), cal)
+    return stats, dl.summarise(stats)
+
+
+def test_layer0_is_unchanged_by_the_second_layer(toys):
+    """Every tensor of the one-layer toy is in the two-layer one unchanged, the loader's
+    layer 0 is identical, and layer 0's statistics come out the same."""
+    from safetensors.torch import load_file
+
+    from ctxneurons.io.model import load_layer0
+
+    one, two, _ = toys
+    a, b = load_file(str(one / "model.safetensors")), load_file(str(two / "model.safetensors"))
+    assert set(a) < set(b) and all(k.startswith("transformer.h.1.") for k in set(b) - set(a))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    w1, w2 = load_layer0(one, device="cpu"), load_layer0(two, device="cpu")
+    assert all(torch.equal(getattr(w1, f), getattr(w2, f)) for f in ("W_E", "W_pos", "W_Q", "W_K", "W_V", "W_O", "W_in", "b_in"))
+    tokens = torch.randint(0, 1000, (2, 64), generator=torch.Generator().manual_seed(1))
+    s1 = dl.collect(dl.load_model(one), [tokens], tokens[0])
+    s2 = dl.collect(dl.load_model(two), [tokens], tokens[0])
+    assert s2.kernel_sum.shape[0] == 2 and torch.allclose(s1.kernel_sum[0], s2.kernel_sum[0]) and torch.allclose(s1.cv()[0], s2.cv()[0])
+
+
+def test_toy_finds_the_planted_stable_head_and_rejects_the_unstable_one(toys, toy_texts):
+    """Layer 0's slow heads and layer 1's planted stable head are exactly the stable heads;
+    the planted unstable head has a slow-looking kernel and is rejected by its CV alone; the
+    neurons the stable head drives most are those planted to read it."""
+    from ctxneurons import toy
+    from ctxneurons.toy import layer1
+
+    _, two, _ = toys
+    truth = toy.ground_truth(two)
+    stats, summaries = _stable(two, *toy_texts)
+    assert dl.stable_heads(summaries) == truth["stable_heads_by_layer"] == {"0": list(toy.SLOW_HEADS), "1": [layer1.STABLE_HEAD]}
+    by = {(s.layer, s.head): s for s in summaries}
+    unstable = by[(1, layer1.UNSTABLE_HEAD)]
+    assert unstable.kind == "slow" and unstable.weight_on_first < dl.MAX_FIRST_WEIGHT and unstable.denominator_cv > 5 * dl.MAX_CV
+    assert by[(1, layer1.STABLE_HEAD)].denominator_cv < 0.8 * dl.MAX_CV
+    top = dl.top_neurons(stats, dl.layer_specs(dl.load_model(two)), {"1": [layer1.STABLE_HEAD]}, layer1.N_PLANTED_NEURONS)
+    planted = {p["neuron"] for p in truth["layer1"]["neurons_reading_stable_head"]}
+    assert set(top["neuron"]) == planted
+
+
+def test_negative_control_has_no_stable_head(toys, toy_texts):
+    """The control (slow heads of both layers made local) gives no stable head in any layer,
+    and its ground truth says so."""
+    from ctxneurons import toy
+
+    _, _, control = toys
+    _, summaries = _stable(control, *toy_texts)
+    assert dl.stable_heads(summaries) == {"0": [], "1": []} == toy.ground_truth(control)["stable_heads_by_layer"]
+
+
+# -- the chapter: its notebook on a tiny random GPT-2 -------------------------------------------
+
+
+def test_notebook_runs_and_writes_the_headline_keys(tmp_path, webtext, monkeypatch):
+    """The notebook under papermill writes the issue's headline keys with one value per
+    layer and head, documented tables, and HTML with escaped corpus text."""
+    import json
+    import os
+
+    import pandas as pd
+
+    papermill = pytest.importorskip("papermill")
+    from conftest import write_random_gpt2
+
+    model = write_random_gpt2(tmp_path / "model", n_layer=3)
+    corpus_file = tmp_path / "corpus.jsonl"
+    corpus_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in webtext[:40]))
+    monkeypatch.setenv("CTXN_CACHE", str(tmp_path / "cache"))
+    for var in [v for v in os.environ if v.startswith("CTXN_") and v != "CTXN_CACHE"]:
+        monkeypatch.delenv(var)
+    out = tmp_path / "out"
+    src = Path(__file__).resolve().parents[1] / "notebooks" / "10_deeper_layers.ipynb"
+    params = {"model": str(model), "corpus": str(corpus_file), "n_texts": 4, "n_tokens": 0, "device": "cpu", "seed": 0,
+              "output_dir": str(out), "n_examples": 2}
+    papermill.execute_notebook(str(src), str(tmp_path / src.name), parameters=params, kernel_name="python3",
+                               progress_bar=False, cwd=str(tmp_path))
+    summary = json.loads((out / "deeper_layers" / "summary.json").read_text())
+    h = summary["headline"]
+    for key in ("denominator_cv_by_layer_head", "calibrated_fvu_by_layer_head"):
+        assert len(h[key]) == 3 and all(len(row) == 4 for row in h[key]), key
+    assert all(v is None or v >= 0 for row in h["denominator_cv_by_layer_head"] for v in row)
+    assert set(h["stable_heads_by_layer"]) == {"0", "1", "2"}
+    assert "toy_planted_stable_heads_by_layer" not in h  # not the toy
+    for table, filename in summary["tables"].items():
+        meta = json.loads((out / "deeper_layers" / f"{table}.meta.json").read_text())
+        df = pd.read_csv(out / "deeper_layers" / filename)
+        assert set(df.columns) == set(meta["columns"]), table
+    heads = pd.read_csv(out / "deeper_layers" / "heads.csv")
+    assert len(heads) == 12 and heads["calibrated_r"].between(-1, 1).all()

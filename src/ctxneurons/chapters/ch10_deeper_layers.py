@@ -47,13 +47,13 @@ def showcase_head(summaries: list[dl.HeadSummary]) -> tuple[tuple[int, int] | No
 
 
 def planted(model_name: str) -> dict | None:
-    """The toy's planted stable heads by layer, read from its ground truth (None for other models)."""
-    if model_name != "toy":
-        return None
-    from ctxneurons import toy
-    from ctxneurons.io.model import resolve_model
+    """The toy's planted stable heads by layer, read from its ground truth ('toy' or a toy's
+    folder; None for a model without a plant)."""
+    from ctxneurons.toy import truth as toy_truth
 
-    truth = toy.ground_truth(resolve_model("toy").path)
+    truth = toy_truth.of_model(model_name)
+    if truth is None:
+        return None
     return truth.get("stable_heads_by_layer", {"0": list(truth["heads"]["slow"])})
 
 
@@ -125,7 +125,8 @@ def compute(run) -> Result:
     truth = planted(run.params["model"])
     if truth is not None:
         headline["toy_planted_stable_heads_by_layer"] = truth
-        headline["toy_control_stable_heads_by_layer"] = _control_stable_heads(run, cal)
+        if run.params["model"] == "toy":
+            headline["toy_control_stable_heads_by_layer"] = _control_stable_heads(run, cal)
     tables = {
         "heads": Table(heads_df, dl.HEADS_COLUMNS),
         "kernels": Table(dl.kernels_frame(stats, KERNEL_MAX_DISTANCE), dl.KERNEL_COLUMNS),

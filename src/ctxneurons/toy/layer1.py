@@ -1,22 +1,28 @@
 """The toy's second layer: ground truth for chapter 10 (stable heads beyond layer 0).
 
 Layer 1 reads the residual stream layer 0 leaves, which still holds every position's
-W_pos[i] (layer 0's heads and neurons write into other directions). Its heads are built
-from layer 0's own query-key circuits, copied column for column, so that they read the
-same positional coordinates and content as the layer-0 head they copy:
+W_pos[i]. Its heads are built from layer 0's own query-key circuits, copied column for
+column, so that they read the same positional coordinates and content as the layer-0 head
+they copy. Two things differ in layer 1, as they would in any deeper layer: its LayerNorm
+divides by a larger norm (layer 0's MLP writes about as much as the embeddings), which
+weakens every copied score by a factor :func:`layer1_gain` measures; and the positional
+coordinates a query reads carry the MLP's token-dependent noise (about 15 tokens' worth of
+position), which shifts a whole row of scores: the pattern is unchanged but the denominator
+moves by ~15 x the decay per token. A stable head in layer 1 must therefore decay more
+slowly than layer 0's (:data:`STABLE_DECAY`, ~1/160 per token against ~1/50).
 
 - :data:`STABLE_HEAD`: a slowly decaying head with a stable denominator. Its query and key
-  are those of layer-0 slow head :data:`STABLE_SOURCE` (decay ~1/50 per token, a small
-  content jitter); its values read layer 0's output, the slow heads' topic directions
-  u_k (the "how much topic k is in the recent context" signal), and write them back
-  scaled: a second, slower average of the context's topics.
+  are those of layer-0 slow head :data:`STABLE_SOURCE` (a small content jitter), its query
+  scaled to decay by STABLE_DECAY per token in layer 1; its values read layer 0's output,
+  the slow heads' topic directions u_k (the "how much topic k is in the recent context"
+  signal), and write them back scaled: a second, slower average of the context's topics.
 - :data:`UNSTABLE_HEAD`: content-driven, same positional decay plus a key that scores the
   words of topic :data:`UNSTABLE_TOPIC` about :data:`UNSTABLE_BOOST` higher (a constant
   query reads it). Its kernel, averaged over texts, still decays slowly, but its
   denominator grows with how many such words the context holds, which changes from text
   to text: a stability criterion must reject it.
-- every other head copies the query-key circuit of a layer-0 local or uniform head
-  (cyclically): local or uniform, so never stable by the rule; small random values.
+- every other head copies the query-key circuit of a layer-0 local head (two of them) or
+  uniform head (the rest): local or uniform, so never stable by the rule; small random values.
 - MLP 1: :data:`N_PLANTED_NEURONS` neurons read the stable head's output (one topic's u_k
   each); the others read random directions weakly.
 
@@ -36,6 +42,8 @@ import math
 from pathlib import Path
 
 import torch
+
+from ctxneurons.toy.truth import SLOW_HEADS
 
 LAYER1_VERSION = "layer1-v1"  # part of the toy's version stamp
 STABLE_HEAD = 4
@@ -175,11 +183,12 @@ def layer1_gain(path: str | Path, n_docs: int = 4, n_tokens: int = 512) -> float
     product of two such coordinates). Measured on ``n_docs`` toy documents."""
     from transformers import AutoModelForCausalLM
 
-    from ctxneurons import toy
+    from ctxneurons.toy.documents import documents
+    from ctxneurons.toy.vocabulary import tokenizer
 
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
-    tok = toy.tokenizer()
-    ids = [tok.encode(t)[: n_tokens] for t in toy.documents(n_docs, seed=12345)]
+    tok = tokenizer()
+    ids = [tok.encode(t)[: n_tokens] for t in documents(n_docs, seed=12345)]
     tokens = torch.tensor([i[:n_tokens] for i in ids if len(i) >= n_tokens])
     seen = {}
     hook = model.transformer.ln_f.register_forward_pre_hook(lambda m, a: seen.__setitem__("x", a[0]))
@@ -198,9 +207,7 @@ def layer1_gain(path: str | Path, n_docs: int = 4, n_tokens: int = 512) -> float
 def _value_slow_heads() -> tuple[int, ...]:
     """Layer 0's heads that write the topic directions u_k (the control's too: only their
     query-key circuits are made local)."""
-    from ctxneurons import toy
-
-    return tuple(toy.SLOW_HEADS)
+    return tuple(SLOW_HEADS)
 
 
 def _centred_basis(x: torch.Tensor) -> torch.Tensor:
