@@ -303,7 +303,7 @@ def test_notebook_runs_and_writes_the_headline_keys(tmp_path, webtext, monkeypat
     out = tmp_path / "out"
     src = Path(__file__).resolve().parents[1] / "notebooks" / "10_deeper_layers.ipynb"
     params = {"model": str(model), "corpus": str(corpus_file), "n_texts": 4, "n_tokens": 0, "device": "cpu", "seed": 0,
-              "output_dir": str(out), "n_examples": 2}
+              "output_dir": str(out), "n_examples": 2, "heads": [0, 2]}
     papermill.execute_notebook(str(src), str(tmp_path / src.name), parameters=params, kernel_name="python3",
                                progress_bar=False, cwd=str(tmp_path))
     summary = json.loads((out / "deeper_layers" / "summary.json").read_text())
