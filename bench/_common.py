@@ -43,6 +43,11 @@ def _tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=eot, eos_token=eot, unk_token=eot), "stub"
 
 
+def tokenizer():
+    """The real GPT-2 tokenizer where its files are found, else the stub (see the module docstring)."""
+    return _tokenizer()[0]
+
+
 def model_dir() -> Path:
     """The random full-size GPT-2 Hugging Face directory, written once (about 0.5 GB)."""
     path = CACHE / "gpt2-small-random"

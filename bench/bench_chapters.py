@@ -4,14 +4,15 @@ rate against the measured matmul peak.
     python bench/bench_chapters.py [--n-texts 1000] [--chapters 01,02,03,04,05] [--device cpu|cuda]
                                    [--flat-n 100] [--json out.json]
 
-What each chapter runs is what its notebook calls through the library, on N texts of
-1024 tokens with GPT-2 Small's layer-0 shapes (random weights from
-``_common.synthetic_layer0``: torch alone, so the same script runs on a bare GPU
-machine), the paper's circuit heads (0, 2, 6, 8, 9, 10) and 100 evaluated neurons:
+Every chapter runs the very function its notebook calls (``chNN.compute`` on a book Run, with
+a fresh on-disk cache, so every computation and cache write is timed as on a first build),
+on N texts of 1024 tokens with GPT-2 Small's layer-0 shapes and random weights (01-05: from
+``_common.synthetic_layer0`` with synthetic texts, torch alone, so they run on a bare GPU
+machine; 06-09 need transformers for the random model's directory and tokenizer), the
+paper's circuit heads (0, 2, 6, 8, 9, 10) and 100 evaluated neurons:
 
-  01  positional kernels of every head at every query position (kernel_matrix; what the
-      circuit and run.kernels() use), plus the chapter's own kernels at n = 500
-  02  TV streamed over N texts (tv_over_texts), the C sweep over 16 texts x 5 C values
+  01  every head's positional kernel at n = 500 and its kind
+  02  TV streamed over N texts (run.tv_statistics), the C sweep over 16 texts x 5 C values
       (tv_by_C) and one example text (tv_along_text)
   03  the denominators of N texts and their deviation histogram (denominator_statistics:
       one pass, the second read back from disk) and the concentration bounds
@@ -20,11 +21,17 @@ machine), the paper's circuit heads (0, 2, 6, 8, 9, 10) and 100 evaluated neuron
       over 32 texts (compare_calibrations)
   05  one circuit, the discovery statistic and extreme tokens of 100 neurons, one text's
       pre-activations and the calibration firing check
-  06  one model's study for a model the cache has not seen (the control): TV and
-      denominators of its circuit heads and the evaluation of its scaled rule's neurons
-  07  head attribution of 100 neurons over N texts (batches of 4, as the notebook)
-  08  each neuron's mean true pre-activation by token over N texts
-  09  the four calibration choices scored on N test texts, after clustering 8 candidates
+  06-09 the book's own call, ``chapters.chNN.compute(run)``, on a Run over the random
+      GPT-2 Small directory (``_common.model_dir``: its layer 0, and for 07 its unembedding)
+      and a local corpus of N + 10 seeded random texts, with an empty intermediates cache;
+      the model is loaded and the test texts drawn before the clock starts.
+  06  one model's study (across.study): its kernels, TV and denominators of its circuit
+      heads over N texts, its circuit and the evaluation of its scaled rule's neurons
+  07  head attribution of 100 neurons over N texts (batches of 4), their promoted tokens
+  08  each neuron's mean true pre-activation by token over N texts, the core tokens'
+      categories and homogeneity
+  09  the four calibration choices scored on N test texts of one domain, after clustering
+      8 candidates into 2
 
 FLOPs are counted analytically (2 per multiply-add) for the matmuls each computation
 does; causal score matrices count their lower half, which is what the blocked kernels
@@ -45,6 +52,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -59,7 +67,7 @@ HEADS = (0, 2, 6, 8, 9, 10)
 N_NEURONS = 100
 BATCH = 8  # what notebooks 02-04 pass to iter_batches
 C_VALUES = [1.0, 2.0, 3.5, 5.0, 8.0]
-N_SWEEP, N_COMPARE, N_CALIBRATIONS = 16, 32, 4
+N_CALIBRATIONS = 4  # chapter 04: the run's calibration text and three others
 CAL_POSITION = 512
 
 
@@ -131,49 +139,70 @@ def _tokens(n_texts: int, seed: int = 0) -> torch.Tensor:
     return torch.cat(list(c.texts(n_texts, N_TOKENS, seed=seed, batch_size=256))) if n_texts else torch.empty(0, N_TOKENS, dtype=torch.long)
 
 
-def ch01(args, w) -> tuple[float, dict]:
-    from ctxneurons.method import kernels
+def _run(args, w, **params):
+    """The book's Run over the synthetic model: seeded random texts instead of a corpus
+    (compute does not depend on token content), so each chapter's function is the one the
+    notebook calls. Its on-disk cache is a fresh folder of this child process: every
+    computation runs, and its cache writes are timed, as on a first book build."""
+    import dataclasses
+    import tempfile
+    from functools import cached_property
 
-    with torch.inference_mode():
-        K = kernels.kernel_matrix(w, c.THE, N_TOKENS)
-        row = kernels.positional_kernel(w, c.THE, 500)
-        kernels.classify_heads(row.cpu())
-        c.sync(w.device)
-    assert K.shape == (w.n_heads, N_TOKENS, N_TOKENS)
-    return kernel_flops(N_TOKENS, w.d_model, w.n_heads, w.d_head), {}
+    from ctxneurons.book.experiment import Run
+    from ctxneurons.io import corpus
+
+    class Synthetic(Run):
+        @cached_property
+        def texts(self) -> corpus.TokenBatch:
+            tokens = _tokens(self.params["n_texts"])
+            return corpus.TokenBatch(tokens, list(range(len(tokens))), [""] * len(tokens), "synthetic")
+
+        @cached_property
+        def _calibration_and_doc(self):
+            return corpus.CalibrationText(text="synthetic seed 1", name="synthetic#1"), None
+
+        @cached_property
+        def calibration_tokens(self) -> torch.Tensor:
+            return _tokens(1, seed=1)[0, : self.calibration_position + 1].to(self.w.device)
+
+        def other_calibrations(self, k: int) -> list:
+            return [(f"synthetic#{s}", _tokens(1, seed=s)[0, : self.calibration_position + 1].to(self.w.device), f"synthetic-{s}")
+                    for s in range(2, 2 + k)]
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-chapters-"))
+    os.environ["CTXN_CACHE"] = str(tmp)
+    w = dataclasses.replace(w, tokenizer=c.tokenizer())
+    base = {"model": "synthetic", "n_texts": args.n, "n_tokens": N_TOKENS, "heads": list(HEADS), "seed": 0, "device": args.device}
+    return Synthetic(name="bench", params=base | params, w=w, fallback=False, model_label="synthetic", output_dir=tmp / "out")
+
+
+def _compute(module: str, args, w, **params):
+    """chNN.compute on the synthetic run, waited for on the GPU."""
+    import importlib
+
+    result = importlib.import_module(f"ctxneurons.chapters.{module}").compute(_run(args, w, **params))
+    c.sync(w.device)
+    return result
+
+
+def ch01(args, w) -> tuple[float, dict]:
+    _compute("ch01_positional_kernels", args, w, query_position=-1)
+    n = 500  # the chapter's query position for GPT-2's n_ctx
+    return 2 * (n + 1) * w.d_model * w.n_heads * w.d_head + 2 * w.n_heads * (n + 1) * w.d_head, {}
 
 
 def ch02(args, w) -> tuple[float, dict]:
-    from ctxneurons.method import decomposition
-    from ctxneurons.io.corpus import iter_batches
+    from ctxneurons.chapters.ch02_tv_distance import N_SWEEP
 
-    tokens = _tokens(args.n)
-    edges = torch.cat([torch.zeros(1), torch.logspace(-6, 0, 2400)])
-    heads = list(HEADS)
-    decomposition.tv_along_text(w, tokens[0], heads, 3.5, [""] * N_TOKENS)
-    per_text, _ = decomposition.tv_over_texts(w, iter_batches(tokens, BATCH), heads, 3.5, edges, list(range(args.n)))
-    sweep = decomposition.tv_by_C(w, tokens[:N_SWEEP], heads, C_VALUES, edges, BATCH)
-    c.sync(w.device)
+    r = _compute("ch02_tv_distance", args, w, C_values=C_VALUES)
     n_tv = 1 + args.n + min(N_SWEEP, args.n) * len(C_VALUES)
-    return n_tv * tv_flops(N_TOKENS, w.d_model, len(heads), w.d_head), {"median_tv": float(per_text["median_tv"].median()),
-                                                                        "sweep_rows": len(sweep)}
+    return n_tv * tv_flops(N_TOKENS, w.d_model, len(HEADS), w.d_head), {"median_tv": float(r.tables["tv_by_text"].frame["median_tv"].median()),
+                                                                         "sweep_rows": len(r.tables["tv_by_C"].frame)}
 
 
 def ch03(args, w) -> tuple[float, dict]:
-    from ctxneurons.method import denominators, kernels
-    from ctxneurons.io.corpus import iter_batches
-
-    tokens = _tokens(args.n)
-    mid = N_TOKENS // 2
-    with torch.inference_mode():
-        kernel_mid = kernels.positional_kernel(w, c.THE, mid).cpu()
-    edges = torch.cat([torch.zeros(1), torch.logspace(-5, 1, 2400)])
-    at_mid = denominators.denominator_statistics(w, iter_batches(tokens, BATCH), c.THE, mid, edges, 5).at_position
-    p_token = denominators.token_distribution(tokens[:, 1:], w.d_vocab)
-    with torch.inference_mode():
-        conc = denominators.concentration(w, at_mid, kernel_mid, c.THE, mid, p_token)
-    c.sync(w.device)
-    return args.n * denominator_flops(N_TOKENS, w.d_model, w.n_heads, w.d_head), {"cv_head0": conc[0].cv_empirical}
+    r = _compute("ch03_denominator_stability", args, w, n_examples=5)
+    return args.n * denominator_flops(N_TOKENS, w.d_model, w.n_heads, w.d_head), {"cv_head0": r.headline["cv_by_head"]["0"]}
 
 
 def _circuit(w, seed: int):
@@ -185,39 +214,20 @@ def _circuit(w, seed: int):
 
 
 def ch04(args, w) -> tuple[float, dict]:
-    from ctxneurons.method import evaluation
-    from ctxneurons.io.corpus import iter_batches
+    from ctxneurons.chapters.ch04_contextual_circuit import N_COMPARE
 
-    tokens = _tokens(args.n)
-    circ = _circuit(w, 1)
-    _, found = _found(w, circ)
-    ev = evaluation.evaluate(w, circ, iter_batches(tokens, BATCH), found, n_traces=3)
-    others = ((f"cal{s}", s == 1, circ if s == 1 else _circuit(w, s)) for s in range(1, 1 + N_CALIBRATIONS))
-    evaluation.compare_calibrations(w, others, tokens[:N_COMPARE], found, BATCH)
-    c.sync(w.device)
-    J, h = len(found), len(HEADS)
+    r = _compute("ch04_contextual_circuit", args, w, threshold=5.0, max_neurons=N_NEURONS, extra_calibration_texts=N_CALIBRATIONS - 1,
+                 n_examples=3)
+    J, h = r.headline["n_neurons_evaluated"], len(HEADS)
     per_text = evaluate_flops(N_TOKENS, w.d_model, w.n_heads, w.d_head, h, J)
     # compare_calibrations: one truth pass over its texts, then each calibration's approximation
     compare = per_text + (N_CALIBRATIONS - 1) * 2 * applied(N_TOKENS) * J
     flops = N_CALIBRATIONS * circuit_flops(w, N_TOKENS, CAL_POSITION, h) + args.n * per_text + min(N_COMPARE, args.n) * compare
-    return flops, {"median_r": ev.median_r}
+    return flops, {"median_r": r.headline["median_r"]}
 
 
 def ch05(args, w) -> tuple[float, dict]:
-    from ctxneurons.method import neurons
-
-    circ = _circuit(w, 1)
-    tokens = _tokens(1).to(w.device)
-    with torch.inference_mode():
-        glitch = neurons.glitch_mask(w)
-        top = neurons.top_statistic(circ.contribution, glitch)
-        found, _ = neurons.select_capped(top, 5.0, N_NEURONS)
-        for j in found.tolist():
-            neurons.extreme_tokens(circ.contribution, j, glitch, k=10)
-        circ.approximate(tokens, found[:1])
-        neurons.preactivations(w, tokens, found[:1])
-        neurons.max_preactivation(w, tokens[:, : CAL_POSITION + 1], found)
-        c.sync(w.device)
+    _compute("ch05_context_neurons", args, w, threshold=5.0, thresholds=[2, 3, 4, 5, 6, 8, 10], max_neurons=N_NEURONS)
     f = circuit_flops(w, N_TOKENS, CAL_POSITION, len(HEADS))
     f += 2 * (layer0_flops(N_TOKENS, w.d_model, w.n_heads, w.d_head) + 2 * N_TOKENS * w.d_model * w.d_mlp)
     return f, {}
@@ -231,87 +241,101 @@ def _found(w, circ, threshold: float = 5.0):
     return top, neurons.select_capped(top, threshold, N_NEURONS)[0]
 
 
-def ch06(args, w) -> tuple[float, dict]:
-    """One model's study as chapter 06 runs it for a model the cache has not seen (the
-    control): TV and denominators of its circuit heads over N texts, its circuit, the
-    model-scaled discovery rule and the evaluation of those neurons over N texts."""
-    from ctxneurons.studies import across
-    from ctxneurons.method import decomposition, denominators, evaluation, neurons
-    from ctxneurons.io.corpus import iter_batches
-
-    tokens = _tokens(args.n)
-    heads = list(HEADS)
-    decomposition.tv_statistics(w, iter_batches(tokens, BATCH), heads, 3.5, across.TV_EDGES)
-    denominators.stream_denominators(w.select_heads(heads), iter_batches(tokens, BATCH), c.THE, N_TOKENS // 2)
-    circ = _circuit(w, 1)
-    top, _ = _found(w, circ)
-    found, _ = neurons.select_capped(top, across.scaled_threshold(top), N_NEURONS)
-    ev = evaluation.evaluate(w, circ, iter_batches(tokens, BATCH), found)
-    c.sync(w.device)
-    d, H, e, h = w.d_model, w.n_heads, w.d_head, len(heads)
-    per_text = tv_flops(N_TOKENS, d, h, e) + denominator_flops(N_TOKENS, d, h, e) + evaluate_flops(N_TOKENS, d, H, e, h, len(found))
-    return args.n * per_text + circuit_flops(w, N_TOKENS, CAL_POSITION, h), {"median_r": ev.median_r}
+# Chapter: (its notebook's run name, its chapters module, its own parameters), as the book
+# runs it; chapter 06 on one model, the run's own.
+BOOK_CHAPTERS = {
+    "06": ("across_models", "ch06_across_models", {}),
+    "07": ("head_attribution", "ch07_head_attribution", {"top_quantile": 0.9}),
+    "08": ("core_tokens", "ch08_core_tokens", {"n_core_tokens": 100, "min_token_count": 5, "cluster_cut": 0.9, "n_segments": 10}),
+    "09": ("calibration_choice", "ch09_calibration_choice", {"n_candidates": 8, "n_clusters": 2}),
+}
+CORPUS_EXTRA = 10  # documents beyond the N test texts: the calibration text, chapter 09's domain texts
 
 
-def ch07(args, w) -> tuple[float, dict]:
+def _book_run(args, folder: Path):
+    """The Run chapter ``args.item``'s notebook would open (experiment.start), over the random
+    GPT-2 Small directory and a corpus of N + CORPUS_EXTRA random texts written to ``folder``,
+    its intermediates cached there (empty: nothing is read from an earlier run); the layer 0
+    loaded and the texts drawn, so the clock times the chapter alone."""
+    from ctxneurons.book import experiment
+
+    os.environ["CTXN_CACHE"] = str(folder / "cache")
+    w = c.layer0_weights(args.device)
+    corpus = folder / "corpus.jsonl"
+    with corpus.open("w") as f:  # random ids decode to text that re-encodes to at least N_TOKENS tokens
+        for toks in c.texts(args.n + CORPUS_EXTRA, N_TOKENS + N_TOKENS // 4, seed=3):
+            f.writelines(json.dumps({"text": w.tokenizer.decode(t[1:])}) + "\n" for t in toks.tolist())
+    name, _, own = BOOK_CHAPTERS[args.item]
+    model = str(c.model_dir())
+    params = experiment.validate({
+        "model": model, "corpus": str(corpus), "calibration_text": None, "n_texts": args.n, "n_tokens": N_TOKENS,
+        "heads": list(HEADS), "device": args.device, "seed": 0, "output_dir": str(folder / "out"), "threshold": 5.0,
+        "max_neurons": N_NEURONS, **own, **({"models": [model]} if args.item == "06" else {}),
+        **({"domains": {"web": str(corpus)}} if args.item == "09" else {})})
+    run = experiment.Run(name=name, params=params, w=w, fallback=False, model_label="random GPT-2 Small",
+                         output_dir=folder / "out" / name)
+    run.texts  # noqa: B018  (drawn now, before the clock)
+    return run
+
+
+def _compute_on(args, run):
+    """The chapter's computation as the book runs it: chapters.chNN.compute(run)."""
+    import importlib
+
+    result = importlib.import_module(f"ctxneurons.chapters.{BOOK_CHAPTERS[args.item][1]}").compute(run)
+    c.sync(run.w.device)
+    return result
+
+
+def ch06(args, run) -> tuple[float, dict]:
+    """One model's study as chapter 06 runs it: its kernels, TV and denominators of its
+    circuit heads over N texts, its circuit, the model-scaled discovery rule and the
+    evaluation of those neurons over N texts."""
+    row = _compute_on(args, run).tables["models"].frame.iloc[0]
+    w, h = run.w, len(row["circuit_heads"].split())
+    d, H, e = w.d_model, w.n_heads, w.d_head
+    per_text = tv_flops(N_TOKENS, d, h, e) + denominator_flops(N_TOKENS, d, h, e) + evaluate_flops(N_TOKENS, d, H, e, h, int(row["n_evaluated"]))
+    return args.n * per_text + circuit_flops(w, N_TOKENS, CAL_POSITION, h), {"median_r": float(row["median_r"])}
+
+
+def ch07(args, run) -> tuple[float, dict]:
     """The heads behind each neuron: every head's truth, each circuit head's approximation and
-    every head's ablation for 100 neurons over N texts (head_attribution.attribute)."""
-    from ctxneurons.studies import head_attribution
-    from ctxneurons.io.corpus import iter_batches
-
-    tokens = _tokens(args.n)
-    circ = _circuit(w, 1)
-    _, found = _found(w, circ)
-    a = head_attribution.attribute(w, circ, iter_batches(tokens, 4), found)
-    c.sync(w.device)
-    d, H, e, h, J, n = w.d_model, w.n_heads, w.d_head, len(HEADS), len(found), N_TOKENS
+    every head's ablation for 100 neurons over N texts (head_attribution.attribute), and what
+    each neuron writes (its logit effects over the vocabulary)."""
+    result = _compute_on(args, run)
+    w = run.w
+    d, H, e, h, J, n = w.d_model, w.n_heads, w.d_head, len(HEADS), result.headline["n_neurons"], N_TOKENS
     per_text = (layer0_flops(n, d, H, e) + 2 * n * H * e * J + h * 2 * applied(n) * J  # truth and approximation per head
                 + 2 * n * d * J * 2 + 2 * n * d * H * e + 2 * n * H * e * e + 2 * n * H * e * J)  # pre-activations, ablation
-    once = circuit_flops(w, n, CAL_POSITION, h) + 2 * h * w.d_vocab * e * J + 2 * h * n * n * J  # circuit, head_terms
-    return args.n * per_text + once, {"n_texts": int(a.r.shape[0])}
+    once = (circuit_flops(w, n, CAL_POSITION, h) + 2 * h * w.d_vocab * e * J + 2 * h * n * n * J  # circuit, head_terms
+            + 2 * J * d * w.d_vocab)  # logit effects
+    return args.n * per_text + once, {"n_texts": args.n}
 
 
-def ch08(args, w) -> tuple[float, dict]:
+def ch08(args, run) -> tuple[float, dict]:
     """Core tokens: each neuron's mean true pre-activation by token over N texts
-    (core_tokens.mean_preactivation_by_token) for 100 neurons."""
-    from ctxneurons.studies import core_tokens
-    from ctxneurons.io.corpus import iter_batches
-
-    tokens = _tokens(args.n)
-    circ = _circuit(w, 1)
-    _, found = _found(w, circ)
-    core_tokens.mean_preactivation_by_token(w, iter_batches(tokens, BATCH), found)
-    c.sync(w.device)
+    (core_tokens.mean_preactivation_by_token) for 100 neurons, then their categories."""
+    result = _compute_on(args, run)
+    w = run.w
     d, H, e = w.d_model, w.n_heads, w.d_head
-    per_text = layer0_flops(N_TOKENS, d, H, e) + 2 * N_TOKENS * d * len(found)
+    per_text = layer0_flops(N_TOKENS, d, H, e) + 2 * N_TOKENS * d * result.headline["n_neurons"]
     return args.n * per_text + circuit_flops(w, N_TOKENS, CAL_POSITION, len(HEADS)), {}
 
 
-def ch09(args, w) -> tuple[float, dict]:
+def ch09(args, run) -> tuple[float, dict]:
     """Which calibration text: 8 candidate calibrations clustered into 2, then the four
     choices scored on N test texts (calibration.score_domain: each text's own
     denominators, layer 0, the kernel sums and four approximations)."""
-    from ctxneurons.studies import calibration
-
-    tokens = _tokens(args.n)
-    circ = _circuit(w, 1)
-    _, found = _found(w, circ)
-    with torch.inference_mode():
-        parts = calibration.circuit_parts(w, circ, found)
-        cands = [calibration.calibration_of(w, parts, t.to(w.device)) for t in _tokens(8, seed=7)]
-    clusters = calibration.cluster_candidates(torch.stack([D for D, _ in cands]).cpu(), 2, 0)
-    cals = [calibration.Calibration(f"c{i}", D.cpu(), ln2, 0.4) for i, (D, ln2) in enumerate(cands)]
-    default = calibration.Calibration("default", circ.log_denoms.cpu(), circ.ln2_scale, 0.4)
-    stop = torch.rand(w.d_vocab, generator=torch.Generator().manual_seed(0)) < 0.01
-    calibration.score_domain(w, parts, found.to(w.device), tokens, N_TOKENS, default, cals[0], clusters,
-                             [cals[i] for i in clusters.calibration], stop)
-    c.sync(w.device)
-    d, H, e, h, J, n = w.d_model, w.n_heads, w.d_head, len(HEADS), len(found), N_TOKENS
+    result = _compute_on(args, run)
+    w = run.w
+    d, H, e, h, J, n = w.d_model, w.n_heads, w.d_head, len(HEADS), result.headline["n_neurons_evaluated"], N_TOKENS
+    tokens = run.texts.tokens  # the same number of texts, and of distinct tokens per batch, as the domain's
     distinct = sum(len(b.unique()) for b in tokens.split(BATCH))  # own denominators tabulate each batch's tokens
     per_text = (layer0_flops(n, d, H, e) + 2 * n * h * e * J + h * 2 * applied(n) * J + 4 * 2 * h * n * J  # truth, sums, 4 choices
                 + 2 * h * applied(n))  # own denominators: the kernel against each text's tabulated scores
     tables = distinct * (2 * n * h * e + 2 * n * d) + 2 * d * h * e * distinct  # scores and norms of each batch's tokens
-    once = circuit_flops(w, n, CAL_POSITION, h) + 8 * (2 * n * h * e * CAL_POSITION + 2 * n * d * CAL_POSITION)
+    n_cal_texts = result.headline["n_candidates"] + 1  # the candidates and the domain's own
+    once = circuit_flops(w, n, CAL_POSITION, h) + n_cal_texts * (2 * n * h * e * CAL_POSITION + 2 * n * d * CAL_POSITION)
     return args.n * per_text + tables + once, {}
 
 
@@ -337,13 +361,18 @@ def item_peak(args) -> dict:
 
 
 def item_chapter(args) -> dict:
-    w = _setup(args)
-    if w.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    base = c.rss_mb()
-    t0 = time.perf_counter()
-    flops, extra = CHAPTERS[args.item](args, w)
-    seconds = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory(prefix="bench-chapter-") as folder:
+        if args.item in BOOK_CHAPTERS:
+            run = _book_run(args, Path(folder))
+            w, given = run.w, run
+        else:
+            w = given = _setup(args)
+        if w.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        base = c.rss_mb()
+        t0 = time.perf_counter()
+        flops, extra = CHAPTERS[args.item](args, given)
+        seconds = time.perf_counter() - t0
     out = {"seconds": seconds, "flops": flops, "peak_rss_mb": c.peak_rss_mb(), "base_rss_mb": base, **extra}
     if w.device.type == "cuda":
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20

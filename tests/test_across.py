@@ -1,12 +1,8 @@
 """The across-models chapter's pieces: the negative control, the model-scaled threshold,
-the `models` parameter, and the chapter end to end on the toy and its control."""
+the `models` parameter (the chapter end to end: test_chapters_beyond.py)."""
 
 from __future__ import annotations
 
-import json
-import os
-
-import pandas as pd
 import pytest
 import torch
 
@@ -79,35 +75,3 @@ def test_default_models_by_edition():
     assert across.default_models("toy") == ["toy", "toy-control"]
     assert across.default_models("gpt2") == ["gpt2", "distilgpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "gpt-neo-125M"]
     assert across.default_models("/some/model/dir") == ["/some/model/dir"]
-
-
-@pytest.mark.slow  # a minute or two: two models through the whole chapter
-def test_chapter_on_the_toy_and_its_control(tmp_path, monkeypatch):
-    """The offline edition of notebook 06: the control's row says no slow head and scores clearly worse."""
-    papermill = pytest.importorskip("papermill")
-    from pathlib import Path
-
-    monkeypatch.setenv("CTXN_CACHE", str(tmp_path / "cache"))
-    for var in [v for v in os.environ if v.startswith("CTXN_") and v != "CTXN_CACHE"]:
-        monkeypatch.delenv(var)
-    src = Path(__file__).resolve().parents[1] / "notebooks" / "06_across_models.ipynb"
-    out = tmp_path / "out"
-    papermill.execute_notebook(str(src), str(tmp_path / src.name), kernel_name="python3", progress_bar=False, cwd=str(tmp_path),
-                               parameters={"model": "toy", "models": "auto", "n_texts": 4, "n_tokens": 512, "device": "cpu",
-                                           "output_dir": str(out), "max_neurons": 20})
-    folder = out / "across_models"
-    summary = json.loads((folder / "summary.json").read_text())
-    rows = summary["headline"]["models"]
-    assert [r["name"] for r in rows] == ["toy", "toy-control"]
-    for r in rows:
-        assert {"model", "slow_heads", "median_tv", "median_r", "median_fvu", "n_found"} <= set(r)
-    toy_row, control = rows
-    assert "control" in control["model"] and "control" not in toy_row["model"]
-    assert toy_row["slow_heads"] == list(toy.SLOW_HEADS) and control["slow_heads"] == []
-    assert control["circuit_heads"] == list(toy.SLOW_HEADS)  # the heads parameter stands in
-    assert control["median_fvu"] > 3 * toy_row["median_fvu"] and control["median_r"] < toy_row["median_r"] - 0.03
-    assert control["denominator_cv"] > 3 * toy_row["denominator_cv"]
-    models = pd.read_csv(folder / "models.csv")
-    assert len(models) == 2 and set(summary["tables"]) >= {"models", "kernels", "toy_ground_truth"}
-    truth = pd.read_csv(folder / "toy_ground_truth.csv")
-    assert len(truth) == 4 and truth["recall"].between(0, 1).all()

@@ -38,15 +38,6 @@ def test_parts_with_the_calibrations_own_denominators_reproduce_the_circuit(tiny
     assert torch.allclose(2 * halved, expected - parts.offset[: x.shape[-1]] / ln2, atol=1e-4, rtol=1e-4)
 
 
-def test_own_denominators_are_the_factorised_denominators(tiny, tiny_tokens):
-    from ctxneurons.method import denominators
-
-    c = circuit.build_circuit(tiny, tiny_tokens[0], heads=(1, 3))
-    parts = calibration.circuit_parts(tiny, c, torch.tensor([0]))
-    expected = denominators.log_factorised_denominators(tiny.select_heads((1, 3)), tiny_tokens, c.query_token, parts.head_kernels)
-    assert torch.allclose(calibration.own_log_denominators(tiny, parts, tiny_tokens), expected, atol=1e-4)
-
-
 def test_bias_is_the_mean_error_in_units_of_the_truths_spread():
     true = torch.tensor([[0.0], [2.0], [4.0]])  # [n, J], std 2
     assert float(calibration.bias(true, true + 1.0, dim=0)) == pytest.approx(0.5)

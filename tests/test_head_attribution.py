@@ -103,7 +103,9 @@ def test_head_and_neuron_tables(tiny, c, tiny_tokens):
     assert heads["weight_share"].notna().sum() == 4 * 3 and heads["median_r"].notna().sum() == 4 * 3
     assert (heads.groupby("neuron")["ablation_rank"].apply(sorted).map(list) == [list(range(1, tiny.n_heads + 1))] * 4).all()
     assert (heads.groupby("neuron")["lead_share"].sum() - 1).abs().max() < 1e-5
-    table = ha.neuron_table(a, shares, top)
+    table = ha.neuron_table(a, shares, top, torch.arange(4.0))
+    assert table["top"].tolist() == [0.0, 1.0, 2.0, 3.0] and set(table.columns) == set(ha.NEURON_COLUMNS)
+    assert set(heads.columns) == set(ha.HEAD_COLUMNS)
     assert table["weight_lead_head"].isin(c.heads).all() and table["consistency"].between(0, 1).all()
     assert set(ha.per_head_median_r(a)) == set(c.heads)
 

@@ -80,9 +80,10 @@ def test_per_head_circuit_reproduces_heads_output_up_to_layernorm(exact, tiny, t
     def per_head(w, C, value_C):
         acts = forward.run(w, tiny_tokens[:2])
         A = decomposition.approximate_pattern(w, tiny_tokens[:2], C)
-        v = circuit.approximate_values(w, tiny_tokens[:2], C, value_C)
-        write = forward.heads_write(w, A @ v, heads)
-        approx = write @ w.W_in[:, J] / acts.ln2_scale
+        B, n = tiny_tokens[:2].shape  # v ~ v_h(t_i) + posval_h(i) + b_V, the values under the decomposition
+        tok = circuit.token_values(w, value_C, tiny_tokens[:2].flatten()).view(w.n_heads, B, n, -1).transpose(0, 1)
+        v = tok + circuit.positional_values(w, n, C) + w.b_V[None, :, None, :]  # [B, H, n, e]
+        approx = forward.heads_to_neurons(w, A @ v, acts.ln2_scale, heads, J)
         return approx, forward.heads_to_neurons(w, acts.z, acts.ln2_scale, heads, J)
 
     approx, true = per_head(exact, TOKEN_NORM, POS_NORM)
@@ -150,6 +151,18 @@ def test_factorised_denominators_equal_the_exact_raw_ones_on_the_exact_model(exa
     fact = denominators.log_factorised_denominators(exact, toks, the, K)
     diff = raw - fact  # [B, H, n]
     torch.testing.assert_close(diff[0], diff[1], atol=1e-3, rtol=1e-4)
+
+
+def test_factorised_denominators_are_their_definition(tiny, tiny_tokens):
+    """log D = log sum_{i<=n} pos[n, i] exp(s_n(t_i)), scored directly for every (text, n, i)
+    with the kernel of a longer context (only its first n rows and columns count)."""
+    the = tiny.token_id(" the")
+    wh = tiny.select_heads((1, 3))
+    K = kernels.kernel_matrix(wh, the, 128, C=decomposition.DEFAULT_C)
+    toks = tiny_tokens[:, :100]
+    q = decomposition.query(wh, the, 100)[None].expand(len(toks), -1, -1, -1)
+    direct = (decomposition.content_scores(wh, q, toks) + K[:, :100, :100].log()).logsumexp(-1)  # [B, h, n]
+    torch.testing.assert_close(denominators.log_factorised_denominators(wh, toks, the, K), direct, atol=1e-5, rtol=1e-5)
 
 
 def test_concentration_bounds_hold_and_cover_the_empirical_spread(tiny, tiny_tokens):

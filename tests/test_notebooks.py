@@ -45,23 +45,6 @@ CASES = {
         {"n_found", "counts_by_threshold", "n_found_not_fired_on_calibration", "threshold"},
         {"counts_by_threshold", "extreme_tokens", "calibration_firing"},
     ),
-    "head_attribution": (
-        "07_head_attribution.ipynb", {"threshold": 0.017, "max_neurons": 6, "top_quantile": 0.5},
-        {"top_head_share", "consistency_median", "per_head_median_r", "toy_top_head_planted_share", "weight_lead_agreement"},
-        {"head_by_neuron", "neurons", "promoted_tokens"},
-    ),
-    "core_tokens": (
-        # 4 short texts hold fewer tokens seen twice than 300: the activation sets take all of them.
-        "08_core_tokens.ipynb", {"threshold": 0.017, "max_neurons": 6, "n_core_tokens": 300, "min_token_count": 2, "n_segments": 5},
-        {"homogeneity_by_segment", "weights_vs_activation_core_overlap_median", "toy_homogeneity_by_segment", "n_tokens_too_rare"},
-        {"core_overlap", "core_tokens", "homogeneity", "categories"},
-    ),
-    "calibration_choice": (
-        # Two domains drawn from the one local corpus: the hub's datasets are out of reach here.
-        "09_calibration_choice.ipynb", {"domains": "DOMAINS", "threshold": 5.0, "max_neurons": 6, "n_candidates": 6, "n_clusters": 2},
-        {"by_domain_and_choice", "domains", "n_neurons_evaluated", "bias_density_slope", "stop_words"},
-        {"by_domain_and_choice", "by_text", "candidates", "calibration_denominators", "bias_vs_density"},
-    ),
 }
 
 
@@ -94,8 +77,6 @@ def _execute(name: str, params: dict, nb_env, tmp_path: Path, monkeypatch):
 def test_notebook_runs_and_writes_documented_outputs(name, nb_env, tmp_path, monkeypatch):
     _, own, keys, tables = CASES[name]
     out = tmp_path / "out"
-    if own.get("domains") == "DOMAINS":
-        own = {**own, "domains": {"web": str(nb_env["corpus"]), "more-web": str(nb_env["corpus"])}}
     _execute(name, _common(nb_env, out, **own), nb_env, tmp_path, monkeypatch)
     folder = out / name
     summary = json.loads((folder / "summary.json").read_text())
@@ -161,48 +142,12 @@ def _check_neurons(h, f):
     assert 0 <= h["n_found_not_fired_on_calibration"] <= len(f["calibration_firing"])
 
 
-def _check_heads(h, f):
-    heads = f["head_by_neuron"]
-    assert heads["neuron"].nunique() == 6 and len(heads) == 6 * 4  # every head of the tiny model
-    assert heads["in_circuit"].sum() == 6 * 2 and set(h["per_head_median_r"]) == {"0", "2"}
-    assert abs(sum(h["top_head_share"].values()) - 1) < 1e-9 and 0 < h["consistency_median"] <= 1
-    assert h["toy_top_head_planted_share"] is None  # not the toy
-    assert (heads.groupby("neuron")["weight_share"].sum() - 1).abs().max() < 1e-4
-    promoted = f["promoted_tokens"]
-    assert set(promoted["sign"]) == {"+", "-"} and promoted["neuron"].nunique() == 6
-
-
-def _check_core_tokens(h, f):
-    assert len(h["homogeneity_by_segment"]) == 5 and all(0 < x <= 1 for x in h["homogeneity_by_segment"])
-    assert 0 <= h["weights_vs_activation_core_overlap_median"] <= 1 and h["toy_homogeneity_by_segment"] is None
-    tokens = f["core_tokens"]
-    sizes = tokens.groupby(["core_set", "neuron"]).size()
-    assert sizes["weights"].eq(300).all() and sizes["activation"].nunique() == 1
-    assert 5 <= sizes["activation"].iloc[0] == h["n_tokens_seen"] - h["n_tokens_too_rare"] < 300
-    assert f["homogeneity"]["segment"].max() == 5 and h["n_tokens_too_rare"] > 0
-
-
-def _check_calibration_choice(h, f):
-    rows = h["by_domain_and_choice"]
-    assert {(r["domain"], r["choice"]) for r in rows} == {(d, c) for d in ("web", "more-web") for c in ("default", "domain", "cluster", "oracle")}
-    assert all(-1 <= r["median_r"] <= 1 and r["median_fvu"] >= 0 for r in rows)
-    t = f["by_text"]
-    assert len(t) == 2 * 4 * 2 and t["density_test"].between(0, 1).all()  # n_texts=4 in all: 2 per domain, 4 choices each
-    assert (t.loc[t["choice"] == "oracle", "density_difference"] == 0).all()
-    cand = f["candidates"]
-    assert len(cand) == 6 and set(cand["cluster"]) == {0, 1} and cand["is_cluster_calibration"].sum() == 2
-    assert set(f["bias_vs_density"]["choice"]) == {"default", "domain", "cluster"}
-
-
 CHECKS = {
-    "head_attribution": _check_heads,
-    "core_tokens": _check_core_tokens,
     "positional_kernels": _check_kernels,
     "tv_distance": _check_tv,
     "denominator_stability": _check_denominators,
     "contextual_circuit": _check_circuit,
     "context_neurons": _check_neurons,
-    "calibration_choice": _check_calibration_choice,
 }
 
 
@@ -217,8 +162,9 @@ def test_bad_parameter_fails_before_any_output(nb_env, tmp_path, monkeypatch):
 def test_notebooks_are_committed_without_outputs():
     import nbformat
 
-    for file, *_ in CASES.values():
-        nb = nbformat.read(NOTEBOOKS / file, as_version=4)
+    for path in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):  # every chapter, in-process tested or not
+        file = path.name
+        nb = nbformat.read(path, as_version=4)
         code = [c for c in nb.cells if c.cell_type == "code"]
         assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# "), file  # the page title
         assert "parameters" in code[0].metadata.get("tags", []), file

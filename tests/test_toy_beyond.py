@@ -57,7 +57,7 @@ def test_slow_heads_carry_the_context_neurons(w, truth, setup, planted):
     per_token, _ = ha.head_terms(w, c, found)
     shares = ha.spread_shares(per_token, ~glitch)
     top = ha.top_texts(a.peak)
-    table = ha.neuron_table(a, shares, top)
+    table = ha.neuron_table(a, shares, top, torch.zeros(len(found)))
     heads = ha.head_table(a, shares, top)
     ctx = table[table["neuron"].isin(list(planted))]
     lead_slow, ablation_slow = ctx["lead_head"].isin(slow).mean(), ctx["ablation_top_head"].isin(slow).mean()

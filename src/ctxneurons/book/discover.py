@@ -18,15 +18,8 @@ import torch
 from ctxneurons.method import neurons
 from ctxneurons.book.experiment import Run
 
-#: The columns of the table, as notebook 05 documents them in extreme_tokens.meta.json.
-COLUMNS = {
-    "neuron": "layer-0 MLP neuron j",
-    "top": "top[j], its largest contribution over non-glitch tokens",
-    "sign": "'+' for the most positive contributions, '-' for the most negative",
-    "rank": "1 = the most extreme on that side",
-    "token": "the token (decoded)",
-    "contribution": "contribution[j, t] of one occurrence of the token in the context",
-}
+#: The columns of the table: chapter 05's extreme_tokens.csv.
+COLUMNS = neurons.EXTREME_TOKENS_COLUMNS
 
 
 @dataclass
@@ -57,7 +50,6 @@ def discover(run: Run, threshold: float, max_neurons: int, k: int = 10, step=lam
     d = neurons.discover(run.w, c, threshold, max_neurons)
     step("the found neurons' most positive and negative tokens")
     with torch.inference_mode():
-        table = neurons.extreme_tokens_frame(c.contribution, d.found.tolist(), d.glitch, run.token_str, k=k)
-    table.insert(1, "top", d.top[table["neuron"].tolist()].tolist())
+        table = neurons.extreme_tokens_frame(c.contribution, d.found.tolist(), d.glitch, run.token_str, k=k, top=d.top)
     return Listing(glitch=d.glitch.cpu(), top=d.top.cpu(), found=d.found.cpu(), n_passed=d.n_passed, threshold=threshold,
                    max_neurons=max_neurons, table=table)

@@ -42,7 +42,7 @@ from ctxneurons import __version__
 from ctxneurons.io import cache, corpus
 
 from ctxneurons.method import decomposition, evaluation, kernels
-from ctxneurons.method.circuit import PAPER_HEADS, Circuit, build_circuit
+from ctxneurons.method.circuit import PAPER_HEADS, Circuit, build_circuit, other_calibrations
 from ctxneurons.io import hub
 from ctxneurons.method.weights import Layer0
 from ctxneurons.io.model import HUB_ALIASES, load_layer0, resolve_device
@@ -192,6 +192,7 @@ PARAMETERS: dict[str, tuple] = {
     "n_clusters": (_as_int, "clusters of candidate calibration texts"),
 }
 CALIBRATION_SEED_OFFSET = 7919  # the default calibration text is drawn with seed + this, apart from the test texts
+OTHER_CALIBRATIONS_SEED_OFFSET = 101  # chapter 04's other calibration texts: seed + this
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
 
 
@@ -455,6 +456,14 @@ class Run:
             contribution=t["contribution"].to(dev), offset=t["offset"].to(dev), ln2_scale=ln2, C=self.C,
             value_C=value_C, calibration_position=int(n_cal), query_token=int(q),
         )
+
+    def other_calibrations(self, k: int) -> list[tuple[str, torch.Tensor, str]]:
+        """Up to k other calibration texts from this run's corpus, none of them a test text or
+        the run's own: (name "corpus#doc", tokens [n_cal + 1] on the model's device, sha256)."""
+        taken = set(self.texts.doc_ids) | {self.calibration_doc}
+        others = corpus.select_token_batch(self.corpus, self.w.tokenizer, k + len(taken), self.calibration_position + 1,
+                                           seed=self.params["seed"] + OTHER_CALIBRATIONS_SEED_OFFSET)
+        return [(name, tokens.to(self.w.device), sha) for name, tokens, sha in other_calibrations(others, taken, k)]
 
     def for_model(self, model: str, w: Layer0, label: str) -> "Run":
         """This run's corpus, calibration text, texts and outputs with another model's layer 0.

@@ -220,8 +220,10 @@ def score_scale(config: dict, d_head: int) -> float:
     return math.sqrt(d_head)
 
 
-def load_bridge(model: str | os.PathLike = "gpt2", device: str = "auto", source: ModelSource | None = None):
-    """The TransformerLens bridge in compatibility mode (folded LN, centred weights)."""
+def load_bridge(model: str | os.PathLike = "gpt2", device: str = "auto", source: ModelSource | None = None, hf_model=None):
+    """The TransformerLens bridge in compatibility mode (folded LN, centred weights), over
+    the whole model, or over ``hf_model`` (a Hugging Face model of the same files, such as
+    :func:`load_layer0`'s one-layer copy)."""
     from transformer_lens.model_bridge import TransformerBridge
     from transformers.utils import logging as hf_logging
 
@@ -229,7 +231,7 @@ def load_bridge(model: str | os.PathLike = "gpt2", device: str = "auto", source:
     model_dir = (source or resolve_model(model)).path
     _check_architecture(model_dir)
     dev = resolve_device(device)
-    bridge = TransformerBridge.boot_transformers(str(model_dir), device=dev)
+    bridge = TransformerBridge.boot_transformers(str(model_dir), device=dev, hf_model=hf_model)
     bridge.enable_compatibility_mode()
     return bridge
 
@@ -398,14 +400,7 @@ def _write_layer0_entry(entry: Path, key: dict, layer0: Layer0) -> None:
 
 def _boot_layer0(source: ModelSource, config: dict) -> Layer0:
     """Layer 0 read from the checkpoint through TransformerLens's bridge, on CPU."""
-    from transformer_lens.model_bridge import TransformerBridge
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    cpu = torch.device("cpu")
-    hf_model = _layer0_model(source.path, config)
-    bridge = TransformerBridge.boot_transformers(str(source.path), device=cpu, hf_model=hf_model)
-    bridge.enable_compatibility_mode()
+    bridge = load_bridge(device="cpu", source=source, hf_model=_layer0_model(source.path, config))
     return layer0_from_bridge(bridge, config=config)
 
 

@@ -48,11 +48,30 @@ def positional_values(w: Layer0, n: int, C: float = DEFAULT_C) -> torch.Tensor:
     return torch.einsum("nd,hde->hne", p * scale, w.W_V)
 
 
-def approximate_values(w: Layer0, tokens: torch.Tensor, C: float, value_C: float) -> torch.Tensor:
-    """v_i ~ v_h(t_i) + posval_h(i) + b_V: the values under the decomposition, tokens [B, n] -> [B, H, n, e]."""
-    B, n = tokens.shape
-    tok = token_values(w, value_C, tokens.flatten()).view(w.n_heads, B, n, -1).transpose(0, 1)
-    return tok + positional_values(w, n, C) + w.b_V[None, :, None, :]
+def value_terms(wh: Layer0, scores: torch.Tensor, log_denoms: torch.Tensor, value_C: float, C: float,
+                n_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each circuit head's per-token term X_h[t] before W_O, and its token-free counterpart,
+    for wh the layer with only the circuit's h heads, scores s_h(t) [h, V] and log D_h [h]:
+    exp(s_h(t)) / D_h v_h(t) -> [h, V, e], and posval_h(i) + b_V^h -> [h, N, e]."""
+    weighted = (scores - log_denoms[:, None]).exp()[:, :, None] * token_values(wh, value_C)
+    return weighted, positional_values(wh, n_positions, C) + wh.b_V[:, None, :]
+
+
+def readout(wh: Layer0, W_in: torch.Tensor, ln2_scale: float) -> torch.Tensor:
+    """What a head's value term gives the neurons: W_O^h W_in / ln2_scale, W_in [d, J] -> [h, e, J]."""
+    h, e = wh.n_heads, wh.d_head
+    return (wh.W_O.reshape(h * e, wh.d_model) @ W_in / ln2_scale).view(h, e, -1)
+
+
+def head_terms(w: Layer0, c: "Circuit", neurons: torch.Tensor, ln2_scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each circuit head's own part of contribution[j, t] and of the token-free offset, for
+    neurons [J]: (per_token [h, V, J], offset [h, N, J]). Summed over h they are
+    c.contribution[:, neurons] and c.offset[:, neurons]; ``ln2_scale`` replaces the
+    circuit's (1.0 leaves the LN2 division to the caller)."""
+    wh = w.select_heads(c.heads)
+    weighted, pos_vals = value_terms(wh, c.scores, c.log_denoms, c.value_C, c.C, c.kernel.shape[0])
+    OV_in = readout(wh, w.W_in[:, neurons], c.ln2_scale if ln2_scale is None else ln2_scale)
+    return weighted @ OV_in, c.kernel @ (pos_vals @ OV_in)
 
 
 def default_value_C(w: Layer0) -> float:
@@ -132,10 +151,9 @@ def build_circuit(
 
     # X[t] W_in as one [V, h*e] x [h*e, M] matmul: folding W_O into W_in first halves the work.
     h, e = len(heads), w.d_head
-    weighted = (scores - log_D[:, None]).exp()[:, :, None] * token_values(wh, value_C)  # [h, V, e]
-    OV_in = wh.W_O.reshape(h * e, w.d_model) @ w.W_in / ln2_scale  # [h*e, M]
+    weighted, pos_vals = value_terms(wh, scores, log_D, value_C, C, N)
+    OV_in = readout(wh, w.W_in, ln2_scale).reshape(h * e, w.d_mlp)
     contribution = weighted.permute(1, 0, 2).reshape(w.d_vocab, h * e) @ OV_in
-    pos_vals = positional_values(wh, N, C) + wh.b_V[:, None, :]  # [h, N, e]
     offset = shared @ (pos_vals.permute(1, 0, 2).reshape(N, h * e) @ OV_in)  # [N, M]
     return Circuit(
         heads=heads,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from ctxneurons.method import decomposition, forward
+from ctxneurons.method import decomposition, forward, kernels
 from ctxneurons.method.weights import Layer0
 from ctxneurons.method.stats import histogram
 
@@ -33,15 +33,34 @@ def log_denominators(w: Layer0, tokens: torch.Tensor, query_token: int) -> torch
 
 
 def log_factorised_denominators(w: Layer0, tokens: torch.Tensor, query_token: int, kernel: torch.Tensor) -> torch.Tensor:
-    """log D_{h,n} = log sum_j pos_h[n, j] exp(s_n(t_j)): tokens [B, n], kernel [H, n, n] -> [B, H, n].
+    """log D_{h,n} = log sum_{i<=n} pos_h[n, i] exp(s_n(t_i)): tokens [B, n], kernel [H, >=n, >=n] -> [B, H, n].
 
     The denominator of the factorised pattern A' = pos * exp(s) / D, with the query of
-    ``query_token`` at every position.
+    ``query_token`` at every position. That query is the same for every text, so s_n(t) is
+    tabulated once per batch for the U distinct tokens in it ([H, n, U], U <= V) and
+    gathered, instead of scoring every (text, n, i) triple (U << B n on the toy's vocabulary
+    and GPT-2's batches alike).
     """
     n = tokens.shape[-1]
-    q = decomposition.query(w, query_token, n)[None].expand(tokens.shape[0], -1, -1, -1)
-    s = decomposition.content_scores(w, q, tokens)  # [B, H, n, n]
-    return (s + kernel[:, :n, :n].log()).logsumexp(-1)
+    distinct, index = tokens.unique(return_inverse=True)  # [U], [B, n]
+    q = decomposition.query(w, query_token, n)  # [H, n, e]
+    e_tok, p = w.W_E[distinct], w.W_pos[:n]  # [U, d], [n, d]
+    # q_n . E[n, t] in d_head: against the tokens' keys e_t W_K, not W_K q_n against e_t in d_model.
+    numer = q @ decomposition.head_keys(w, e_tok).transpose(-1, -2) + (q * decomposition.head_keys(w, p)).sum(-1, keepdim=True)
+    norm2 = e_tok.pow(2).sum(-1) + 2 * p @ e_tok.T + p.pow(2).sum(-1, keepdim=True)  # [n, U]
+    table = numer * (w.d_model**0.5 / w.d_head**0.5) / norm2.clamp_min(1e-12).sqrt()  # [H, n, U]
+    # D = sum_i pos[n, i] exp(s_n(t_i)), with each (h, n)'s largest score over the batch's
+    # tokens taken out first so that nothing overflows: a plain weighted sum, no logsumexp.
+    # Rows come kernels.KERNEL_ROWS at a time with the keys up to their last row, so neither
+    # the [H, n, B, n] gather nor the kernel's upper half of zeros is ever formed.
+    top = table.amax(-1, keepdim=True)  # [H, n, 1]
+    weights = (table - top).exp()  # [H, n, U]
+    D = weights.new_empty(tokens.shape[0], w.n_heads, n)
+    for r0 in range(0, n, kernels.KERNEL_ROWS):
+        r1 = min(n, r0 + kernels.KERNEL_ROWS)
+        block = weights[:, r0:r1][:, :, index[:, :r1]]  # [H, r, B, r1]
+        D[:, :, r0:r1] = torch.einsum("hri,hrbi->bhr", kernel[:, r0:r1, :r1], block)
+    return D.log() + top[None, :, :, 0]
 
 
 def log_normalising_constants(log_denoms: torch.Tensor) -> torch.Tensor:
@@ -177,15 +196,6 @@ def stream_denominators(
     return _stream(_computed(w, batches, query_token), position, n_examples)
 
 
-def deviation_histogram(
-    w: Layer0, batches: Iterable[torch.Tensor], query_token: int, log_c: torch.Tensor, edges: torch.Tensor,
-    first_position: int = 1,
-) -> torch.Tensor:
-    """Histogram counts [H, b] over edges [b+1] of |denom / c - 1| for every text of the
-    token batches [B, n] and position >= ``first_position``; log_c [H, n]."""
-    return _deviation_counts(_computed(w, batches, query_token), log_c, edges, first_position)
-
-
 @dataclass
 class DenominatorStatistics:
     """What chapter 03 reads off every text's denominators: log_c [H, n], the values at one
@@ -201,14 +211,16 @@ def denominator_statistics(
     w: Layer0, batches: Iterable[torch.Tensor], query_token: int, position: int, edges: torch.Tensor,
     n_examples: int = 0, first_position: int = 1,
 ) -> DenominatorStatistics:
-    """:func:`stream_denominators`, then :func:`deviation_histogram` against its log_c, with
-    each text's denominators computed once instead of twice: token batches [B, n], edges
-    [b+1] -> log_c [H, n], at_position [N, H], examples [n_examples, H, n], deviation_counts [H, b].
+    """:func:`stream_denominators`, then the histogram of |denom / c - 1| against its log_c
+    over positions >= ``first_position``, with each text's denominators computed once: token
+    batches [B, n], edges [b+1] -> log_c [H, n], at_position [N, H], examples
+    [n_examples, H, n], deviation_counts [H, b].
 
     The deviations need the mean over all texts first, so the first pass writes every text's
-    log-denominators to a temporary file (float32, 4 H n bytes a text: 49 KB for GPT-2) and
-    the second reads them back a batch at a time: memory stays flat in N, and the second
-    pass costs a disk read instead of the layer-0 keys and scores again.
+    log-denominators to a temporary file (in the model's dtype: H n x 4 bytes a text in
+    float32, 49 KB for GPT-2) and the second reads them back a batch at a time: memory stays
+    flat in N, and the second pass costs a disk read instead of the layer-0 keys and scores
+    again.
     """
     with tempfile.TemporaryFile() as spill:
         sizes: list[int] = []
@@ -221,10 +233,25 @@ def denominator_statistics(
 
         log_c, at_position, examples = _stream(spilled(), position, n_examples)
         H, n = log_c.shape
+        dtype = at_position.dtype  # the spilled batches' (the model's): log_c is float64 whatever they are
         spill.seek(0)
-        read_back = (torch.frombuffer(bytearray(spill.read(B * H * n * 4)), dtype=torch.float32).view(B, H, n) for B in sizes)
+        read_back = (torch.frombuffer(bytearray(spill.read(B * H * n * dtype.itemsize)), dtype=dtype).view(B, H, n) for B in sizes)
         counts = _deviation_counts(read_back, log_c, edges, first_position)
     return DenominatorStatistics(log_c, at_position, examples, counts)
+
+
+#: Bins of |denom / c - 1|, log-spaced from 1e-5 to 10 (the deviations span orders of magnitude).
+DEVIATION_EDGES = torch.cat([torch.zeros(1), torch.logspace(-5, 1, 2400)])
+
+#: The columns of :func:`examples_frame` (chapter 03's denominators_examples.csv).
+EXAMPLES_COLUMNS = {
+    "text": "index of the test text",
+    "doc_id": "the text's document id in the corpus",
+    "head": "layer-0 attention head (circuit heads only)",
+    "position": "query position i",
+    "token": "the text's token at i (decoded)",
+    "denom_over_c": "denom_{h,i,' the'}(text) / c_{h,i}, c the mean over all test texts",
+}
 
 
 def examples_frame(ratio: torch.Tensor, heads: list[int], token_strs: list[list[str]], doc_ids: list,
@@ -237,6 +264,18 @@ def examples_frame(ratio: torch.Tensor, heads: list[int], token_strs: list[list[
     ])
 
 
+#: The columns of :func:`at_position_frame` (chapter 03's denominators_at_mid.csv).
+AT_POSITION_COLUMNS = {
+    "text": "index of the test text",
+    "doc_id": "the text's document id in the corpus",
+    "head": "layer-0 attention head (circuit heads and the contrast head)",
+    "kind": "the head's kind from its kernel at n_tokens // 2",
+    "in_circuit": "whether the head is a circuit head",
+    "log_denom": "natural log of denom_{h,n,' the'}(text) at n = n_tokens // 2",
+    "denom_over_c": "that denominator over its mean across the test texts",
+}
+
+
 def at_position_frame(log_at: torch.Tensor, log_c_at: torch.Tensor, heads: list[int], kind: dict[int, str],
                       circuit_heads: list[int], doc_ids: list) -> pd.DataFrame:
     """Each text's denominator at one position, log_at [N, H] with log_c_at [H]: a tidy
@@ -247,6 +286,20 @@ def at_position_frame(log_at: torch.Tensor, log_c_at: torch.Tensor, heads: list[
          "log_denom": float(log_at[t, h]), "denom_over_c": float(ratio[t, h])}
         for t in range(log_at.shape[0]) for h in heads
     ])
+
+
+#: The columns of :func:`concentration_frame` (chapter 03's concentration.csv).
+CONCENTRATION_COLUMNS = {
+    "head": "layer-0 attention head",
+    "kind": "the head's kind from its kernel at n_tokens // 2",
+    "in_circuit": "whether the head is a circuit head",
+    "cv_empirical": "std / mean of the denominators at n_tokens // 2 across test texts",
+    "cv_iid": "the same predicted for i.i.d. key tokens from the test texts' unigram distribution",
+    "eps": "a relative deviation epsilon",
+    "frac_empirical": "fraction of texts with |D / mean - 1| >= eps",
+    "chebyshev": "Chebyshev bound on that fraction, min(1, cv_iid^2 / eps^2)",
+    "hoeffding": "Hoeffding bound on that fraction",
+}
 
 
 def concentration_frame(conc: list[Concentration], kind: dict[int, str], circuit_heads: list[int]) -> pd.DataFrame:

@@ -113,6 +113,17 @@ def _scores(selected: Circuit, tokens: torch.Tensor, true: torch.Tensor, first_p
     return approx, pearson_r(true, approx, dim=1).cpu(), fvu(true, approx, dim=1).cpu()
 
 
+#: The columns of :func:`scores_frame` (chapter 04's scores.csv).
+SCORES_COLUMNS = {
+    "neuron": "layer-0 MLP neuron j",
+    "top": "top[j], its largest contribution over non-glitch tokens",
+    "text": "index of the test text",
+    "doc_id": "the text's document id in the corpus",
+    "r": "Pearson r between true and approximate contributions over positions >= 1",
+    "fvu": "fraction of variance unexplained, sum (true - approx)^2 / sum (true - mean true)^2",
+}
+
+
 def scores_frame(ev: Evaluation, top: torch.Tensor, doc_ids: list) -> pd.DataFrame:
     """One row per (text, neuron) of an evaluation, top [M] the discovery statistic:
     neuron, top, text, doc_id, r, fvu."""
@@ -122,9 +133,29 @@ def scores_frame(ev: Evaluation, top: torch.Tensor, doc_ids: list) -> pd.DataFra
     ])
 
 
+#: The columns of :func:`scores_by_neuron` (chapter 04's scores_by_neuron.csv).
+SCORES_BY_NEURON_COLUMNS = {
+    "neuron": "layer-0 MLP neuron j",
+    "top": "top[j]",
+    "median_r": "median Pearson r over the test texts",
+    "median_fvu": "median FVU over the test texts",
+}
+
+
 def scores_by_neuron(scores: pd.DataFrame) -> pd.DataFrame:
     """:func:`scores_frame` summarised per neuron: neuron, top, median_r, median_fvu."""
     return scores.groupby("neuron").agg(top=("top", "first"), median_r=("r", "median"), median_fvu=("fvu", "median")).reset_index()
+
+
+#: The columns of :func:`traces_frame` (chapter 04's traces.csv).
+TRACES_COLUMNS = {
+    "text": "index of the example test text",
+    "neuron": "layer-0 MLP neuron j (the strongest few evaluated)",
+    "position": "position n",
+    "token": "the text's token at n (decoded)",
+    "true": "the circuit heads' true contribution to neuron j's pre-activation at n",
+    "approx": "the circuit's approximation approx_j(n)",
+}
 
 
 def traces_frame(ev: Evaluation, neurons: list[int], token_str, first_position: int = FIRST_POSITION) -> pd.DataFrame:
@@ -139,6 +170,24 @@ def traces_frame(ev: Evaluation, neurons: list[int], token_str, first_position: 
                 rows += [{"text": t, "neuron": j, "position": p + first_position, "token": toks[p + first_position],
                           "true": float(true[p, k]), "approx": float(approx[p, k])} for p in range(true.shape[0])]
     return pd.DataFrame(rows)
+
+
+#: The columns of :func:`compare_calibrations`' first table (chapter 04's by_calibration.csv).
+BY_CALIBRATION_COLUMNS = {
+    "calibration": "the calibration text (corpus#document, or the run's calibration text)",
+    "is_run_calibration": "whether this is the run's own calibration text",
+    "median_r": "median Pearson r over (neuron, text) pairs of the subset",
+    "median_fvu": "median FVU over the same pairs",
+    "n_texts": "test texts in the subset",
+    "n_neurons": "neurons evaluated",
+}
+
+#: The columns of :func:`compare_calibrations`' second table (chapter 04's calibration_denominators.csv).
+CALIBRATION_DENOMINATORS_COLUMNS = {
+    "calibration": "the calibration text",
+    "head": "circuit head",
+    "log_denom": "log D_h, the factorised denominator at the calibration position with query ' the'",
+}
 
 
 def compare_calibrations(

@@ -238,13 +238,6 @@ def run(w: Layer0, tokens: torch.Tensor, keep_pattern: bool = False, mlp: bool =
     return Layer0Activations(q=q, k=k, v=v, z=z, resid_mid=resid_mid, ln2_scale=ln2_scale, pattern=pattern, mlp_pre=mlp_pre)
 
 
-def heads_write(w: Layer0, z: torch.Tensor, heads: list[int]) -> torch.Tensor:
-    """The summed output of ``heads`` into the residual stream: z [B, H, n, e] -> [B, n, d]."""
-    zh = z[:, heads]  # [B, h, n, e]
-    B, h, n, e = zh.shape
-    return zh.transpose(1, 2).reshape(B, n, h * e) @ w.W_O[heads].reshape(h * e, w.d_model)
-
-
 def heads_to_neurons(
     w: Layer0, z: torch.Tensor, ln2_scale: torch.Tensor, heads: list[int], neurons: torch.Tensor
 ) -> torch.Tensor:

@@ -135,6 +135,17 @@ def most_local_head(classes: list[HeadClass]) -> int:
     return min(classes, key=lambda c: c.mean_distance).head
 
 
+#: The columns of :func:`kernel_frame` (chapter 01's kernels.csv).
+KERNEL_COLUMNS = {
+    "head": "layer-0 attention head",
+    "kind": "the head's kind from its kernel (local / slow / uniform)",
+    "in_circuit": "whether the head is one of this run's circuit heads",
+    "key_position": "key position i",
+    "distance": "n - i, tokens back from the query position n",
+    "weight": "pos_h[n, i], the kernel weight (sums to 1 over i)",
+}
+
+
 def kernel_frame(kernel: torch.Tensor, classes: list[HeadClass], circuit_heads: list[int]) -> pd.DataFrame:
     """Kernels at one query position n, kernel [H, n+1], as a tidy table: head, kind,
     in_circuit, key_position, distance (n - i), weight."""
@@ -144,6 +155,17 @@ def kernel_frame(kernel: torch.Tensor, classes: list[HeadClass], circuit_heads: 
          "key_position": i, "distance": n - i, "weight": float(kernel[c.head, i])}
         for c in classes for i in range(n + 1)
     ])
+
+
+#: The columns of :func:`classes_frame` (chapter 01's head_classes.csv).
+CLASSES_COLUMNS = {
+    "head": "layer-0 attention head",
+    "kind": "local / slow / uniform, from the kernel at position n",
+    "in_circuit": "whether the head is one of this run's circuit heads",
+    "effective_window": "1 / sum_i pos[n, i]^2, in tokens",
+    "mean_distance": "sum_i pos[n, i] (n - i), in tokens",
+    "weight_on_first": "pos[n, 0], the weight on the BOS position",
+}
 
 
 def classes_frame(classes: list[HeadClass], circuit_heads: list[int]) -> pd.DataFrame:

@@ -63,6 +63,18 @@ def select(top: torch.Tensor, threshold: float = PAPER_THRESHOLD) -> torch.Tenso
     return found[top[found].argsort(descending=True)]
 
 
+#: The columns of :func:`counts_frame` (chapter 05's counts_by_threshold.csv).
+COUNTS_COLUMNS = {
+    "threshold": "discovery threshold on top[j]",
+    "n_found": "neurons with top[j] >= threshold",
+}
+
+
+def counts_frame(top: torch.Tensor, thresholds: torch.Tensor) -> pd.DataFrame:
+    """:func:`count_by_threshold` as a tidy table: threshold, n_found; one row per threshold of thresholds [T]."""
+    return pd.DataFrame({"threshold": thresholds.tolist(), "n_found": count_by_threshold(top, thresholds).tolist()})
+
+
 def count_by_threshold(top: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
     """How many neurons each threshold finds: thresholds [T] -> [T]."""
     return (top[None, :] >= thresholds.to(top.device)[:, None]).sum(-1)
@@ -154,18 +166,43 @@ def preactivations(w: Layer0, tokens: torch.Tensor, neurons: torch.Tensor) -> to
         return forward.run(w, tokens, mlp=True).mlp_pre[:, :, neurons]
 
 
+#: The columns of :func:`extreme_tokens_frame` given ``top`` (chapter 05's extreme_tokens.csv,
+#: and what ``ctxneurons discover --out x.csv`` writes).
+EXTREME_TOKENS_COLUMNS = {
+    "neuron": "layer-0 MLP neuron j",
+    "top": "top[j], its largest contribution over non-glitch tokens",
+    "sign": "'+' for the most positive contributions, '-' for the most negative",
+    "rank": "1 = the most extreme on that side",
+    "token": "the token (decoded)",
+    "contribution": "contribution[j, t] of one occurrence of the token in the context",
+}
+
+
 def extreme_tokens_frame(contribution: torch.Tensor, neurons: list[int], glitch: torch.Tensor,
-                         token_str: Callable[[torch.Tensor], list[str]], k: int = 10, first_rank: int = 1) -> pd.DataFrame:
-    """:func:`extreme_tokens` of each of ``neurons`` as a tidy table: neuron, sign ('+' most
-    positive, '-' most negative), rank (``first_rank`` = most extreme), token (decoded by
-    token_str from ids [k]), contribution."""
+                         token_str: Callable[[torch.Tensor], list[str]], k: int = 10, first_rank: int = 1,
+                         top: torch.Tensor | None = None) -> pd.DataFrame:
+    """:func:`extreme_tokens` of each of ``neurons`` as a tidy table: neuron, top (top[j] from
+    top [M], when given), sign ('+' most positive, '-' most negative), rank (``first_rank`` =
+    most extreme), token (decoded by token_str from ids [k]), contribution."""
     rows = []
     for j in neurons:
         ids, vals, bids, bvals = extreme_tokens(contribution, j, glitch, k=k)
         for sign, tok_ids, tok_vals in (("+", ids, vals), ("-", bids, bvals)):
             rows += [{"neuron": j, "sign": sign, "rank": rank, "token": t, "contribution": v}
                      for rank, (t, v) in enumerate(zip(token_str(tok_ids), tok_vals.tolist()), start=first_rank)]
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    if top is not None:
+        df.insert(1, "top", top[df["neuron"].tolist()].tolist())
+    return df
+
+
+#: The columns of :func:`calibration_firing` (chapter 05's calibration_firing.csv).
+CALIBRATION_FIRING_COLUMNS = {
+    "neuron": "layer-0 MLP neuron j (the listed neurons)",
+    "top": "top[j]",
+    "max_preactivation_on_calibration": "largest true pre-activation over the calibration text, positions >= 1",
+    "fired_on_calibration": "whether that maximum is >= 0",
+}
 
 
 def calibration_firing(w: Layer0, tokens: torch.Tensor, neurons: torch.Tensor, top: torch.Tensor) -> pd.DataFrame:
@@ -174,6 +211,15 @@ def calibration_firing(w: Layer0, tokens: torch.Tensor, neurons: torch.Tensor, t
     max_pre = max_preactivation(w, tokens[None], neurons).cpu()
     return pd.DataFrame({"neuron": neurons.tolist(), "top": top[neurons].tolist(), "max_preactivation_on_calibration": max_pre.tolist(),
                          "fired_on_calibration": (max_pre >= 0).tolist()})
+
+
+#: The columns of :func:`precision_recall_frame` (chapter 05's toy_precision_recall.csv).
+PRECISION_RECALL_COLUMNS = {
+    "threshold": "discovery threshold on top[j]",
+    "n_found": "neurons with top[j] >= threshold",
+    "precision": "share of those that are planted context neurons (empty when none is found)",
+    "recall": "share of the planted context neurons that are found",
+}
 
 
 def precision_recall_frame(top: torch.Tensor, thresholds: torch.Tensor, true_neurons: torch.Tensor) -> pd.DataFrame:

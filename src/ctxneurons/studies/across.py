@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ctxneurons.method import denominators, kernels, neurons
+from ctxneurons.method import decomposition, denominators, kernels, neurons
 
 from ctxneurons import toy
 from ctxneurons.io.corpus import iter_batches
@@ -52,7 +52,7 @@ LABELS = {
     "gpt-neo-125M": "GPT-Neo 125M",
 }
 SCALED_N_MADS = 5.0
-TV_EDGES = torch.cat([torch.zeros(1), torch.logspace(-6, 0, 2400)])
+TV_EDGES = decomposition.TV_EDGES
 
 
 def default_models(edition: str) -> list[str]:
@@ -206,6 +206,17 @@ COLUMNS = {
     "median_fvu": "median fraction of variance unexplained over the same pairs",
     "n_texts": "test texts",
     "n_tokens": "tokens per text",
+}
+
+
+KERNEL_COLUMNS = {
+    "model": "the model's label",
+    "head": "layer-0 attention head",
+    "kind": "local / slow / uniform, from its kernel",
+    "in_circuit": "whether the head is in that model's circuit",
+    "key_position": "key position i",
+    "distance": "n - i, tokens back from the query position n = n_ctx/2 - 12",
+    "weight": "pos_h[n, i], the kernel weight",
 }
 
 

@@ -40,8 +40,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ctxneurons.method import decomposition, kernels, forward
-from ctxneurons.method.circuit import Circuit, calibration_ln2_scale, positional_values, token_values
+from ctxneurons.method import circuit, denominators, kernels, forward
+from ctxneurons.method.circuit import Circuit, calibration_ln2_scale
 from ctxneurons.method.evaluation import fvu, pearson_r
 from ctxneurons.method.weights import Layer0
 
@@ -111,48 +111,15 @@ class Parts:
 
 def circuit_parts(w: Layer0, c: Circuit, neurons: torch.Tensor) -> Parts:
     """Split circuit ``c`` (built by :func:`circuit.build_circuit`) for neurons [J]."""
-    wh = w.select_heads(c.heads)
-    N = c.kernel.shape[-1]
-    h, e = len(c.heads), w.d_head
-    head_kernels = kernels.kernel_matrix(wh, c.query_token, max(N, c.calibration_position + 1), c.C)
-    OV_in = wh.W_O @ w.W_in[:, neurons]  # [h, e, J]
-    weighted = (c.scores - c.log_denoms[:, None]).exp()[:, :, None] * token_values(wh, c.value_C)  # [h, V, e]
-    per_head = weighted @ OV_in  # [h, V, J]
-    pos_vals = positional_values(wh, N, c.C) + wh.b_V[:, None, :]  # [h, N, e]
-    offset = c.kernel @ (pos_vals.permute(1, 0, 2).reshape(N, h * e) @ OV_in.reshape(h * e, -1))
-    return Parts(c.heads, c.kernel, head_kernels, per_head, c.log_denoms.clone(), offset,
+    head_kernels = kernels.kernel_matrix(w.select_heads(c.heads), c.query_token, max(c.kernel.shape[-1], c.calibration_position + 1), c.C)
+    per_head, offsets = circuit.head_terms(w, c, neurons, ln2_scale=1.0)
+    return Parts(c.heads, c.kernel, head_kernels, per_head, c.log_denoms.clone(), offsets.sum(0),
                  c.calibration_position, c.query_token)
 
 
 def own_log_denominators(w: Layer0, parts: Parts, tokens: torch.Tensor) -> torch.Tensor:
-    """Each text's own log D_h(n) (factorised, query ' the'): tokens [B, n] -> [B, h, n].
-
-    The same as :func:`denominators.log_factorised_denominators`, computed another way:
-    the query is the same for every text, so s_n(t) is tabulated once per batch for the U
-    distinct tokens in it ([h, n, U], U <= V) and gathered, instead of scoring every
-    (text, n, i) triple (U << B n on the toy's vocabulary and GPT-2's batches alike).
-    """
-    wh = w.select_heads(parts.heads)
-    n = tokens.shape[-1]
-    distinct, index = tokens.unique(return_inverse=True)  # [U], [B, n]
-    q = decomposition.query(wh, parts.query_token, n)  # [h, n, e]
-    e_tok, p = w.W_E[distinct], w.W_pos[:n]  # [U, d], [n, d]
-    # q_n . E[n, t] in d_head: against the tokens' keys e_t W_K, not W_K q_n against e_t in d_model.
-    numer = q @ decomposition.head_keys(wh, e_tok).transpose(-1, -2) + (q * decomposition.head_keys(wh, p)).sum(-1, keepdim=True)
-    norm2 = e_tok.pow(2).sum(-1) + 2 * p @ e_tok.T + p.pow(2).sum(-1, keepdim=True)  # [n, U]
-    table = numer * (w.d_model**0.5 / w.d_head**0.5) / norm2.clamp_min(1e-12).sqrt()  # [h, n, U]
-    # D = sum_i pos[n, i] exp(s_n(t_i)), with each (h, n)'s largest score over the batch's
-    # tokens taken out first so that nothing overflows: a plain weighted sum, no logsumexp.
-    # Rows come kernels.KERNEL_ROWS at a time with the keys up to their last row, so neither
-    # the [h, n, B, n] gather nor the kernel's upper half of zeros is ever formed.
-    top = table.amax(-1, keepdim=True)  # [h, n, 1]
-    weights = (table - top).exp()  # [h, n, U]
-    D = weights.new_empty(tokens.shape[0], len(parts.heads), n)
-    for r0 in range(0, n, kernels.KERNEL_ROWS):
-        r1 = min(n, r0 + kernels.KERNEL_ROWS)
-        block = weights[:, r0:r1][:, :, index[:, :r1]]  # [h, r, B, r1]
-        D[:, :, r0:r1] = torch.einsum("hri,hrbi->bhr", parts.head_kernels[:, r0:r1, :r1], block)
-    return D.log() + top[None, :, :, 0]
+    """Each text's own log D_h(n) (factorised, query ' the') for the circuit's heads: tokens [B, n] -> [B, h, n]."""
+    return denominators.log_factorised_denominators(w.select_heads(parts.heads), tokens, parts.query_token, parts.head_kernels)
 
 
 def calibration_of(w: Layer0, parts: Parts, cal_tokens: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -242,6 +209,46 @@ class Calibration:
     density: float
 
 
+CANDIDATES_COLUMNS = {
+    "candidate": "candidate calibration text (domain#document id)",
+    "domain": "its domain",
+    "doc_id": "its document id in the domain's corpus",
+    "cluster": "its k-means cluster",
+    "is_cluster_calibration": "whether it is its cluster's calibration (the candidate nearest the cluster's centre)",
+    "density": "stop-word density over positions 1 to the calibration position",
+    "ln2_scale": "its median LN2 scale (positions 1 to the calibration position)",
+    "pc1": "first principal component of the candidates' log D_h vectors",
+    "pc2": "second principal component",
+}
+
+
+def candidates_frame(candidates: list[tuple[str, object, Calibration]], clusters: Clusters) -> pd.DataFrame:
+    """The candidate calibration texts, each (domain, document id, calibration), with their
+    :func:`cluster_candidates` result as a tidy table with CANDIDATES_COLUMNS."""
+    return pd.DataFrame([
+        {"candidate": cal.name, "domain": name, "doc_id": doc, "cluster": int(clusters.labels[i]),
+         "is_cluster_calibration": i in clusters.calibration, "density": cal.density, "ln2_scale": cal.ln2,
+         "pc1": float(clusters.coords[i, 0]), "pc2": float(clusters.coords[i, 1])}
+        for i, (name, doc, cal) in enumerate(candidates)])
+
+
+DENOMINATORS_COLUMNS = {
+    "calibration": "the calibration text",
+    "role": "default (the book's), domain (a domain's own) or candidate (the clustering pool)",
+    "domain": "its domain (empty for the book's)",
+    "head": "circuit head h",
+    "log_denom": "log D_h, the factorised denominator at the calibration position with query ' the'",
+}
+
+
+def denominators_frame(heads: tuple[int, ...], calibrations: list[tuple[str, str, Calibration]]) -> pd.DataFrame:
+    """Each calibration's log D_h, from (role, domain, calibration) triples and the circuit's
+    heads [h], as a tidy table with DENOMINATORS_COLUMNS."""
+    return pd.DataFrame([
+        {"calibration": cal.name, "role": role, "domain": dom, "head": h, "log_denom": float(v)}
+        for role, dom, cal in calibrations for h, v in zip(heads, cal.log_D.tolist())])
+
+
 def score_domain(
     w: Layer0, parts: Parts, neurons: torch.Tensor, tokens: torch.Tensor, n_score: int,
     default: Calibration, domain: Calibration, clusters: Clusters, cluster_cals: list[Calibration],
@@ -294,6 +301,22 @@ def score_domain(
     return {c: {k: torch.cat(v) for k, v in d.items()} for c, d in out.items()}, pd.DataFrame(rows)
 
 
+BY_TEXT_COLUMNS = {
+    "domain": "test domain",
+    "choice": "calibration choice",
+    "text": "index of the test text within its domain",
+    "doc_id": "its document id in the domain's corpus",
+    "calibration": "the calibration text used ('own' for the oracle)",
+    "cluster": "the cluster the text is assigned to by its own log D_h at the calibration position",
+    "density_test": "the test text's stop-word density over the scored positions",
+    "density_calibration": "the calibration text's stop-word density (the test text's own for the oracle)",
+    "density_difference": "density_test - density_calibration",
+    "median_r": "median Pearson r over neurons",
+    "median_fvu": "median FVU over neurons",
+    "median_bias": "median bias over neurons",
+}
+
+
 def by_text_frame(domain: str, scores: dict[str, dict[str, torch.Tensor]], rows: pd.DataFrame, doc_ids: list) -> pd.DataFrame:
     """:func:`score_domain`'s rows with each (choice, text)'s medians over neurons
     (scores: per choice {'r', 'fvu', 'bias'} each [B, J]):
@@ -307,6 +330,17 @@ def by_text_frame(domain: str, scores: dict[str, dict[str, torch.Tensor]], rows:
     cols = ["domain", "choice", "text", "doc_id", "calibration", "cluster", "density_test", "density_calibration",
             "density_difference", "median_r", "median_fvu", "median_bias"]
     return df[cols]
+
+
+SUMMARY_COLUMNS = {
+    "domain": "test domain",
+    "choice": "calibration choice: default, domain, cluster or oracle",
+    "median_r": "median Pearson r over (neuron, text) pairs, positions >= 1",
+    "median_fvu": "median FVU over the same pairs",
+    "median_bias": "median over the same pairs of mean(approx - true) / std(true) over positions",
+    "n_texts": "test texts of the domain",
+    "n_neurons": "neurons scored",
+}
 
 
 def summary_rows(domain: str, scores: dict[str, dict[str, torch.Tensor]]) -> list[dict]:
@@ -334,6 +368,14 @@ def domain_texts(corpus_name: str, tokenizer, n_test: int, n_other: int, n_token
         return TokenBatch(batch.tokens[rows], [batch.doc_ids[i] for i in rows], [batch.texts[i] for i in rows], batch.source, batch.revision)
 
     return part(keep[:n_test]), part(keep[n_test:])
+
+
+SIGNATURE_COLUMNS = {
+    "choice": "calibration choice (the oracle left out)",
+    "slope": "least-squares slope of median bias on the stop-word density difference (test - calibration)",
+    "correlation": "Pearson correlation of the two over (text, domain)",
+    "n": "points",
+}
 
 
 def density_signature(by_text: pd.DataFrame) -> pd.DataFrame:

@@ -135,6 +135,32 @@ def adjusted_rand(a: Sequence, b: Sequence) -> float:
     return float(adjusted_rand_score([str(x) for x in a], [str(x) for x in b]))
 
 
+TOKENS_COLUMNS = {
+    "neuron": "layer-0 MLP neuron j",
+    "core_set": "'activation' (highest mean true pre-activation) or 'weights' (largest contribution[j, t])",
+    "rank": "1 = the highest value in the set",
+    "token_id": "the token's id",
+    "token": "the token (decoded)",
+    "value": "mean true pre-activation where the token occurs (activation) or contribution[j, t] (weights)",
+    "category": "the token's category from the clustering of this neuron's set (0 = the largest)",
+    "planted_category": "the toy model's planted category of the token (empty on other models)",
+}
+HOMOGENEITY_COLUMNS = {
+    "neuron": "layer-0 MLP neuron j",
+    "core_set": "'activation' or 'weights'",
+    "labelling": "'clusters' (the embedding clustering) or 'planted' (the toy's planted categories)",
+    "segment": "activation segment, 1 = the lowest values",
+    "homogeneity": "share of the segment's tokens in its most common category",
+}
+CATEGORIES_COLUMNS = {
+    "neuron": "layer-0 MLP neuron j",
+    "core_set": "'activation' or 'weights'",
+    "n_categories": "categories among the core tokens at the cut",
+    "largest_category_share": "share of the core tokens in the largest category",
+    "adjusted_rand": "adjusted Rand index between the clustering and the planted categories (toy only)",
+}
+
+
 def describe(
     W_E: torch.Tensor, neurons: Sequence[int], core_sets: dict[str, torch.Tensor], values: dict[str, torch.Tensor],
     token_str: Callable[[torch.Tensor], list[str]], cut: float = DEFAULT_CUT, n_segments: int = 10,
@@ -146,10 +172,8 @@ def describe(
     values they were ranked by [J, k], largest first; planted [V]: a known category per
     token (the toy's topics), used as a second labelling beside the clustering.
 
-    Returns three tidy tables: tokens (neuron, core_set, rank, token_id, token, value,
-    category, planted_category), homogeneity (neuron, core_set, labelling, segment 1 =
-    lowest, homogeneity) and categories (neuron, core_set, n_categories,
-    largest_category_share, adjusted_rand with the planted labelling).
+    Returns three tidy tables: tokens (TOKENS_COLUMNS), homogeneity (HOMOGENEITY_COLUMNS)
+    and categories (CATEGORIES_COLUMNS).
     """
     tokens, homogeneity, summary = [], [], []
     for name, ids_all in core_sets.items():
@@ -177,6 +201,13 @@ def mean_by_segment(homogeneity: pd.DataFrame, core_set: str, labelling: str) ->
     """The :func:`describe` homogeneity table's mean over neurons per segment, lowest first."""
     sel = homogeneity[(homogeneity["core_set"] == core_set) & (homogeneity["labelling"] == labelling)]
     return [float(x) for x in sel.groupby("segment")["homogeneity"].mean().sort_index()]
+
+
+OVERLAP_COLUMNS = {
+    "neuron": "layer-0 MLP neuron j",
+    "jaccard": "Jaccard index of the weights' core tokens (all non-glitch tokens) and the activation core tokens",
+    "jaccard_eligible": "the same with the weights' core tokens drawn from the tokens eligible for the activation set only",
+}
 
 
 def overlap_frame(neurons: Sequence[int], weight_ids: torch.Tensor, weight_ids_eligible: torch.Tensor, activation_ids: torch.Tensor) -> pd.DataFrame:

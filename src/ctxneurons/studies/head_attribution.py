@@ -35,7 +35,7 @@ import torch
 
 from ctxneurons.method import circuit as circuit_mod
 from ctxneurons.method import kernels, forward
-from ctxneurons.method.circuit import Circuit
+from ctxneurons.method.circuit import Circuit, head_terms  # noqa: F401  (chapter 07 calls head_terms from here)
 from ctxneurons.method.evaluation import pearson_r
 from ctxneurons.method.weights import Layer0, check_indices
 
@@ -43,20 +43,6 @@ from ctxneurons.method.weights import Layer0, check_indices
 # Batches between two releases of freed memory on CPU (forward.release_freed_memory): every
 # batch kept the peak flat in N but faulted the next batch's pages in again (~20% slower).
 TRIM_EVERY = 8
-
-
-def head_terms(w: Layer0, c: Circuit, neurons: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each circuit head's own part of contribution[j, t] and of the token-free offset.
-
-    Returns (per_token [h, V, J], offset [h, N, J]); summed over h they are
-    c.contribution[:, neurons] and c.offset[:, neurons].
-    """
-    wh = w.select_heads(c.heads)
-    OV_in = wh.W_O @ (w.W_in[:, neurons] / c.ln2_scale)  # [h, e, J]
-    weighted = (c.scores - c.log_denoms[:, None]).exp()[:, :, None] * circuit_mod.token_values(wh, c.value_C)  # [h, V, e]
-    N = c.kernel.shape[0]
-    pos_vals = circuit_mod.positional_values(wh, N, c.C) + wh.b_V[:, None, :]  # [h, N, e]
-    return weighted @ OV_in, c.kernel @ (pos_vals @ OV_in)
 
 
 def spread_shares(per_token: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -185,6 +171,21 @@ def lead_heads(at_peak: torch.Tensor, top: torch.Tensor, n_heads: int) -> tuple[
     return lead, lead_share.gather(0, lead[None])[0], lead_share
 
 
+HEAD_COLUMNS = {
+    "neuron": "layer-0 MLP neuron j",
+    "head": "attention head h of layer 0 (every head, circuit or not)",
+    "kind": "the head's kind from its positional kernel (local, slow, uniform)",
+    "in_circuit": "whether h is one of the circuit's heads",
+    "weight_share": "Cov_t(contribution_h[j, t], contribution[j, t]) / Var_t(contribution[j, t]) over non-glitch tokens (circuit heads only)",
+    "median_r": "median over texts of Pearson r between the head's true contribution and its part of the approximation (circuit heads only)",
+    "mean_at_top_peaks": "the head's mean true contribution at the peaks of the neuron's top texts",
+    "lead_share": "share of the neuron's top texts in which this head makes the largest true contribution at the peak",
+    "ablation_drop_at_top_peaks": "mean drop of the neuron's pre-activation at its top texts' peaks when the head's output is zeroed",
+    "ablation_mean_abs": "mean |change| of the pre-activation over all positions >= 1 and texts when the head is zeroed",
+    "ablation_rank": "rank of the head by ablation_drop_at_top_peaks for this neuron (1 = largest)",
+}
+
+
 def head_table(a: HeadAttribution, shares: torch.Tensor, top: torch.Tensor, kinds: dict[int, str] | None = None) -> pd.DataFrame:
     """One row per (neuron, head) of every head of the layer: neuron, head, kind,
     in_circuit, weight_share (circuit heads; shares [h, J] from :func:`spread_shares`; top
@@ -214,17 +215,29 @@ def head_table(a: HeadAttribution, shares: torch.Tensor, top: torch.Tensor, kind
     return pd.DataFrame(rows)
 
 
-def neuron_table(a: HeadAttribution, shares: torch.Tensor, top: torch.Tensor) -> pd.DataFrame:
-    """One row per neuron, from shares [h, J] and the top texts [T, J]: neuron, n_top_texts,
-    lead_head (truth, every head), consistency, weight_lead_head (the circuit head with the
-    largest share), lead_agrees (the two agree), ablation_top_head (the largest drop at the
-    top peaks)."""
+NEURON_COLUMNS = {
+    "neuron": "layer-0 MLP neuron j",
+    "top": "top[j], its largest contribution over non-glitch tokens",
+    "n_top_texts": "texts whose peak pre-activation is in the neuron's top (1 - top_quantile) share",
+    "lead_head": "the head making the largest true contribution at the peak in the most top texts",
+    "consistency": "share of the top texts in which lead_head makes the largest contribution",
+    "weight_lead_head": "the circuit head with the largest weight_share",
+    "lead_agrees": "whether weight_lead_head equals lead_head",
+    "ablation_top_head": "the head whose zero-ablation lowers the pre-activation most at the top texts' peaks",
+}
+
+
+def neuron_table(a: HeadAttribution, shares: torch.Tensor, top: torch.Tensor, top_statistic: torch.Tensor) -> pd.DataFrame:
+    """One row per neuron, from shares [h, J], the top texts [T, J] and each neuron's
+    discovery statistic top[j] [J]: neuron, top, n_top_texts, lead_head (truth, every head),
+    consistency, weight_lead_head (the circuit head with the largest share), lead_agrees (the
+    two agree), ablation_top_head (the largest drop at the top peaks)."""
     H = a.at_peak.shape[1]
     lead, consistency, _ = lead_heads(a.at_peak, top, H)
     weight_lead = torch.tensor(a.circuit_heads)[shares.argmax(0).cpu()]
     drop = (a.ablation_at_peak * top[:, None]).sum(0) / top.sum(0)
     return pd.DataFrame({
-        "neuron": a.neurons.tolist(), "n_top_texts": top.sum(0).tolist(), "lead_head": lead.tolist(),
+        "neuron": a.neurons.tolist(), "top": top_statistic.tolist(), "n_top_texts": top.sum(0).tolist(), "lead_head": lead.tolist(),
         "consistency": consistency.tolist(), "weight_lead_head": weight_lead.tolist(),
         "lead_agrees": (weight_lead == lead).tolist(), "ablation_top_head": drop.argmax(0).tolist(),
     })
@@ -233,3 +246,13 @@ def neuron_table(a: HeadAttribution, shares: torch.Tensor, top: torch.Tensor) ->
 def per_head_median_r(a: HeadAttribution) -> dict[int, float]:
     """Each circuit head's median r over every (text, neuron) pair."""
     return {h: float(a.r[:, i].nanmedian()) for i, h in enumerate(a.circuit_heads)}
+
+
+def ablation_ranking(head_table: pd.DataFrame) -> pd.DataFrame:
+    """The heads ranked by how much zeroing each lowers the neurons, from :func:`head_table`'s
+    rows: head, kind, in_circuit, median_rank (over neurons), times_first, mean_drop; the
+    smallest median rank first, ties to the larger mean drop."""
+    return (head_table.groupby(["head", "kind", "in_circuit"], as_index=False)
+            .agg(median_rank=("ablation_rank", "median"), times_first=("ablation_rank", lambda r: int((r == 1).sum())),
+                 mean_drop=("ablation_drop_at_top_peaks", "mean"))
+            .sort_values(["median_rank", "mean_drop"], ascending=[True, False]))

@@ -20,10 +20,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import torch
+
+from ctxneurons.method.neurons import extreme_tokens_frame
 
 
 @dataclass(frozen=True)
@@ -88,3 +92,22 @@ def logit_effects(path: OutputPath, neurons: torch.Tensor) -> torch.Tensor:
     w_out = w_out - w_out.mean(-1, keepdim=True)  # the final LayerNorm removes the mean
     logits = (w_out * path.ln_final) @ path.W_U
     return logits - logits.mean(-1, keepdim=True)
+
+
+PROMOTED_COLUMNS = {
+    "neuron": "layer-0 MLP neuron j",
+    "sign": "'+' for the most promoted tokens, '-' for the most suppressed",
+    "rank": "1 = the most extreme on that side",
+    "token": "the token (decoded)",
+    "logit_effect": "direct logit effect per unit activation: centred W_out[j] x final LayerNorm weight . W_U[:, t], centred over tokens",
+}
+
+
+def promoted_tokens_frame(effects: torch.Tensor, neurons: torch.Tensor, excluded: torch.Tensor,
+                          token_str: Callable[[torch.Tensor], list[str]], k: int = 10) -> pd.DataFrame:
+    """The k most promoted and k most suppressed tokens of each neuron, tokens ``excluded``
+    [V] bool left out, from effects [J, V] (:func:`logit_effects` of neurons [J]) as a tidy
+    table with PROMOTED_COLUMNS."""
+    df = extreme_tokens_frame(effects.T, list(range(len(neurons))), excluded, token_str, k=k)
+    df["neuron"] = neurons[df["neuron"].tolist()].tolist()
+    return df.rename(columns={"contribution": "logit_effect"})

@@ -1,0 +1,103 @@
+"""Chapter 06, across models: the whole method, unchanged, on each model of the ``models``
+parameter, one row per model (:mod:`ctxneurons.studies.across`); where the toy and its
+negative control are among them, what each finds against what was planted.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from ctxneurons.chapters import Result, Table
+from ctxneurons import toy
+from ctxneurons.studies import across
+from ctxneurons.toy import truth as planted_truth
+
+# The models table's columns the page shows (the CSV has every one of across.COLUMNS).
+SHOWN = ["name", "revision", "n_heads", "n_ctx", "score_scale", "slow_heads", "circuit_heads", "median_tv", "denominator_cv",
+         "n_found", "scaled_threshold", "n_found_scaled", "median_r", "median_fvu"]
+
+TOY_COLUMNS = {
+    "model": "the toy or its control",
+    "rule": "which discovery rule",
+    "threshold": "its threshold on top[j]",
+    "n_found": "neurons found",
+    "precision": "share of found neurons that are planted context neurons",
+    "recall": "share of planted context neurons found",
+    "planted_slow_heads": "the slowly decaying heads the model was built with",
+    "classified_slow_heads": "the heads the method classified slowly decaying",
+}
+
+
+def _against_plant(studies: dict[str, across.Study]) -> tuple[pd.DataFrame, list[str]]:
+    """For each model of ``studies`` with a planted answer (the toy and its control, by name
+    or folder): each discovery rule's precision and recall against the planted context
+    neurons (glitch-only neurons count as false positives), as a TOY_COLUMNS table (empty
+    when no model has a plant), and notes saying whether the planted slow heads were recovered."""
+    rows, notes = [], []
+    for name, study in studies.items():
+        truth = planted_truth.of_model(toy.ensure_model(control=True) if name == across.CONTROL else name)
+        if truth is None:
+            continue
+        row, planted_slow = study.row, truth["heads"]["slow"]
+        notes.append(f"{row['model']}: planted slow heads {planted_slow}, classified slow {row['slow_heads']}: "
+                     + ("recovered" if sorted(planted_slow) == row["slow_heads"] else "NOT recovered"))
+        for rule, thr in (("paper's fixed threshold", row["threshold"]), ("model-scaled rule", row["scaled_threshold"])):
+            pr = planted_truth.discovery_scores(truth, study.top, torch.tensor([thr])).iloc[0]
+            rows.append({"model": row["model"], "rule": rule, "threshold": thr, "n_found": int(pr["n_found"]),
+                         "precision": pr["precision"], "recall": pr["recall"],
+                         "planted_slow_heads": " ".join(map(str, planted_slow)),
+                         "classified_slow_heads": " ".join(map(str, row["slow_heads"]))})
+    return pd.DataFrame(rows), notes
+
+
+def _control_notes(models_df: pd.DataFrame) -> list[str]:
+    """Each control's row against the first other model's: its slow heads, r, FVU and
+    denominator spread side by side."""
+    control_rows = models_df[models_df["model"].str.contains("control")]
+    reference = models_df[~models_df["model"].str.contains("control")]
+    if control_rows.empty:
+        return ["No control among the models (add 'toy-control' to models to include it)."]
+    notes = []
+    for _, c in control_rows.iterrows():
+        ref = reference.iloc[0]
+        notes += [f"{c['model']}: slow heads classified: {c['slow_heads'] or 'none'}",
+                  f"  against {ref['model']}: median r {c['median_r']:.3f} vs {ref['median_r']:.3f}, "
+                  f"median FVU {c['median_fvu']:.3f} vs {ref['median_fvu']:.3f}, "
+                  f"denominator spread {c['denominator_cv']:.3f} vs {ref['denominator_cv']:.3f}"]
+    return notes
+
+
+def compute(run) -> Result:
+    """Chapter 06 on ``run`` (an :class:`~ctxneurons.book.experiment.Run` with the
+    chapter's parameters): tables models, kernels and, where the toy or its control is
+    among the models (by name or folder), toy_ground_truth; extra holds ``notes``, ``toy_notes`` and
+    ``control_notes`` for the narration. Models are loaded (layer 0 only) and released one
+    at a time."""
+    p = run.params
+    names = across.default_models(p["model"]) if p["models"] == "auto" else p["models"]
+    notes = ["models: " + ", ".join(names)]
+    studies = {}
+    for name in names:
+        w = run.w if name == p["model"] else across.load(name, device=str(run.w.device))
+        other = run.for_model(name, w, across.label(name))
+        studies[name] = across.study(other, list(p["heads"]), threshold=p["threshold"], max_neurons=p["max_neurons"])
+        row = studies[name].row
+        notes.append(f"{row['model']}: slow heads {row['slow_heads']}, median r {row['median_r']:.3f}, median FVU {row['median_fvu']:.3f}")
+        del w, other
+    models_df = across.table([s.row for s in studies.values()])
+    kernels_df = pd.concat([s.kernels for s in studies.values()], ignore_index=True)
+    tables = {"models": Table(models_df, across.COLUMNS), "kernels": Table(kernels_df, across.KERNEL_COLUMNS)}
+    truth_df, toy_notes = _against_plant(studies)
+    if len(truth_df):
+        tables["toy_ground_truth"] = Table(truth_df, TOY_COLUMNS)
+    else:
+        toy_notes = ["Neither the toy nor its control is among the models: no planted ground truth to check against."]
+    headline = {
+        "models": across.summary_rows(models_df),
+        "threshold": p["threshold"],
+        "scaled_rule": f"median(top) + {across.SCALED_N_MADS} x 1.4826 MAD(top)",
+        "evaluated_on": "neurons of the model-scaled rule",
+    }
+    extra = {"notes": notes, "toy_notes": toy_notes, "control_notes": _control_notes(models_df), "shown": models_df[SHOWN]}
+    return Result(tables=tables, headline=headline, extra=extra)
