@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
-from ctxneurons.method import forward, kernels
+from ctxneurons.method import evaluation, forward, kernels
 
 # The stable-head rule (ours until method/stable_heads.py gives the layer-0 rule; the
 # same three conditions). A kernel is "slow" as kernels.classify_heads has it (window of at
@@ -64,7 +64,7 @@ LOCAL_MAX_WINDOW = 10.0
 UNIFORM_MIN_FRACTION = 0.5
 MAX_FIRST_WEIGHT = 0.3  #: above this weight on position 0 a head is a first-token sink
 MAX_CV = 0.2  #: the largest median CV of D_n across texts of a stable head
-FIRST_POSITION = 1  #: position 0 (BOS) sees only itself; statistics start at 1
+FIRST_POSITION = evaluation.FIRST_POSITION  #: position 0 (BOS) sees only itself; statistics start at 1
 
 
 # -- the model's layers --------------------------------------------------------------
