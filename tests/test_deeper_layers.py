@@ -131,6 +131,8 @@ def test_every_layer_matches_an_independent_computation(tiny):
         assert torch.allclose(pattern_ref, hf_pattern, atol=1e-5), "the reference's own check against transformers"
         log_d = dl.log_denominators(acts.q, acts.k, spec.window)
         assert torch.allclose(log_d, log_d_ref, atol=1e-4, rtol=1e-5), (name, layer)
+        blocked = dl.blocked_log_denominators(acts.q, acts.k, spec.window)  # the path off CPU
+        assert torch.allclose(blocked, log_d_ref, atol=1e-4, rtol=1e-5), (name, layer)
         positions = [0, 7, 39]
         rows = dl.pattern_rows(acts.q, acts.k, log_d, positions, spec.window)
         assert torch.allclose(rows, hf_pattern[:, :, positions], atol=1e-5)
