@@ -29,10 +29,14 @@ def _classified_slow(w) -> list[int]:
 
 
 def test_the_control_classifies_no_slow_head_and_the_toy_its_planted_ones(toy_dir, truth, control_dir):
+    """Kernel shape alone: the toy's slow heads and its duplicate-token head (whose kernel is
+    slow too; the stable-heads rule rejects it, tests/test_stable_heads.py); the control's
+    duplicate-token head only."""
     w_toy, w_control = load_layer0(toy_dir, device="cpu"), load_layer0(control_dir, device="cpu")
-    assert _classified_slow(w_toy) == truth["heads"]["slow"] == list(toy.SLOW_HEADS)
-    assert _classified_slow(w_control) == []
+    dup = truth["distractors"]["duplicate_token"]
+    assert _classified_slow(w_toy) == truth["kernel_kinds"]["slow"] == sorted([*toy.SLOW_HEADS, dup])
     control_truth = toy.ground_truth(control_dir)
+    assert _classified_slow(w_control) == control_truth["kernel_kinds"]["slow"] == [dup]
     assert control_truth["control"] and control_truth["heads"]["slow"] == []
     assert across.revision(across.CONTROL, w_control) == f"{toy.VERSION}-control"
     # The same model but for where the slow heads look: only their keys differ.

@@ -60,11 +60,14 @@ def test_across_models_finds_the_planted_slow_heads_and_the_control_none(toy_cac
     toy_row, control = r.headline["models"]
     print(f"\ntoy {toy_row}\ncontrol {control}")
     assert [toy_row["name"], control["name"]] == ["toy", "toy-control"]
-    assert toy_row["slow_heads"] == truth["heads"]["slow"] and control["slow_heads"] == []
-    assert control["circuit_heads"] == COMMON["heads"]  # the heads parameter stands in
-    # what the control's "no" protects against: an unstable denominator and a poor circuit
-    assert control["denominator_cv"] > 3 * toy_row["denominator_cv"]
-    assert control["median_fvu"] > 3 * toy_row["median_fvu"] and control["median_r"] < toy_row["median_r"] - 0.03
+    # Kernel shape alone also takes the duplicate-token head; the stable-heads rule does not.
+    dup = truth["distractors"]["duplicate_token"]
+    assert toy_row["slow_heads"] == sorted([*truth["heads"]["slow"], dup]) and control["slow_heads"] == [dup]
+    assert toy_row["stable_heads"] == toy_row["circuit_heads"] == truth["heads"]["slow"] and toy_row["premise_holds"]
+    assert toy_row["duplicate_token_heads"] == [dup]
+    # The control's premise fails: no circuit, no neurons, rather than the heads parameter standing in.
+    assert control["stable_heads"] == control["circuit_heads"] == [] and not control["premise_holds"]
+    assert control["n_found"] == control["n_found_scaled"] == 0 and control["median_r"] is None
     gt = r.tables["toy_ground_truth"].frame.set_index(["model", "rule"])
     print(gt)
     # The toy's tops: planted context neurons above the designed gap, all others below it. The
@@ -73,9 +76,13 @@ def test_across_models_finds_the_planted_slow_heads_and_the_control_none(toy_cac
     scaled, fixed = (gt.loc[(toy_row["model"], rule)] for rule in ("model-scaled rule", "paper's fixed threshold"))
     assert scaled["precision"] == 1.0 and scaled["recall"] == 1.0 and scaled["n_found"] == len(truth["context_neurons"])
     assert fixed["precision"] == 1.0 and 0 < fixed["recall"] < 1
+    assert (gt.loc[control["model"], "n_found"] == 0).all() and (gt.loc[control["model"], "recall"] == 0).all()
     kinds = r.tables["kernels"].frame.groupby(["model", "head"])["kind"].first()
-    assert sorted(h for (m, h), k in kinds.items() if k == "slow" and m == toy_row["model"]) == truth["heads"]["slow"]
-    assert r.extra["control_notes"][0].endswith("none")
+    assert sorted(h for (m, h), k in kinds.items() if k == "slow" and m == toy_row["model"]) == truth["kernel_kinds"]["slow"]
+    heads = r.tables["heads"].frame.set_index(["model", "head"])
+    assert heads.loc[toy_row["model"]]["picked"].tolist() == [h in truth["heads"]["slow"] for h in range(12)]
+    assert not heads.loc[control["model"]]["picked"].any()
+    assert "premise fails" in r.extra["control_notes"][1]
 
 
 # ---------------------------------------------------------------- 07: head attribution
@@ -103,7 +110,8 @@ def test_head_attribution_names_the_planted_slow_heads(heads_toy, truth):
     assert min(r.headline["per_head_median_r"].values()) > 0.9
     heads = r.tables["head_by_neuron"].frame
     assert (heads.groupby("neuron")["weight_share"].sum() - 1).abs().max() < 1e-4
-    assert set(heads.loc[heads["kind"] == "slow", "head"]) == slow  # the kinds recovered from the kernels
+    # the kinds recovered from the kernels (the duplicate-token head's kernel is slow too)
+    assert set(heads.loc[heads["kind"] == "slow", "head"]) == set(truth["kernel_kinds"]["slow"])
     assert set(r.extra["ranking"].iloc[:len(slow)]["head"]) == slow  # zeroing a slow head hurts most
 
 

@@ -119,7 +119,7 @@ def test_head_classification_on_synthetic_kernels():
     rows = torch.stack([(-dist / 1.5).exp(), (-dist / 40).exp(), torch.ones(n + 1), (dist == n).double()])
     rows = rows / rows.sum(-1, keepdim=True)
     kinds = [c.kind for c in kernels.classify_heads(rows)]
-    assert kinds == ["local", "slow", "uniform", "slow"]  # a head parked on BOS is not local
+    assert kinds == ["local", "slow", "uniform", "first-token"]  # a head parked on BOS is a sink, not local
     assert 70 < kernels.classify_heads(rows)[1].effective_window < 90  # ~2 tau
 
 

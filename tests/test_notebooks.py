@@ -20,8 +20,9 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 CASES = {
     "positional_kernels": (
         "01_positional_kernels.ipynb", {"query_position": -1},
-        {"heads_slow", "heads_local", "heads_uniform", "circuit_heads_all_slow", "query_position"},
-        {"kernels", "head_classes"},
+        {"heads_slow", "heads_local", "heads_uniform", "heads_first_token", "circuit_heads_all_slow", "query_position",
+         "head_kinds", "duplicate_token_heads", "denominator_cv_by_head", "stable_heads"},
+        {"kernels", "head_classes", "stable_heads"},
     ),
     "tv_distance": (
         "02_tv_distance.ipynb", {"C_values": [2.0, 3.5, 5.0]},
@@ -98,8 +99,11 @@ def _check_kernels(h, f):
     sums = k.groupby("head")["weight"].sum()
     assert ((sums - 1).abs() < 1e-4).all()
     assert (k["distance"] == h["query_position"] - k["key_position"]).all()
-    kinds = set(h["heads_slow"]) | set(h["heads_local"]) | set(h["heads_uniform"])
+    kinds = set(h["heads_slow"]) | set(h["heads_local"]) | set(h["heads_uniform"]) | set(h["heads_first_token"])
     assert kinds == set(range(4)) and isinstance(h["circuit_heads_all_slow"], bool)
+    assert set(h["head_kinds"]) == set(h["denominator_cv_by_head"]) == {"0", "1", "2", "3"}
+    assert h["stable_heads"] == sorted(h["stable_heads"]) and set(h["stable_heads"]) <= set(h["heads_slow"])
+    assert f["stable_heads"]["picked"].tolist() == [i in h["stable_heads"] for i in range(4)]
 
 
 def _check_tv(h, f):

@@ -49,7 +49,8 @@ def test_loads_like_gpt2_small_layer0(w, truth):
     cos = (w.W_E[ordinary] / norms[:, None]) @ (w.W_pos / w.W_pos.norm(dim=-1, keepdim=True)).T
     assert 0.02 < cos.abs().mean() < 0.06 and cos.abs().max() < 0.25
     assert cos.abs().mean() == pytest.approx(truth["realism"]["mean_abs_cos_token_pos"], rel=1e-3)
-    assert truth["heads"] == {"slow": [0, 2, 6, 8, 9, 10], "local": [1, 3, 4, 5], "uniform": [7, 11]}
+    assert truth["heads"] == {"slow": [0, 2, 6, 8, 9, 10], "duplicate-token": [1], "local": [3, 4], "first-token": [5], "uniform": [7, 11]}
+    assert truth["kernel_kinds"] == {"slow": [0, 1, 2, 6, 8, 9, 10], "local": [3, 4], "first-token": [5], "uniform": [7, 11]}
 
 
 def test_transformer_lens_processing_leaves_the_construction_intact(w):
@@ -151,41 +152,3 @@ def test_model_toy_resolves_to_the_cached_build(toy_dir, monkeypatch):
     monkeypatch.setenv("CTXN_CACHE", str(toy_dir.parent))
     w = load_layer0("toy", device="cpu")
     assert w.d_vocab == len(toy.vocabulary().tokens) and w.token_id(" the") == toy.ground_truth(toy_dir)["the_token_id"]
-
-
-def test_ground_truth_is_found_from_the_model_folder_however_it_is_named(toy_dir, tmp_path, monkeypatch):
-    """A toy given by its path, or copied elsewhere, keeps its plant; a model without one has none."""
-    import shutil
-
-    from ctxneurons.toy import truth as plant
-
-    copy = tmp_path / "somewhere" / "my-toy"
-    shutil.copytree(toy_dir, copy)
-    expected = toy.ground_truth(toy_dir)
-    assert plant.of_model(str(copy)) == plant.of_model(copy) == plant.of_model(toy_dir) == expected
-    monkeypatch.setenv("CTXN_CACHE", str(toy_dir.parent))  # 'toy' resolves to the session's build
-    assert plant.of_model("toy") == expected
-    (copy / toy.GROUND_TRUTH_FILE).unlink()
-    assert plant.of_model(copy) is None and plant.of_model("gpt2") is None
-
-
-def test_scores_against_the_plant_count_what_a_wrong_answer_would_miss(truth):
-    from ctxneurons.toy import truth as plant
-
-    planted = plant.context_neurons(truth)
-    top = torch.zeros(3072)
-    top[planted[:10]] = 10.0  # ten planted found ...
-    top[truth["noise_neurons"][:5]] = 10.0  # ... and five noise neurons
-    scores = plant.discovery_scores(truth, top, torch.tensor([5.0, 20.0]))
-    assert scores["n_found"].tolist() == [15, 0]
-    assert scores["precision"][0] == pytest.approx(10 / 15) and np.isnan(scores["precision"][1])
-    assert scores["recall"].tolist() == pytest.approx([10 / len(planted), 0.0])
-    kinds = plant.head_kinds(truth)
-    assert [h for h, k in sorted(kinds.items()) if k == "slow"] == list(toy.SLOW_HEADS)
-    import pandas as pd
-
-    classes = pd.DataFrame({"head": [0, 1, 7], "kind": ["slow", "slow", "uniform"]})
-    assert plant.head_recovery(truth, classes)["recovered"].tolist() == [True, False, True]
-    topics = plant.neuron_topics(truth, single_topic=True)
-    contrast = [c["neuron"] for c in truth["context_neurons"] if c["against"] is not None]
-    assert len(contrast) == 3 and not set(contrast) & set(topics) and set(contrast) <= set(plant.neuron_topics(truth))

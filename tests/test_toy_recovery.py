@@ -62,7 +62,7 @@ def _threshold(truth) -> float:
 def test_head_classification_finds_the_planted_kinds(w, truth):
     classes = kernels.classify_heads(kernels.positional_kernel(w, w.token_id(" the"), 500))
     print("\n" + "\n".join(f"head {c.head}: {c.kind:8s} window {c.effective_window:6.1f}" for c in classes))
-    for kind, heads in truth["heads"].items():
+    for kind, heads in truth["kernel_kinds"].items():
         assert sorted(c.head for c in classes if c.kind == kind) == sorted(heads), kind
 
 

@@ -37,10 +37,33 @@ async function fetchOk(name) {
   return resp;
 }
 
-async function fetchF16(name) {
-  const view = new DataView(await (await fetchOk(name)).arrayBuffer());
+const DAMAGED = "this page's data is damaged (rebuild the book to export it again)";
+
+async function sha256Hex(buf) {
+  if (!globalThis.crypto || !crypto.subtle) return null; // not a secure context: sizes and values still checked
+  const d = new Uint8Array(await crypto.subtle.digest("SHA-256", buf));
+  return Array.from(d, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+// A data file, checked against the manifest (its size and SHA-256) and for values that are
+// not finite: a truncated or altered file is an error the status line shows, never numbers.
+async function fetchF16(m, name) {
+  const buf = await (await fetchOk(name)).arrayBuffer();
+  const want = m.bytes ? m.bytes[name] : undefined;
+  if (want !== undefined && buf.byteLength !== want) {
+    throw new Error(`${DAMAGED}: ${name} has ${buf.byteLength} bytes, the manifest says ${want}`);
+  }
+  const hash = m.sha256 ? m.sha256[name] : undefined;
+  if (hash !== undefined) {
+    const got = await sha256Hex(buf);
+    if (got !== null && got !== hash) throw new Error(`${DAMAGED}: ${name} fails its SHA-256 check`);
+  }
+  const view = new DataView(buf);
   const out = new Float32Array(view.byteLength / 2);
-  for (let i = 0; i < out.length; i++) out[i] = F16[view.getUint16(2 * i, true)];
+  for (let i = 0; i < out.length; i++) {
+    out[i] = F16[view.getUint16(2 * i, true)];
+    if (!Number.isFinite(out[i])) throw new Error(`${DAMAGED}: ${name} holds a value that is not a number`);
+  }
   return out;
 }
 
@@ -64,7 +87,7 @@ function cached(map, key, load) {
 async function neuronRecord(m, neuron) {
   const entry = m.neurons.find((e) => e.neuron === neuron);
   if (!entry) throw new Error(`neuron ${neuron} is not on this page; it offers ${m.neurons.map((e) => e.neuron).join(", ")}`);
-  const rec = await cached(neuronFiles, neuron, () => fetchF16(entry.file));
+  const rec = await cached(neuronFiles, neuron, () => fetchF16(m, entry.file));
   return { col: rec.subarray(0, m.vocab_size), offset: rec.subarray(m.vocab_size) };
 }
 
@@ -87,7 +110,7 @@ async function compute(neuron, text) {
   const nBlocks = Math.floor((L - 1) / m.kernel_block) + 1;
   const [rec, ...blockList] = await Promise.all([
     neuronRecord(m, neuron),
-    ...Array.from({ length: nBlocks }, (_, b) => cached(kernelBlocks, b, () => fetchF16(m.kernel_files[b]))),
+    ...Array.from({ length: nBlocks }, (_, b) => cached(kernelBlocks, b, () => fetchF16(m, m.kernel_files[b]))),
   ]);
   const blocks = new Map(blockList.map((blk, b) => [b, blk]));
   const per = seq.map((t) => rec.col[t]);

@@ -47,7 +47,9 @@ def compute(run) -> Result:
     at_mid = denominators.at_position_frame(dens.at_position, dens.log_c[:, mid], shown, kind, heads, run.texts.doc_ids)
     p_token = denominators.token_distribution(run.texts.tokens[:, 1:], run.w.d_vocab)  # BOS excluded
     with torch.inference_mode():
-        conc = denominators.concentration(run.w, dens.at_position, kernel_mid, run.the, mid, p_token)
+        # Every text starts with BOS: that key is the same in all of them, not an i.i.d. draw.
+        conc = denominators.concentration(run.w, dens.at_position, kernel_mid, run.the, mid, p_token,
+                                          first_token=denominators.fixed_first_token(run.texts.tokens))
     return Result(
         tables={
             "denominators_examples": Table(examples, denominators.EXAMPLES_COLUMNS),

@@ -10,12 +10,13 @@ import torch
 
 from ctxneurons.chapters import Result, Table
 from ctxneurons import toy
+from ctxneurons.method import stable_heads
 from ctxneurons.studies import across
 from ctxneurons.toy import truth as planted_truth
 
 # The models table's columns the page shows (the CSV has every one of across.COLUMNS).
-SHOWN = ["name", "revision", "n_heads", "n_ctx", "score_scale", "slow_heads", "circuit_heads", "median_tv", "denominator_cv",
-         "n_found", "scaled_threshold", "n_found_scaled", "median_r", "median_fvu"]
+SHOWN = ["name", "revision", "n_heads", "n_ctx", "score_scale", "slow_heads", "duplicate_token_heads", "stable_heads",
+         "premise_holds", "median_tv", "denominator_cv", "n_found", "scaled_threshold", "n_found_scaled", "median_r", "median_fvu"]
 
 TOY_COLUMNS = {
     "model": "the toy or its control",
@@ -25,8 +26,9 @@ TOY_COLUMNS = {
     "precision": "share of found neurons that are planted context neurons",
     "recall": "share of planted context neurons found",
     "planted_slow_heads": "the slowly decaying heads the model was built with",
-    "classified_slow_heads": "the heads the method classified slowly decaying",
+    "stable_heads": "the heads the stable-heads rule picked (slow kernel, stable denominator): the circuit's",
 }
+HEAD_COLUMNS = {"model": "the model's label", **stable_heads.TABLE_COLUMNS}
 
 
 def _against_plant(studies: dict[str, across.Study]) -> tuple[pd.DataFrame, list[str]]:
@@ -40,20 +42,20 @@ def _against_plant(studies: dict[str, across.Study]) -> tuple[pd.DataFrame, list
         if truth is None:
             continue
         row, planted_slow = study.row, truth["heads"]["slow"]
-        notes.append(f"{row['model']}: planted slow heads {planted_slow}, classified slow {row['slow_heads']}: "
-                     + ("recovered" if sorted(planted_slow) == row["slow_heads"] else "NOT recovered"))
+        notes.append(f"{row['model']}: planted slow heads {planted_slow}, picked by the stable-heads rule {row['stable_heads']}: "
+                     + ("recovered" if sorted(planted_slow) == row["stable_heads"] else "NOT recovered"))
         for rule, thr in (("paper's fixed threshold", row["threshold"]), ("model-scaled rule", row["scaled_threshold"])):
             pr = planted_truth.discovery_scores(truth, study.top, torch.tensor([thr])).iloc[0]
             rows.append({"model": row["model"], "rule": rule, "threshold": thr, "n_found": int(pr["n_found"]),
                          "precision": pr["precision"], "recall": pr["recall"],
                          "planted_slow_heads": " ".join(map(str, planted_slow)),
-                         "classified_slow_heads": " ".join(map(str, row["slow_heads"]))})
+                         "stable_heads": " ".join(map(str, row["stable_heads"]))})
     return pd.DataFrame(rows), notes
 
 
 def _control_notes(models_df: pd.DataFrame) -> list[str]:
-    """Each control's row against the first other model's: its slow heads, r, FVU and
-    denominator spread side by side."""
+    """Each control's row: the stable-heads rule's pick, and either the premise failing (no
+    circuit, no neurons) or its r, FVU and denominator spread beside the first other model's."""
     control_rows = models_df[models_df["model"].str.contains("control")]
     reference = models_df[~models_df["model"].str.contains("control")]
     if control_rows.empty:
@@ -61,7 +63,13 @@ def _control_notes(models_df: pd.DataFrame) -> list[str]:
     notes = []
     for _, c in control_rows.iterrows():
         ref = reference.iloc[0]
-        notes += [f"{c['model']}: slow heads classified: {c['slow_heads'] or 'none'}",
+        if not c["premise_holds"]:
+            notes += [f"{c['model']}: stable heads picked: none",
+                      f"  no head has a slowly decaying kernel and a stable denominator (kernel-slow heads: {c['slow_heads'] or 'none'}, "
+                      f"duplicate-token heads: {c['duplicate_token_heads'] or 'none'}): the circuit's premise fails, "
+                      "so no circuit is built and no neurons are reported"]
+            continue
+        notes += [f"{c['model']}: stable heads picked: {c['stable_heads']}",
                   f"  against {ref['model']}: median r {c['median_r']:.3f} vs {ref['median_r']:.3f}, "
                   f"median FVU {c['median_fvu']:.3f} vs {ref['median_fvu']:.3f}, "
                   f"denominator spread {c['denominator_cv']:.3f} vs {ref['denominator_cv']:.3f}"]
@@ -70,7 +78,8 @@ def _control_notes(models_df: pd.DataFrame) -> list[str]:
 
 def compute(run) -> Result:
     """Chapter 06 on ``run`` (an :class:`~ctxneurons.book.experiment.Run` with the
-    chapter's parameters): tables models, kernels and, where the toy or its control is
+    chapter's parameters): tables models, kernels, heads (each head's kind, content
+    dependence, denominator stability and the stable-heads rule's verdict) and, where the toy or its control is
     among the models (by name or folder), toy_ground_truth; extra holds ``notes``, ``toy_notes`` and
     ``control_notes`` for the narration. Models are loaded (layer 0 only) and released one
     at a time."""
@@ -83,11 +92,14 @@ def compute(run) -> Result:
         other = run.for_model(name, w, across.label(name))
         studies[name] = across.study(other, list(p["heads"]), threshold=p["threshold"], max_neurons=p["max_neurons"])
         row = studies[name].row
-        notes.append(f"{row['model']}: slow heads {row['slow_heads']}, median r {row['median_r']:.3f}, median FVU {row['median_fvu']:.3f}")
+        notes.append(f"{row['model']}: stable heads {row['stable_heads']}, median r {row['median_r']:.3f}, median FVU {row['median_fvu']:.3f}"
+                     if row["premise_holds"] else f"{row['model']}: no stable head: the circuit's premise fails, no neurons reported")
         del w, other
     models_df = across.table([s.row for s in studies.values()])
     kernels_df = pd.concat([s.kernels for s in studies.values()], ignore_index=True)
-    tables = {"models": Table(models_df, across.COLUMNS), "kernels": Table(kernels_df, across.KERNEL_COLUMNS)}
+    heads_df = pd.concat([s.heads for s in studies.values()], ignore_index=True)
+    tables = {"models": Table(models_df, across.COLUMNS), "kernels": Table(kernels_df, across.KERNEL_COLUMNS),
+              "heads": Table(heads_df, HEAD_COLUMNS)}
     truth_df, toy_notes = _against_plant(studies)
     if len(truth_df):
         tables["toy_ground_truth"] = Table(truth_df, TOY_COLUMNS)

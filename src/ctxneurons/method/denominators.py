@@ -20,10 +20,12 @@ import pandas as pd
 import torch
 
 from ctxneurons.method import decomposition, forward, kernels
+from ctxneurons.method.forward import full_precision
 from ctxneurons.method.weights import Layer0
 from ctxneurons.method.stats import histogram
 
 
+@full_precision
 def log_denominators(w: Layer0, tokens: torch.Tensor, query_token: int) -> torch.Tensor:
     """log denom_{h,i,query}(text) for every head and position: tokens [B, n] -> [B, H, n]."""
     x_hat, _ = forward.layer_norm(forward.residual(w, tokens), w.eps)
@@ -32,6 +34,7 @@ def log_denominators(w: Layer0, tokens: torch.Tensor, query_token: int) -> torch
     return forward.causal_logsumexp(q[None], k.contiguous())
 
 
+@full_precision
 def log_factorised_denominators(w: Layer0, tokens: torch.Tensor, query_token: int, kernel: torch.Tensor) -> torch.Tensor:
     """log D_{h,n} = log sum_{i<=n} pos_h[n, i] exp(s_n(t_i)): tokens [B, n], kernel [H, >=n, >=n] -> [B, H, n].
 
@@ -73,9 +76,10 @@ class Concentration:
     """For one head at one position: the spread of D/E[D] across texts, measured and bounded.
 
     cv_empirical: std/mean of the denominators across texts.
-    cv_iid: sqrt(Var(Y) sum_j pos_j^2) / E[Y] for i.i.d. key tokens, Y = exp(s_n(t)).
+    cv_iid: sqrt(Var(Y) sum_j pos_j^2) / E[D] for i.i.d. key tokens, Y = exp(s_n(t)), the
+    sum over the random keys (see :func:`iid_moments`: a fixed first token is not one).
     For each deviation eps: the fraction of texts with |D/mean - 1| >= eps, Chebyshev's
-    bound cv_iid^2/eps^2, and Hoeffding's 2 exp(-2 eps^2 E[Y]^2 / ((b-a)^2 sum_j pos_j^2))
+    bound cv_iid^2/eps^2, and Hoeffding's 2 exp(-2 eps^2 E[D]^2 / ((b-a)^2 sum_j pos_j^2))
     with Y in [a, b] over the tokens that occur.
     """
 
@@ -95,6 +99,34 @@ def token_distribution(tokens: torch.Tensor, d_vocab: int, exclude: tuple[int, .
     return counts / counts.sum()
 
 
+def fixed_first_token(tokens: torch.Tensor) -> int | None:
+    """The token every text of tokens [N, m] holds at position 0 (BOS), or None when they
+    differ: the ``first_token`` of :func:`iid_moments` and :func:`concentration`."""
+    first = tokens[:, 0]
+    return int(first[0]) if bool((first == first[0]).all()) else None
+
+
+def iid_moments(y: torch.Tensor, p: torch.Tensor, kernel_row: torch.Tensor, first_token: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """E[D], Var[D] and sum_j pos_j^2 over the random keys, for D = sum_j pos_j Y_j with
+    i.i.d. key tokens: y [H, V] = exp(s_n(t)), p [V] the token distribution, kernel_row
+    [H, n+1] -> three [H].
+
+    ``first_token``: the token every text holds at position 0 (BOS). That key is then the
+    same in every text: it adds pos_0 exp(s_n(BOS)) to E[D] and nothing to Var[D]. Drawn
+    like the others instead, a head that parks its weight on BOS would be predicted a
+    wildly varying denominator that is in fact constant.
+    """
+    y, p, pos = y.double(), p.to(y.device, torch.float64), kernel_row.to(y.device).double()
+    mean_y = y @ p
+    var_y = (y.pow(2) @ p) - mean_y.pow(2)
+    random = pos if first_token is None else pos[:, 1:]
+    mean_d = random.sum(-1) * mean_y + (0 if first_token is None else pos[:, 0] * y[:, first_token])
+    sum_sq = random.pow(2).sum(-1)
+    return mean_d, var_y * sum_sq, sum_sq
+
+
+@full_precision
 def concentration(
     w: Layer0,
     log_denoms_at_n: torch.Tensor,
@@ -103,25 +135,27 @@ def concentration(
     n: int,
     p_token: torch.Tensor,
     eps: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5),
+    first_token: int | None = None,
 ) -> list[Concentration]:
     """Empirical spread of denominators at position n next to the i.i.d. bounds.
 
     log_denoms_at_n [N, H]: one denominator per text and head (raw or factorised; only
     ratios to the mean are used). kernel_row [H, n+1]: pos_h[n, :]. p_token [V]: the key
-    token distribution, e.g. :func:`token_distribution` of the corpus.
+    token distribution, e.g. :func:`token_distribution` of the corpus. ``first_token``: the
+    token every text starts with (BOS), held fixed in the prediction (:func:`iid_moments`).
     """
     q_n = decomposition.query(w, query_token, torch.tensor([n], device=w.device))[:, 0]
-    y = decomposition.content_scores_all_tokens(w, q_n, n).double().exp()  # [H, V]
-    p = p_token.to(y.device, torch.float64)
-    mean_y = y @ p
-    var_y = (y.pow(2) @ p) - mean_y.pow(2)
-    occurring = p > 0
+    s = decomposition.content_scores_all_tokens(w, q_n, n).double()  # [H, V]
+    # Each head's exp(s) is taken relative to its largest: the CV and both bounds are ratios,
+    # and a head whose scores at n sit hundreds of logits down (a sink, seen from far) must not underflow.
+    y = (s - s.amax(-1, keepdim=True)).exp()
+    mean_d, var_d, sum_sq = iid_moments(y, p_token, kernel_row, first_token)
+    occurring = p_token.to(y.device) > 0
     range_y = y[:, occurring].amax(-1) - y[:, occurring].amin(-1)
-    sum_sq = kernel_row.double().pow(2).sum(-1)
     ratio = (log_denoms_at_n.double() - log_normalising_constants(log_denoms_at_n.double()[:, :, None])[:, 0]).exp()
     out = []
     for h in range(ratio.shape[1]):
-        cv_iid = float((var_y[h] * sum_sq[h]).sqrt() / mean_y[h])
+        cv_iid = float(var_d[h].sqrt() / mean_d[h])
         dev = (ratio[:, h] - 1).abs()
         out.append(
             Concentration(
@@ -132,7 +166,7 @@ def concentration(
                 frac_empirical=tuple(float((dev >= e).double().mean()) for e in eps),
                 chebyshev=tuple(min(1.0, cv_iid**2 / e**2) for e in eps),
                 hoeffding=tuple(
-                    min(1.0, 2 * math.exp(-2 * e**2 * float(mean_y[h]) ** 2 / (float(range_y[h]) ** 2 * float(sum_sq[h]))))
+                    min(1.0, 2 * math.exp(-2 * e**2 * float(mean_d[h]) ** 2 / max(float(range_y[h]) ** 2 * float(sum_sq[h]), 1e-300)))
                     for e in eps
                 ),
             )
@@ -185,6 +219,7 @@ def _computed(w: Layer0, batches: Iterable[torch.Tensor], query_token: int) -> I
         yield log_d
 
 
+@full_precision
 def stream_denominators(
     w: Layer0, batches: Iterable[torch.Tensor], query_token: int, position: int, n_examples: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -207,6 +242,7 @@ class DenominatorStatistics:
     deviation_counts: torch.Tensor
 
 
+@full_precision
 def denominator_statistics(
     w: Layer0, batches: Iterable[torch.Tensor], query_token: int, position: int, edges: torch.Tensor,
     n_examples: int = 0, first_position: int = 1,
@@ -294,7 +330,7 @@ CONCENTRATION_COLUMNS = {
     "kind": "the head's kind from its kernel at n_tokens // 2",
     "in_circuit": "whether the head is a circuit head",
     "cv_empirical": "std / mean of the denominators at n_tokens // 2 across test texts",
-    "cv_iid": "the same predicted for i.i.d. key tokens from the test texts' unigram distribution",
+    "cv_iid": "the same predicted for i.i.d. key tokens from the test texts' unigram distribution, the BOS key held fixed",
     "eps": "a relative deviation epsilon",
     "frac_empirical": "fraction of texts with |D / mean - 1| >= eps",
     "chebyshev": "Chebyshev bound on that fraction, min(1, cv_iid^2 / eps^2)",

@@ -1,5 +1,7 @@
 """Positional kernels: the pattern a head would have if every key had the same content
-(METHOD.md §2), their spread, and the three kinds of head.
+(METHOD.md §2), their spread, and the kinds of head: the paper's three (local, slowly
+decaying, uniform) and a fourth, first-token (an attention sink), which piles its weight on
+position 0 (BOS) instead of decaying from the query.
 
     pos_h[n, i] = softmax_{i <= n}( q_n . P[n, i] / sqrt(d_head) )
 
@@ -16,11 +18,19 @@ import torch
 
 from ctxneurons.method import decomposition
 from ctxneurons.method.decomposition import DEFAULT_C
+from ctxneurons.method.forward import full_precision
 from ctxneurons.method.weights import Layer0
 
-HEAD_KINDS = ("local", "slow", "uniform")
+HEAD_KINDS = ("local", "slow", "uniform", "first-token")
+# A kernel is first-token when position 0 holds more weight than any other key and at least
+# this many times a uniform kernel's share 1/(n+1). A slowly decaying kernel gives position 0
+# next to nothing (exp(-10)/50 at n = 500 for tau = 50) and a uniform one about its share,
+# while GPT-2 Small's sink-like head 5 puts ~11% there at n = 500, ~55 shares. A local head
+# that leaks a few percent to BOS is no sink: its largest weight is near the query.
+FIRST_TOKEN_MIN_RATIO = 10.0
 
 
+@full_precision
 def kernel_matrix(w: Layer0, query_token: int, n_positions: int | None = None, C: float = DEFAULT_C) -> torch.Tensor:
     """pos_h[n, i] for every query position n < n_positions: -> [H, n_positions, n_positions].
 
@@ -35,6 +45,7 @@ def kernel_matrix(w: Layer0, query_token: int, n_positions: int | None = None, C
 KERNEL_ROWS = 128  # rows of a causal kernel applied at once (see apply_kernel)
 
 
+@full_precision
 def apply_kernel(kernel: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """sum_{i<=n} kernel[n, i] x[..., i, :] for a causal kernel [n, n] (zeros above the
     diagonal) and x [..., n, J]: -> [..., n, J].
@@ -50,6 +61,7 @@ def apply_kernel(kernel: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return out.view(x.shape)
 
 
+@full_precision
 def positional_kernel(w: Layer0, query_token: int, n: int, C: float = DEFAULT_C) -> torch.Tensor:
     """pos_h[n, i] for i = 0..n at one query position n: -> [H, n+1]."""
     if not 0 <= n < w.n_ctx:
@@ -80,22 +92,46 @@ class HeadClass:
     weight_on_first: float
 
 
-def classify_heads(kernel: torch.Tensor, local_max_window: float = 10.0, uniform_min_fraction: float = 0.5) -> list[HeadClass]:
-    """Sort heads into local / slow / uniform from their kernels at one position n.
+def without_first(kernel: torch.Tensor) -> torch.Tensor:
+    """A kernel row over positions 1..n, renormalised: [..., n+1] -> [..., n]; the row
+    itself when it has position 0 only. Position 0 (BOS) is where attention sinks park
+    their weight, so a kernel's shape is read from the other keys."""
+    if kernel.shape[-1] == 1:
+        return kernel
+    rest = kernel[..., 1:]
+    return rest / rest.sum(-1, keepdim=True).clamp_min(torch.finfo(rest.dtype).tiny)
 
-    kernel [H, n+1]. The effective window 1/sum_i pos^2 is ~2 tau for a kernel decaying
-    as exp(-(n-i)/tau) and n+1 for a uniform one. A head is *local* when its window is
-    under ``local_max_window`` tokens and its mass sits near n (a head that piles its
-    weight on position 0 also has a small window, so the mean distance must be small too);
-    *uniform* when the window covers at least ``uniform_min_fraction`` of the n+1 positions;
-    *slow* otherwise. Both thresholds are choices; the book reports them.
-    """
+
+def is_first_token(kernel: torch.Tensor, min_ratio: float = FIRST_TOKEN_MIN_RATIO) -> torch.Tensor:
+    """Whether each kernel row [..., n+1] is an attention sink: its largest weight on
+    position 0 and at least ``min_ratio`` times a uniform kernel's share there -> [...] bool."""
     n_plus_1 = kernel.shape[-1]
-    windows, dists = 1.0 / spread(kernel), mean_distance(kernel)
+    return (kernel.argmax(-1) == 0) & (kernel[..., 0] * n_plus_1 >= min_ratio)
+
+
+def classify_heads(kernel: torch.Tensor, local_max_window: float = 10.0, uniform_min_fraction: float = 0.5,
+                   first_token_min_ratio: float = FIRST_TOKEN_MIN_RATIO) -> list[HeadClass]:
+    """Sort heads into local / slow / uniform / first-token from their kernels at one position n.
+
+    kernel [H, n+1]. A head is *first-token* (a sink) by :func:`is_first_token`. The other
+    kinds are read off the kernel over positions 1..n (:func:`without_first`), so that a
+    local head leaking a few percent to BOS stays local. The effective window 1/sum_i pos^2
+    is ~2 tau for a kernel decaying as exp(-(n-i)/tau) and n for a uniform one. A head is
+    *local* when its window is under ``local_max_window`` tokens and its mass sits near n
+    (mean distance under the same); *uniform* when the window covers at least
+    ``uniform_min_fraction`` of the n positions; *slow* otherwise. The thresholds are
+    choices; the book reports them. effective_window and mean_distance are those of the
+    kernel over positions 1..n; weight_on_first is pos[n, 0] of the whole kernel.
+    """
+    rest = without_first(kernel)
+    windows, dists = 1.0 / spread(rest), mean_distance(rest)
+    sink = is_first_token(kernel, first_token_min_ratio)
     out = []
     for h in range(kernel.shape[0]):
         window, dist = float(windows[h]), float(dists[h])
-        if window >= uniform_min_fraction * n_plus_1:
+        if bool(sink[h]):
+            kind = "first-token"
+        elif window >= uniform_min_fraction * rest.shape[-1]:
             kind = "uniform"
         elif window < local_max_window and dist < local_max_window:
             kind = "local"
@@ -131,14 +167,16 @@ def resolve_query_position(query_position: int, n_ctx: int, n_tokens: int) -> in
 
 def most_local_head(classes: list[HeadClass]) -> int:
     """The head whose kernel sits closest to the query (smallest mean distance): a contrast
-    to the circuit's slow heads."""
-    return min(classes, key=lambda c: c.mean_distance).head
+    to the circuit's slow heads. A first-token head is one only when every head is one: its
+    mean distance describes the little weight it leaves off BOS."""
+    candidates = [c for c in classes if c.kind != "first-token"] or classes
+    return min(candidates, key=lambda c: c.mean_distance).head
 
 
 #: The columns of :func:`kernel_frame` (chapter 01's kernels.csv).
 KERNEL_COLUMNS = {
     "head": "layer-0 attention head",
-    "kind": "the head's kind from its kernel (local / slow / uniform)",
+    "kind": "the head's kind from its kernel (local / slow / uniform / first-token)",
     "in_circuit": "whether the head is one of this run's circuit heads",
     "key_position": "key position i",
     "distance": "n - i, tokens back from the query position n",
@@ -160,17 +198,17 @@ def kernel_frame(kernel: torch.Tensor, classes: list[HeadClass], circuit_heads: 
 #: The columns of :func:`classes_frame` (chapter 01's head_classes.csv).
 CLASSES_COLUMNS = {
     "head": "layer-0 attention head",
-    "kind": "local / slow / uniform, from the kernel at position n",
+    "kind": f"local / slow / uniform, from the kernel at position n over keys 1..n; first-token (a sink) when position 0 holds its largest weight and at least {FIRST_TOKEN_MIN_RATIO:g} times a uniform kernel's share",
     "in_circuit": "whether the head is one of this run's circuit heads",
-    "effective_window": "1 / sum_i pos[n, i]^2, in tokens",
-    "mean_distance": "sum_i pos[n, i] (n - i), in tokens",
+    "effective_window": "1 / sum_i pos[n, i]^2 over keys 1..n (renormalised), in tokens",
+    "mean_distance": "sum_i pos[n, i] (n - i) over keys 1..n (renormalised), in tokens",
     "weight_on_first": "pos[n, 0], the weight on the BOS position",
 }
 
 
 def classes_frame(classes: list[HeadClass], circuit_heads: list[int]) -> pd.DataFrame:
     """:func:`classify_heads` as a tidy table: head, kind, in_circuit, effective_window,
-    mean_distance, weight_on_first."""
+    mean_distance (both over positions 1..n), weight_on_first."""
     df = pd.DataFrame([asdict(c) for c in classes])
     df.insert(2, "in_circuit", df["head"].isin(circuit_heads))
     return df

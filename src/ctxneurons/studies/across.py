@@ -2,11 +2,12 @@
 unchanged on each model, with nothing taken from GPT-2 Small.
 
 For each model: its heads' positional kernels at n_ctx/2 - 12 with the query ' the', their
-classification, the TV distance and denominator spread of the heads classified slowly
-decaying, the circuit built on those heads (the paper's head list is GPT-2 Small's only),
-discovery and the circuit's r and FVU on the found neurons. A model with no slowly decaying
-head gets the circuit on the ``heads`` parameter instead, flagged in its row, so that its
-scores show what the classification's "no" protects against.
+kinds, and the stable-heads rule's pick (:mod:`ctxneurons.method.stable_heads`: a slowly
+decaying kernel and a denominator that is stable across the texts); the TV distance and
+denominator spread of the picked heads, the circuit built on them (the paper's head list is
+GPT-2 Small's only, and is only compared with the pick), discovery and the circuit's r and
+FVU on the found neurons. A model where the rule picks no head has no circuit: its row says
+the premise fails and reports no neurons, rather than borrowing another model's heads.
 
 Discovery's threshold is a raw number in pre-activation units, which change with the
 model's size. Two rules are reported: the paper's fixed threshold (5.0) and a rule that
@@ -28,10 +29,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ctxneurons.method import decomposition, denominators, kernels, neurons
+from ctxneurons.method import decomposition, kernels, neurons, stable_heads
 
 from ctxneurons import toy
-from ctxneurons.io.corpus import iter_batches
 from ctxneurons.method.weights import Layer0
 from ctxneurons.io.model import load_layer0
 from ctxneurons.method.neurons import PAPER_THRESHOLD
@@ -104,40 +104,39 @@ def denominator_cv(log_at: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Study:
-    """One model's row (see :func:`study`), its kernels as a tidy table and top[j] [M]."""
+    """One model's row (see :func:`study`), its kernels as a tidy table, top[j] [M] (-inf
+    for every neuron when the model has no circuit) and its heads as the rule sees them
+    (:data:`stable_heads.TABLE_COLUMNS`, with the model's label first)."""
 
     row: dict
     kernels: pd.DataFrame
     top: torch.Tensor
+    heads: pd.DataFrame | None = None
 
 
-def study(run, fallback_heads: list[int], threshold: float = PAPER_THRESHOLD, n_mads: float = SCALED_N_MADS,
+def study(run, reference_heads: list[int], threshold: float = PAPER_THRESHOLD, n_mads: float = SCALED_N_MADS,
           max_neurons: int = 100, batch_size: int = 8, first_position: int = 1) -> Study:
     """Run the method on ``run``'s model (an :class:`experiment.Run`; its ``heads``
-    parameter is set to the circuit's heads here) and summarise it in one row."""
+    parameter is set to the circuit's heads here) and summarise it in one row.
+
+    The circuit's heads are the stable-heads rule's pick (:func:`stable_heads.pick_heads`:
+    a slowly decaying kernel and a stable denominator), found from the model's weights and
+    the run's texts; ``reference_heads`` (the heads parameter, the paper's six by default)
+    is only compared with it. A model where the rule finds no head has no circuit: its
+    premise fails, and the row says so instead of reporting neurons (NaN for every number
+    that needs a circuit, nothing found)."""
     w = run.w
-    n = kernels.resolve_query_position(-1, w.n_ctx, run.n_tokens)
+    tokens = run.texts.tokens
+    pick = stable_heads.pick_heads(w, tokens, run.the, run.C, batch_size=batch_size)
+    n = pick.position
     with torch.inference_mode():
         K = kernels.positional_kernel(w, run.the, n, run.C).cpu()
     classes = kernels.classify_heads(K)
     slow = [c.head for c in classes if c.kind == "slow"]
-    heads = slow or [h for h in fallback_heads if h < w.n_heads]
+    heads = list(pick.heads)
     run.params["heads"] = heads
-    tokens = run.texts.tokens
-
-    _, _, counts = run.tv_statistics(heads, TV_EDGES, first_position, batch_size)
-    _, median_tv = histogram_medians(counts, TV_EDGES)
-    position = min(w.n_ctx // 2, run.n_tokens - 1)
-    _, log_at, _ = denominators.stream_denominators(w.select_heads(heads), iter_batches(tokens, batch_size), run.the, position)
-    cv = denominator_cv(log_at)
-
-    with torch.inference_mode():
-        c = run.circuit()
-        top = neurons.top_statistic(c.contribution, neurons.glitch_mask(w)).cpu()
-    scaled = scaled_threshold(top, n_mads)
-    found, n_scaled = neurons.select_capped(top, scaled, max_neurons)
-    ev = run.evaluate(c, found, first_position, batch_size)
-    med = top.median()
+    t = pick.table
+    kinds = dict(zip(t["head"], t["kind"]))
     row = {
         "model": run.model_label,
         "name": run.params["model"],
@@ -150,31 +149,56 @@ def study(run, fallback_heads: list[int], threshold: float = PAPER_THRESHOLD, n_
         "score_scale": w.score_scale,
         "query_position": n,
         "slow_heads": slow,
+        "first_token_heads": [h for h, k in kinds.items() if k == "first-token"],
+        "duplicate_token_heads": [int(h) for h in t.loc[t["duplicate_token"], "head"]],
+        "stable_heads": heads,
         "circuit_heads": heads,
-        "circuit_heads_source": "classified slow" if slow else "no slow head: the heads parameter",
-        "median_tv": median_tv,
-        "denominator_cv": float(cv.median()),
-        "denominator_position": position,
+        "premise_holds": pick.premise_holds,
+        "agrees_with_reference": sorted(heads) == sorted(h for h in reference_heads if h < w.n_heads),
+        "reference_heads": [h for h in reference_heads if h < w.n_heads],
+        "denominator_cv": float(t.loc[heads, "cv_measured"].median()) if heads else math.nan,
+        "denominator_position": n,
         "threshold": threshold,
-        "n_found": int((top >= threshold).sum()),
-        "scaled_threshold": scaled,
-        "n_found_scaled": n_scaled,
-        "paper_threshold_in_mads": float((threshold - med) / (1.4826 * (top - med).abs().median())),
-        "n_evaluated": len(found),
-        "median_r": ev.median_r,
-        "median_fvu": ev.median_fvu,
-        "n_texts": int(tokens.shape[0]),
-        "n_tokens": int(tokens.shape[1]),
     }
+    if heads:
+        _, _, counts = run.tv_statistics(heads, TV_EDGES, first_position, batch_size)
+        _, median_tv = histogram_medians(counts, TV_EDGES)
+        with torch.inference_mode():
+            c = run.circuit()
+            top = neurons.top_statistic(c.contribution, neurons.glitch_mask(w)).cpu()
+        scaled = scaled_threshold(top, n_mads)
+        found, n_scaled = neurons.select_capped(top, scaled, max_neurons)
+        ev = run.evaluate(c, found, first_position, batch_size)
+        med = top.median()
+        row.update({
+            "median_tv": median_tv,
+            "n_found": int((top >= threshold).sum()),
+            "scaled_threshold": scaled,
+            "n_found_scaled": n_scaled,
+            "paper_threshold_in_mads": float((threshold - med) / (1.4826 * (top - med).abs().median())),
+            "n_evaluated": len(found),
+            "median_r": ev.median_r,
+            "median_fvu": ev.median_fvu,
+        })
+    else:  # the premise fails: no circuit, so no neuron is found through it
+        top = torch.full((w.d_mlp,), -math.inf)
+        row.update({"median_tv": math.nan, "n_found": 0, "scaled_threshold": math.nan, "n_found_scaled": 0,
+                    "paper_threshold_in_mads": math.nan, "n_evaluated": 0, "median_r": math.nan, "median_fvu": math.nan})
+    row.update({"n_texts": int(tokens.shape[0]), "n_tokens": int(tokens.shape[1])})
     frame = kernels.kernel_frame(K, classes, heads)
     frame.insert(0, "model", run.model_label)
-    return Study(row=row, kernels=frame, top=top)
+    head_table = t.copy()
+    head_table.insert(0, "model", run.model_label)
+    return Study(row=row, kernels=frame, top=top, heads=head_table)
+
+
+HEAD_LISTS = ("slow_heads", "first_token_heads", "duplicate_token_heads", "stable_heads", "circuit_heads", "reference_heads")
 
 
 def table(rows: list[dict]) -> pd.DataFrame:
     """The rows of :func:`study` as one tidy table; head lists become space-separated text."""
     df = pd.DataFrame(rows)
-    for col in ("slow_heads", "circuit_heads"):
+    for col in HEAD_LISTS:
         df[col] = df[col].map(lambda hs: " ".join(map(str, hs)))
     return df
 
@@ -190,12 +214,17 @@ COLUMNS = {
     "d_mlp": "layer-0 MLP neurons",
     "score_scale": "what the model divides q.k by (sqrt(d_head) for GPT-2, 1 for GPT-Neo)",
     "query_position": "n of the kernels: n_ctx/2 - 12, clipped to the texts",
-    "slow_heads": "heads classified slowly decaying from their kernels (space-separated)",
-    "circuit_heads": "heads the circuit uses: the slow heads, or the heads parameter when there are none",
-    "circuit_heads_source": "where circuit_heads came from",
+    "slow_heads": "heads whose kernel is slowly decaying (space-separated)",
+    "first_token_heads": "heads whose kernel piles its weight on BOS (attention sinks)",
+    "duplicate_token_heads": f"heads whose duplicate-token score is at least {stable_heads.DUPLICATE_TOKEN_MIN}",
+    "stable_heads": f"the rule's pick: a slow kernel and a denominator CV at most {stable_heads.CV_STABLE_MAX}",
+    "circuit_heads": "heads the circuit uses: the rule's pick (none: the model has no circuit)",
+    "premise_holds": "whether any head qualifies; when none does, the circuit's premise fails and no neurons are reported",
+    "agrees_with_reference": "whether the rule's pick equals reference_heads",
+    "reference_heads": "the heads parameter (the paper's six by default), only compared with the pick",
     "median_tv": "median TV distance between true and decomposed patterns over circuit heads, texts and positions >= 1",
     "denominator_cv": "median over circuit heads of std/mean across texts of the denominator at denominator_position (query ' the')",
-    "denominator_position": "the position of denominator_cv: n_ctx/2, clipped to the texts",
+    "denominator_position": "the position of denominator_cv: the kernels' query position",
     "threshold": "the paper's fixed discovery threshold on top[j]",
     "n_found": "neurons with top[j] >= threshold (the paper's fixed rule)",
     "scaled_threshold": "the model-scaled threshold median(top) + n_mads x 1.4826 MAD(top)",
@@ -212,8 +241,8 @@ COLUMNS = {
 KERNEL_COLUMNS = {
     "model": "the model's label",
     "head": "layer-0 attention head",
-    "kind": "local / slow / uniform, from its kernel",
-    "in_circuit": "whether the head is in that model's circuit",
+    "kind": "local / slow / uniform / first-token, from its kernel",
+    "in_circuit": "whether the head is in that model's circuit (the stable-heads rule's pick)",
     "key_position": "key position i",
     "distance": "n - i, tokens back from the query position n = n_ctx/2 - 12",
     "weight": "pos_h[n, i], the kernel weight",
@@ -222,11 +251,16 @@ KERNEL_COLUMNS = {
 
 def summary_rows(df: pd.DataFrame) -> list[dict]:
     """The headline's ``models`` list: one dict per model, head lists as lists of ints."""
-    keep = ["model", "name", "revision", "slow_heads", "circuit_heads", "median_tv", "denominator_cv", "n_found",
+    keep = ["model", "name", "revision", "slow_heads", "first_token_heads", "duplicate_token_heads", "stable_heads",
+            "circuit_heads", "premise_holds", "agrees_with_reference", "median_tv", "denominator_cv", "n_found",
             "n_found_scaled", "scaled_threshold", "median_r", "median_fvu"]
     rows = df[keep].to_dict("records")
     for r in rows:
-        for col in ("slow_heads", "circuit_heads"):
+        for col in HEAD_LISTS:
+            if col not in r:
+                continue
             r[col] = [int(h) for h in str(r[col]).split()]
+        for col in ("premise_holds", "agrees_with_reference"):
+            r[col] = bool(r[col])
         r.update({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
     return rows

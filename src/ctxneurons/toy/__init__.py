@@ -42,6 +42,7 @@ and :mod:`~ctxneurons.toy.truth` (what is planted, and the scores against it). T
 names are all importable from ``ctxneurons.toy``.
 """
 
+# The public names of every module, so that callers need only ``from ctxneurons import toy``.
 from ctxneurons.toy.documents import (
     CALIBRATION_TOPICS, DOMAINS, THE_SHARE, calibration_text, documents, domain_documents,
 )

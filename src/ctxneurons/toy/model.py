@@ -16,7 +16,7 @@ from ctxneurons.toy.truth import GROUND_TRUTH_FILE
 from ctxneurons.toy.vocabulary import N_CTX, PUNCTUATION, tokenizer, vocabulary
 from ctxneurons.toy.weights import D_HEAD, D_MODEL, N_HEADS, POS_NORM, TOKEN_NORM, layer0_weights
 
-VERSION = "toy-v4"  # v4: a second layer (toy/layer1.py), for chapter 10; layer 0 unchanged since v3
+VERSION = "toy-v5"  # v5: a second layer (toy/layer1.py, chapter 10; layer 0 as in v4); v4: distractor heads (duplicate-token head 1, first-token head 5); v3: context neurons write their topic
 STAMP_FILE = "toy_version.txt"
 
 
@@ -51,9 +51,17 @@ def build_model(path: Path, seed: int = 0, control: bool = False, layers: int = 
     writes the negative control instead (see :func:`ctxneurons.toy.weights.layer0_weights`): the same model with its
     slowly decaying heads made local. The ground truth (ground_truth.json) holds:
 
-    - control: whether this is the control; heads: {'slow', 'local', 'uniform'} -> head
-      indices (the control has no slow head; SLOW_HEADS are its heads made local); head_kind [H];
-      decay_per_token [H]: lambda, the kernel is exp(-lambda (n - i)) up to content
+    - control: whether this is the control; heads: each planted role {'slow',
+      'duplicate-token', 'local', 'first-token', 'uniform'} -> head indices (the control has
+      no slow head; SLOW_HEADS are its heads made local); head_kind [H]: each head's role;
+      kernel_kind [H] and kernel_kinds (kind -> heads): the kind its kernel has, what
+      kernels.classify_heads should find (the duplicate-token head's kernel is slow);
+      distractors: the heads the stable-heads rule must reject although kernel shape or a
+      stable denominator alone would not (duplicate_token: a broad kernel but an unstable
+      denominator; first_token: a stable denominator but a sink; uniform: a stable
+      denominator but no decay);
+      decay_per_token [H]: lambda, the kernel is exp(-lambda (n - i)) up to content (the
+      first-token head's is negative: its kernel is exp(-|lambda| i), from BOS)
       (for the query ' the'; a query token whose LN1 scale is x% larger decays x% faster);
     - topics [K]: name, words, token_ids (spaced and bare forms); silent_topics: topics
       no neuron reads; calibration_topics: the only topics in :func:`calibration_text`;

@@ -3,7 +3,7 @@ chapter recovers with the plant. Every chapter and report scores against this mo
 
 The plant of a built model is saved with it (``ground_truth.json``, written by
 :func:`ctxneurons.toy.model.build_model`, which documents its keys), so it is found from
-the model's folder, however the model was named: :func:`of_model` takes 'toy' or any
+the model's folder, however the model was named: :func:`of_model` takes 'toy', 'toy-control' or any
 folder, and returns None for a model that has no plant.
 """
 
@@ -18,9 +18,15 @@ import torch
 
 GROUND_TRUTH_FILE = "ground_truth.json"
 
-# The slowly decaying heads sit where the paper found them in GPT-2 Small.
-HEAD_KINDS = {"slow": (0, 2, 6, 8, 9, 10), "local": (1, 3, 4, 5), "uniform": (7, 11)}
+# Each head's planted role. The slowly decaying heads sit where the paper found them in
+# GPT-2 Small, and so do two distractors that kernel shape alone takes for circuit heads:
+# GPT-2's head 1 is a duplicate-token head with a broad kernel, its head 5 leans on BOS.
+HEAD_KINDS = {"slow": (0, 2, 6, 8, 9, 10), "duplicate-token": (1,), "local": (3, 4), "first-token": (5,), "uniform": (7, 11)}
 SLOW_HEADS = HEAD_KINDS["slow"]
+# The kind of kernel (kernels.HEAD_KINDS) each role has: a duplicate-token head's kernel is
+# slowly decaying, and only its content (a key holding the query's own token scores far
+# higher) makes its denominator follow how often that token occurs.
+KERNEL_KIND = {"slow": "slow", "duplicate-token": "slow", "local": "local", "first-token": "first-token", "uniform": "uniform"}
 
 # Discovery's ground truth: context neurons' designed largest contributions are
 # log-uniform in [CONTEXT_TOP_MIN, 16]; noise neurons read every topic output weakly.
@@ -36,13 +42,13 @@ def ground_truth(model_dir: str | os.PathLike) -> dict:
 
 
 def of_model(model: str | os.PathLike) -> dict | None:
-    """The ground truth of ``model`` as a run names it: 'toy' (the toy is built on first
-    use), or a folder; None when the model has no plant (a hub name, a folder without
+    """The ground truth of ``model`` as a run names it: 'toy' or 'toy-control' (built on
+    first use), or a folder; None when the model has no plant (a hub name, a folder without
     ground_truth.json). A toy copied or given by its path keeps its ground truth."""
-    if str(model) == "toy":
+    if str(model) in ("toy", "toy-control"):
         from ctxneurons.toy.model import ensure_model
 
-        folder = ensure_model()
+        folder = ensure_model(control=str(model) == "toy-control")
     else:
         folder = Path(model).expanduser()
     return ground_truth(folder) if (folder / GROUND_TRUTH_FILE).is_file() else None
@@ -53,9 +59,21 @@ def context_neurons(truth: dict) -> list[int]:
     return [planted["neuron"] for planted in truth["context_neurons"]]
 
 
-def head_kinds(truth: dict) -> dict[int, str]:
-    """Each head's planted kind: head -> 'slow', 'local' or 'uniform'."""
+def head_roles(truth: dict) -> dict[int, str]:
+    """Each head's planted role: head -> a key of HEAD_KINDS ('slow', 'duplicate-token',
+    'local', 'first-token' or 'uniform')."""
     return {h: kind for kind, heads in truth["heads"].items() for h in heads}
+
+
+def head_kinds(truth: dict) -> dict[int, str]:
+    """Each head's planted kernel kind, what classifying its kernel should find: head ->
+    'slow', 'local', 'uniform' or 'first-token' (a duplicate-token head's kernel is slow)."""
+    return {h: kind for kind, heads in truth["kernel_kinds"].items() for h in heads}
+
+
+def circuit_heads(truth: dict) -> list[int]:
+    """The heads the stable-heads rule should pick: the planted slow heads (none in the control)."""
+    return list(truth["heads"]["slow"])
 
 
 def neuron_topics(truth: dict, single_topic: bool = False) -> dict[int, str]:

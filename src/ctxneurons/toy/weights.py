@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ctxneurons.toy.documents import CALIBRATION_TOPICS
-from ctxneurons.toy.truth import CONTEXT_TOP_MIN, HEAD_KINDS, NOISE_TOP_CEILING, NOISE_TOPIC_READ, SLOW_HEADS
+from ctxneurons.toy.truth import CONTEXT_TOP_MIN, HEAD_KINDS, KERNEL_KIND, NOISE_TOP_CEILING, NOISE_TOPIC_READ, SLOW_HEADS
 from ctxneurons.toy.vocabulary import N_CTX, N_TOPICS, PUNCTUATION, VOCAB_SEED, WORDS_PER_TOPIC, Vocabulary, vocabulary
 
 D_MODEL, N_HEADS, D_HEAD, D_MLP = 768, 12, 64, 3072
@@ -135,14 +135,36 @@ def _embeddings(draws: _Draws, sub: dict[str, torch.Tensor], vocab: Vocabulary, 
     return norm[:, None] * (math.sqrt(1 - POS_OVERLAP**2) * content + POS_OVERLAP * overlap_dir), norm
 
 
+# The distractor heads (truth.HEAD_KINDS) are built on top of heads that were local before
+# they existed: those draw a local head's rate from the main stream, as they always did, so
+# that every other weight stays bit for bit; their own parts come from DISTRACTOR_STREAM.
+_DRAWN_AS = {"duplicate-token": "local", "first-token": "local"}
+DISTRACTOR_STREAM = 3
+# The first-token head scores key i as -SINK_SLOPE * i (for typical tokens): 0 on BOS
+# whatever its LayerNorm scale, so BOS keeps ~1 - exp(-SINK_SLOPE) = 63% of the weight at
+# every query position, and the next keys decay fast.
+SINK_SLOPE = 1.0
+# The duplicate-token head: a key holding the query's own token scores DUPLICATE_BONUS above
+# the average other token (GPT-2 Small's head 1: ~13, head 5: ~19), with a spread between
+# other tokens about an eighth of that (~2 in GPT-2), over a broad kernel (lambda ~ 1/50).
+DUPLICATE_BONUS = 8.0
+
+
 def _head_kinds(draws: _Draws, seed: int, control: bool) -> tuple[list[str], list[float]]:
-    """Each head's query-key kind [H] and decay rate lambda [H]. The control's slow heads
-    get a local head's kind and rate, drawn from a stream of their own so that every other
-    weight is the same as the toy's."""
+    """Each head's planted role [H] (a key of HEAD_KINDS) and decay rate lambda [H] (the
+    first-token head's is -SINK_SLOPE: it rises towards BOS). The control's slow heads get a
+    local head's role and rate, drawn from a stream of their own so that every other weight
+    is the same as the toy's; its distractors are the toy's."""
     kind = [name for h in range(N_HEADS) for name, heads in HEAD_KINDS.items() if h in heads]
     rng = draws.rng
     decay = {"slow": lambda: 1 / rng.uniform(35, 70), "local": lambda: rng.uniform(1.0, 2.5), "uniform": lambda: rng.uniform(0, 1 / 3000)}
-    lam = [decay[kind[h]]() for h in range(N_HEADS)]
+    lam = [decay[_DRAWN_AS.get(kind[h], kind[h])]() for h in range(N_HEADS)]
+    own_rng = np.random.default_rng([seed, VOCAB_SEED, DISTRACTOR_STREAM])
+    for h in range(N_HEADS):
+        if kind[h] == "duplicate-token":
+            lam[h] = 1 / float(own_rng.uniform(35, 70))
+        elif kind[h] == "first-token":
+            lam[h] = -SINK_SLOPE
     if control:
         control_rng = np.random.default_rng([seed, VOCAB_SEED, 2])
         for h in SLOW_HEADS:
@@ -150,17 +172,23 @@ def _head_kinds(draws: _Draws, seed: int, control: bool) -> tuple[list[str], lis
     return kind, lam
 
 
-def _query_key(draws: _Draws, sub: dict[str, torch.Tensor], W_E_ordinary: torch.Tensor, kind: list[str], lam: list[float]) -> tuple[torch.Tensor, ...]:
+def _query_key(draws: _Draws, sub: dict[str, torch.Tensor], W_E_ordinary: torch.Tensor, kind: list[str], lam: list[float],
+               seed: int = 0) -> tuple[torch.Tensor, ...]:
     """W_Q, W_K [H, d, e] and b_Q, b_K [H, e].
 
     Query dims 0 and 2 read (m, -r_n) and key dims 0 and 2 read (r_i, m), so q.k is
     proportional to r_i - r_n: slope lambda per token for typical tokens, 0 at i = n
     whatever the tokens. Key dim 1 reads content (a function-word offset and a per-token
-    jitter, by kind) against a constant query (the bias)."""
+    jitter, by kind) against a constant query (the bias).
+
+    The first-token head's key dim 0 reads r_i + 1 instead (against the query's constant
+    m), so its score is -SINK_SLOPE * i: 0 at BOS whatever the tokens. The duplicate-token
+    head's dims 3.. read the same random projection of the token's own direction on the
+    query and the key side, so that q.k is large for the query's own token (DUPLICATE_BONUS)."""
     P, own, g = sub["pos"], sub["token"], sub["groups"]
     H, d, e, N = N_HEADS, D_MODEL, D_HEAD, N_CTX
-    function_offset = {"slow": -0.4, "local": 0.0, "uniform": 0.0}
-    jitter = {"slow": 0.15, "local": 0.5, "uniform": 0.1}
+    function_offset = {"slow": -0.4, "local": 0.0, "uniform": 0.0, "duplicate-token": 0.0, "first-token": 0.0}
+    jitter = {"slow": 0.15, "local": 0.5, "uniform": 0.1, "duplicate-token": 0.15, "first-token": 0.1}
     W_Q, W_K = (torch.zeros(H, d, e, dtype=torch.float64) for _ in range(2))
     b_Q, b_K = (torch.zeros(H, e, dtype=torch.float64) for _ in range(2))
     b_Q[:, 1] = 1.0
@@ -169,13 +197,26 @@ def _query_key(draws: _Draws, sub: dict[str, torch.Tensor], W_E_ordinary: torch.
     W_Q[:, :, 2] = -q_scale * W_M / W_LIN * P[:, 0]
     slope_per_unit = LN1 * POS_NORM * W_LIN * 2 / (N - 1) / math.sqrt(e)
     for h in range(H):
-        W_K[h, :, 0] = lam[h] / slope_per_unit * P[:, 0]
-        W_K[h, :, 2] = lam[h] / slope_per_unit * W_LIN / W_M * P[:, 2]
+        if kind[h] == "first-token":
+            W_K[h, :, 0] = lam[h] / slope_per_unit * (P[:, 0] + W_LIN / W_M * P[:, 2])
+        else:
+            W_K[h, :, 0] = lam[h] / slope_per_unit * P[:, 0]
+            W_K[h, :, 2] = lam[h] / slope_per_unit * W_LIN / W_M * P[:, 2]
         v = _unit(own @ draws.randn(own.shape[1]))
         spread = (W_E_ordinary @ v).std()
         W_K[h, :, 1] = math.sqrt(e) / LN1 * (
             jitter[kind[h]] / spread * v + function_offset[kind[h]] / (G_NORM * 0.5) * g[:, _FUNCTION]
         )
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + DISTRACTOR_STREAM)
+    for h in (h for h in range(H) if kind[h] == "duplicate-token"):
+        # R: e - 3 orthonormal directions of the token subspace. A typical token's own part
+        # has squared norm ~own_sq; q.k / sqrt(e) for the same token is then ~c^2 own_sq (e - 3)
+        # / dim(own), and c sets it to DUPLICATE_BONUS.
+        R = own @ torch.linalg.qr(torch.randn(own.shape[1], e - 3, generator=gen, dtype=torch.float64)).Q
+        own_sq = float(((W_E_ordinary @ own).pow(2).sum(-1)).mean())
+        c = math.sqrt(DUPLICATE_BONUS * math.sqrt(e) * own.shape[1] / (own_sq * (e - 3))) / LN1
+        W_Q[h, :, 3:] = c * R
+        W_K[h, :, 3:] = c * R
     return W_Q, b_Q, W_K, b_K
 
 
@@ -337,7 +378,7 @@ def layer0_weights(seed: int = 0, control: bool = False) -> tuple[dict[str, torc
     W_E, norm = _embeddings(draws, sub, vocab, group, word)
     ordinary = torch.from_numpy(group != _GLITCH)
     kind, lam = _head_kinds(draws, seed, control)
-    W_Q, b_Q, W_K, b_K = _query_key(draws, sub, W_E[ordinary], kind, lam)
+    W_Q, b_Q, W_K, b_K = _query_key(draws, sub, W_E[ordinary], kind, lam, seed)
     W_V, b_V, W_O = _values(draws, sub)
     slow_misc_write = LN1 * W_E[ordinary] @ sum(W_V[h] @ W_O[h] for h in SLOW_HEADS) * LN1
 
@@ -355,6 +396,10 @@ def layer0_weights(seed: int = 0, control: bool = False) -> tuple[dict[str, torc
         realism=_realism(W_E[ordinary], norm[ordinary], W_pos),
         heads={name: [h for h in range(N_HEADS) if kind[h] == name] for name in HEAD_KINDS},
         head_kind=kind,
+        kernel_kind=[KERNEL_KIND[k] for k in kind],
+        kernel_kinds={name: [h for h in range(N_HEADS) if KERNEL_KIND[kind[h]] == name] for name in dict.fromkeys(KERNEL_KIND.values())},
+        distractors={"duplicate_token": HEAD_KINDS["duplicate-token"][0], "first_token": HEAD_KINDS["first-token"][0],
+                     "uniform": list(HEAD_KINDS["uniform"])},
         control=control,
         decay_per_token=lam,
         silent_topics=silent,
