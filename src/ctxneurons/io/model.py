@@ -120,7 +120,7 @@ def resolve_model(model: str | os.PathLike) -> ModelSource:
     unreachable hub fails within seconds with a message saying what to do.
     """
     model_str = str(model)
-    if is_toy(model_str):
+    if model_str in ("toy", TOY_CONTROL):  # by name; a toy's folder is read as the folder it is (a copy, the control, a test's)
         from ctxneurons import toy
 
         try:

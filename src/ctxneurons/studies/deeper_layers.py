@@ -29,8 +29,12 @@ see: i <= n, and for a GPT-Neo local layer n - i < window):
 - **where a stable head leads**: the MLP-L neurons it drives most, by the root mean square
   over texts and positions of t_{n,j} (read off the second moments of y the same way).
 
-A head is called **stable** by :func:`stable_heads`: a slowly decaying empirical kernel, not a
-first-position sink, and a denominator whose CV stays under a threshold (thresholds below).
+A head is called **stable** by layer 0's rule (:func:`ctxneurons.method.stable_heads.choose`),
+applied in every layer with the empirical kernel in place of the positional one: a slowly
+decaying kernel (:func:`ctxneurons.method.kernels.classify_heads`, which also sets apart
+first-position sinks) and a denominator CV of at most
+:data:`ctxneurons.method.stable_heads.CV_STABLE_MAX`. Layer 0's rule measures the CV with the
+query ' the' at one position; here it is each text's own query, the median over positions.
 Stability alone does not make a head's output a context-sensitive circuit: at layer 0 the
 paper also needs keys and values that are a function of the token (and its position), and
 a query fixed by position; at layer L > 0 keys, values and the query are all read from a
@@ -56,14 +60,14 @@ import pandas as pd
 import torch
 
 from ctxneurons.method import evaluation, forward, kernels
+from ctxneurons.method import stable_heads as stable_heads_rule
 
-# The stable-head rule (ours until method/stable_heads.py gives the layer-0 rule; the
-# same three conditions). A kernel is "slow" as kernels.classify_heads has it (window of at
-# least LOCAL_MAX_WINDOW tokens, under UNIFORM_MIN_FRACTION of the context).
+# The stable-head rule is layer 0's (method/stable_heads.py): a kernel that kernels.classify_heads
+# calls slow (window of at least LOCAL_MAX_WINDOW tokens, under UNIFORM_MIN_FRACTION of the
+# context, not a first-token sink) and a denominator CV of at most MAX_CV.
 LOCAL_MAX_WINDOW = 10.0
 UNIFORM_MIN_FRACTION = 0.5
-MAX_FIRST_WEIGHT = 0.3  #: above this weight on position 0 a head is a first-token sink
-MAX_CV = 0.2  #: the largest median CV of D_n across texts of a stable head
+MAX_CV = stable_heads_rule.CV_STABLE_MAX  #: the largest median CV of D_n across texts of a stable head
 FIRST_POSITION = evaluation.FIRST_POSITION  #: position 0 (BOS) sees only itself; statistics start at 1
 
 
@@ -521,14 +525,7 @@ class HeadSummary:
     stable: bool
 
 
-def is_stable(kind: str, weight_on_first: float, cv: float, max_first: float = MAX_FIRST_WEIGHT, max_cv: float = MAX_CV) -> bool:
-    """The stable-head rule on one head's numbers: a slow kernel, not a first-position sink
-    (weight on position 0 at most ``max_first``), denominator CV at most ``max_cv``."""
-    return kind == "slow" and weight_on_first <= max_first and cv <= max_cv
-
-
-def summarise(stats: Statistics, first_position: int = FIRST_POSITION, max_first: float = MAX_FIRST_WEIGHT,
-              max_cv: float = MAX_CV) -> list[HeadSummary]:
+def summarise(stats: Statistics, first_position: int = FIRST_POSITION, max_cv: float = MAX_CV) -> list[HeadSummary]:
     """Every head's :class:`HeadSummary`, layer by layer, from streamed :class:`Statistics`."""
     K = stats.kernels()  # [L, H, Q, n]
     last = stats.positions[-1]
@@ -538,12 +535,12 @@ def summarise(stats: Statistics, first_position: int = FIRST_POSITION, max_first
     out = []
     for layer in range(K.shape[0]):
         classes = kernels.classify_heads(K[layer, :, -1, : last + 1], LOCAL_MAX_WINDOW, UNIFORM_MIN_FRACTION)
+        stable = set(stable_heads_rule.choose([c.kind for c in classes], cv[layer], max_cv))
         for c in classes:
             h = c.head
             out.append(HeadSummary(
                 layer, h, c.kind, c.effective_window, c.mean_distance, c.weight_on_first, float(cv[layer, h]),
-                float(spread[layer, h]), float(fvu[layer, h]), float(r[layer, h]), float(tv[layer, h]),
-                is_stable(c.kind, c.weight_on_first, float(cv[layer, h]), max_first, max_cv)))
+                float(spread[layer, h]), float(fvu[layer, h]), float(r[layer, h]), float(tv[layer, h]), h in stable))
     return out
 
 
@@ -572,7 +569,7 @@ def heads_frame(summaries: list[HeadSummary]) -> pd.DataFrame:
 HEADS_COLUMNS = {
     "layer": "layer",
     "head": "head",
-    "kind": "kind of the empirical kernel at the last kernel position: local, slow or uniform (kernels.classify_heads)",
+    "kind": "kind of the empirical kernel at the last kernel position: local, slow, uniform or first-token (kernels.classify_heads)",
     "effective_window": "1 / sum_i kernel[n, i]^2 at the last kernel position (tokens)",
     "mean_distance": "sum_i kernel[n, i] (n - i) at the last kernel position",
     "weight_on_first": "the empirical kernel's weight on position 0 at the last kernel position",
@@ -581,7 +578,7 @@ HEADS_COLUMNS = {
     "calibrated_fvu": "median over texts of the FVU of the calibrated output, pooled over the layer's MLP neurons",
     "calibrated_r": "median over texts of Pearson r of the same",
     "pattern_tv": "median over texts of the mean over positions of the calibrated pattern's TV from the truth",
-    "stable": "stable by the rule: slow kernel, weight_on_first <= max_first, denominator_cv <= max_cv",
+    "stable": "stable by layer 0's rule (stable_heads.choose): kind slow and denominator_cv <= CV_STABLE_MAX",
 }
 
 
