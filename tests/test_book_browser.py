@@ -62,6 +62,7 @@ def tiny_book(tmp_path_factory) -> Path:
     return root / "_build" / "html"
 
 
+@pytest.mark.slow  # a Sphinx build: `bash ci/test.sh` runs it, plain `pytest` does not
 def test_plotly_and_untrusted_text_in_browser(tiny_book):
     js_name = f"plotly-{plotly.__version__}.min.js"
     assert (tiny_book / "_static" / js_name).is_file()

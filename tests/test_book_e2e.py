@@ -1,28 +1,22 @@
 """The real book, built the way the GPU job builds it (ci/gpu_job.sh with its GPU settings
-swapped for CPU ones), on a small model and a corpus salted with hostile HTML, then read
-in Chromium as a reader would. Slow: `bash ci/test.sh` runs it, plain `pytest` does not."""
+swapped for CPU ones) through a local hub serving a small GPT-2-shaped model and an
+OpenWebText salted with hostile HTML, then read in Chromium as a reader would. Slow: `bash ci/test.sh` runs it, plain `pytest` does not."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from conftest import HOSTILE
 
 from browser import (figures_in_html, launch, open_page, output_noise, page_outputs, require_browser, screenshot, serve,
                      wait_for_figures)
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-HOSTILE = [
-    '<script>window.__xss = 1</script>',
-    '<img src=x onerror="window.__xss = 1">',
-    '<div><b>unbalanced <i>tags</table>',
-]
 PAGES = ["book/intro", "book/method", "notebooks/01_positional_kernels", "notebooks/02_tv_distance", "notebooks/03_denominator_stability",
          "notebooks/04_contextual_circuit", "notebooks/05_context_neurons", "notebooks/06_across_models", "notebooks/07_head_attribution",
          "notebooks/08_core_tokens", "notebooks/09_calibration_choice", "reports/scorecard", "reports/neuron_browser", "reports/try_a_neuron", "reports/toy_ground_truth",
@@ -30,33 +24,12 @@ PAGES = ["book/intro", "book/method", "notebooks/01_positional_kernels", "notebo
          "book/api/method/circuit"]
 
 
-def _copy_repo(dst: Path) -> Path:
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    for f in files:
-        if (REPO / f).is_file():
-            (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / f, dst / f)
-    return dst
-
-
 @pytest.fixture(scope="module")
-def built_book(tmp_path_factory, tiny_dir, webtext):
+def built_book(gpt2_edition_book):
+    """The GPT-2 edition as the GPU job builds it through the local hub (conftest), the same
+    build test_hub checks: built once for both. Its OpenWebText is salted with HOSTILE."""
     require_browser()
-    root = tmp_path_factory.mktemp("book")
-    repo = _copy_repo(root / "repo")
-    corpus = root / "hostile.jsonl"
-    with corpus.open("w") as f:
-        for i, text in enumerate(webtext[:300]):
-            f.write(json.dumps({"text": HOSTILE[i % 3] + " " + text + " " + HOSTILE[(i + 1) % 3]}) + "\n")
-    env = {**os.environ, "CTXN_MODEL": str(tiny_dir), "CTXN_CORPUS": str(corpus), "CTXN_DEVICE": "cpu",
-           "CTXN_N_TEXTS": "4", "CTXN_HEADS": "[0, 2]", "CTXN_DOMAINS": json.dumps({"hostile": str(corpus), "hostile-too": str(corpus)}), "CTXN_MAX_NEURONS": "6", "CTXN_THRESHOLD": "0.5",
-           "CTXN_RUNS_DIR": str(root / "runs"), "CTXN_BATCH_NOTEBOOKS": "04", "CTXN_SKIP_SETUP": "1",
-           "CTXN_CACHE": str(root / "cache"), "CTXN_OUTPUT_DIR": str(root / "outputs")}
-    proc = subprocess.run(["bash", "ci/gpu_job.sh"], cwd=repo, env=env, capture_output=True, text=True, timeout=1800)
-    log = proc.stdout[-8000:] + proc.stderr[-8000:]
-    assert proc.returncode == 0, log
-    return {"html": repo / "_build" / "html", "runs": root / "runs", "outputs": root / "outputs", "log": log,
-            "inputs": (str(tiny_dir), str(corpus))}
+    return {**gpt2_edition_book, "inputs": ()}
 
 
 def test_gpu_job_batch_ran_on_cpu(built_book):
@@ -88,8 +61,8 @@ def test_every_page_loads_clean_and_draws_its_figures(built_book):
 
 def test_no_page_shows_python_noise(built_book):
     """No log lines, progress bars, paths of the build machine, printed dicts or empty output
-    boxes in any page's cell outputs (issue 24). The model and corpus this build was given are
-    local paths here, and the captions rightly name them."""
+    boxes in any page's cell outputs (issue 24). The model and corpus come from the hub here,
+    so no path of the build machine is an input the captions may name."""
     problems = {}
     with serve(built_book["html"]) as base, launch() as browser:
         for name in PAGES:

@@ -93,6 +93,7 @@ def test_show_rejects_unusable_name(shown):
         figures.show(_fig(), name="///")
 
 
+@pytest.mark.slow  # a Sphinx build: `bash ci/test.sh` runs it, plain `pytest` does not
 def test_stray_fig_show_fails_the_strict_build(tmp_path):
     """Jupyter Book drops plotly's own output silently; in this book's configuration a
     notebook that calls fig.show() must fail the -W build instead."""

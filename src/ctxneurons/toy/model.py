@@ -4,13 +4,12 @@ tokenizer) with its ground truth and a version stamp, built on first use."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from ctxneurons.io import cache
+from ctxneurons.io.atomic import atomic_dir
 from ctxneurons.toy.documents import CALIBRATION_TOPICS
 from ctxneurons.toy.truth import GROUND_TRUTH_FILE
 from ctxneurons.toy.vocabulary import N_CTX, PUNCTUATION, tokenizer, vocabulary
@@ -127,8 +126,9 @@ def build_model(path: Path, seed: int = 0, control: bool = False, layers: int = 
 
 
 def default_root() -> Path:
-    """$CTXN_CACHE, else ~/.cache/ctxneurons: where :func:`ensure_model` builds the toy."""
-    return Path(os.environ.get("CTXN_CACHE") or Path.home() / ".cache" / "ctxneurons")
+    """Where :func:`ensure_model` builds the toy: the library's one cache folder
+    (:func:`cache.cache_home`: $CTXN_CACHE, else ~/.cache/ctxneurons)."""
+    return cache.cache_home()
 
 
 def _version(control: bool) -> str:
@@ -153,23 +153,8 @@ def ensure_model(root: Path | None = None, control: bool = False) -> Path:
     if _is_current(target, control):
         return target
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-build-", dir=root))
-    try:
-        if control:
-            build_model(tmp, control=True)
-        else:
-            build_model(tmp)
-        if target.exists() and not _is_current(target, control):
-            stale = Path(tempfile.mkdtemp(prefix=f".{target.name}-stale-", dir=root))
-            target.rename(stale / "old")
-            shutil.rmtree(stale, ignore_errors=True)
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not _is_current(target, control):  # another process won the race with a current build
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_dir(target) as tmp:
+        build_model(tmp, control=control)
     return target
 
 
