@@ -207,6 +207,7 @@ def _check_kernel(name: str) -> None:
 
 
 def batch_main(args) -> int:
+    """``ctxneurons batch``: every input checked, then the runs; returns the exit status (1 if a run failed)."""
     notebooks = batch.find_notebooks(args.notebooks, args.notebook_dir)
     param_sets = batch.expand_grid(batch.parse_set(args.set), batch.parse_grid(args.grid))
     check_writable_dir(args.out, "--out")

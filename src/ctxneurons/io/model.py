@@ -120,7 +120,8 @@ def resolve_model(model: str | os.PathLike) -> ModelSource:
     unreachable hub fails within seconds with a message saying what to do.
     """
     model_str = str(model)
-    if model_str in ("toy", TOY_CONTROL):  # by name; a toy's folder is read as the folder it is (a copy, the control, a test's)
+    # By name only: a toy's folder (the control's, or a toy built elsewhere) is that folder's model.
+    if model_str in ("toy", TOY_CONTROL):
         from ctxneurons import toy
 
         try:

@@ -214,6 +214,7 @@ class Calibration:
     density: float
 
 
+#: The columns of :func:`candidates_frame` (chapter 09's candidates.csv).
 CANDIDATES_COLUMNS = {
     "candidate": "candidate calibration text (domain#document id)",
     "domain": "its domain",
@@ -237,6 +238,7 @@ def candidates_frame(candidates: list[tuple[str, object, Calibration]], clusters
         for i, (name, doc, cal) in enumerate(candidates)])
 
 
+#: The columns of :func:`denominators_frame` (chapter 09's calibration_denominators.csv).
 DENOMINATORS_COLUMNS = {
     "calibration": "the calibration text",
     "role": "default (the book's), domain (a domain's own) or candidate (the clustering pool)",
@@ -307,6 +309,7 @@ def score_domain(
     return {c: {k: torch.cat(v) for k, v in d.items()} for c, d in out.items()}, pd.DataFrame(rows)
 
 
+#: The columns of :func:`by_text_frame` (chapter 09's by_text.csv).
 BY_TEXT_COLUMNS = {
     "domain": "test domain",
     "choice": "calibration choice",
@@ -338,6 +341,7 @@ def by_text_frame(domain: str, scores: dict[str, dict[str, torch.Tensor]], rows:
     return df[cols]
 
 
+#: The columns of :func:`summary_rows` (chapter 09's by_domain_and_choice.csv).
 SUMMARY_COLUMNS = {
     "domain": "test domain",
     "choice": "calibration choice: default, domain, cluster or oracle",
@@ -376,6 +380,7 @@ def domain_texts(corpus_name: str, tokenizer, n_test: int, n_other: int, n_token
     return part(keep[:n_test]), part(keep[n_test:])
 
 
+#: The columns of :func:`density_signature` (chapter 09's bias_vs_density.csv).
 SIGNATURE_COLUMNS = {
     "choice": "calibration choice (the oracle left out)",
     "slope": "least-squares slope of median bias on the stop-word density difference (test - calibration)",

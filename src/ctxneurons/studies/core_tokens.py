@@ -137,6 +137,7 @@ def adjusted_rand(a: Sequence, b: Sequence) -> float:
     return float(adjusted_rand_score([str(x) for x in a], [str(x) for x in b]))
 
 
+#: The columns of :func:`describe`'s three tables (chapter 08's core_tokens.csv, homogeneity.csv, categories.csv).
 TOKENS_COLUMNS = {
     "neuron": "layer-0 MLP neuron j",
     "core_set": "'activation' (highest mean true pre-activation) or 'weights' (largest contribution[j, t])",
@@ -205,6 +206,7 @@ def mean_by_segment(homogeneity: pd.DataFrame, core_set: str, labelling: str) ->
     return [float(x) for x in sel.groupby("segment")["homogeneity"].mean().sort_index()]
 
 
+#: The columns of :func:`overlap_frame` (chapter 08's core_overlap.csv).
 OVERLAP_COLUMNS = {
     "neuron": "layer-0 MLP neuron j",
     "jaccard": "Jaccard index of the weights' core tokens (all non-glitch tokens) and the activation core tokens",

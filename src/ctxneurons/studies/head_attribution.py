@@ -174,6 +174,7 @@ def lead_heads(at_peak: torch.Tensor, top: torch.Tensor, n_heads: int) -> tuple[
     return lead, lead_share.gather(0, lead[None])[0], lead_share
 
 
+#: The columns of :func:`head_table` (chapter 07's head_by_neuron.csv).
 HEAD_COLUMNS = {
     "neuron": "layer-0 MLP neuron j",
     "head": "attention head h of layer 0 (every head, circuit or not)",
@@ -218,6 +219,7 @@ def head_table(a: HeadAttribution, shares: torch.Tensor, top: torch.Tensor, kind
     return pd.DataFrame(rows)
 
 
+#: The columns of :func:`neuron_table` (chapter 07's neurons.csv).
 NEURON_COLUMNS = {
     "neuron": "layer-0 MLP neuron j",
     "top": "top[j], its largest contribution over non-glitch tokens",

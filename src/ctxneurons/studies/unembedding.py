@@ -96,6 +96,7 @@ def logit_effects(path: OutputPath, neurons: torch.Tensor) -> torch.Tensor:
     return logits - logits.mean(-1, keepdim=True)
 
 
+#: The columns of :func:`promoted_tokens_frame` (chapter 07's promoted_tokens.csv).
 PROMOTED_COLUMNS = {
     "neuron": "layer-0 MLP neuron j",
     "sign": "'+' for the most promoted tokens, '-' for the most suppressed",
