@@ -130,11 +130,13 @@ def tiny_tokens(tiny, webtext) -> torch.Tensor:
 
 
 @pytest.fixture(scope="session")
-def toy_dir(tmp_path_factory) -> Path:
-    """The toy model, built once per test session in a scratch folder."""
+def toy_dir() -> Path:
+    """The toy model, kept across test sessions in the tests' cache ($CTXN_CACHE, which
+    ci/test.sh points at .cache-tests, where the notebooks the tests run find the same build;
+    else .cache-tests), and rebuilt only when its version changes."""
     from ctxneurons import toy
 
-    return toy.ensure_model(tmp_path_factory.mktemp("toy-cache"))
+    return toy.ensure_model(Path(os.environ.get("CTXN_CACHE") or _FETCHED.parent))
 
 
 @pytest.fixture(scope="session")
