@@ -43,11 +43,6 @@ def _tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=eot, eos_token=eot, unk_token=eot), "stub"
 
 
-def tokenizer():
-    """The real GPT-2 tokenizer where its files are found, else the stub (see the module docstring)."""
-    return _tokenizer()[0]
-
-
 def model_dir() -> Path:
     """The random full-size GPT-2 Hugging Face directory, written once (about 0.5 GB)."""
     path = CACHE / "gpt2-small-random"
@@ -118,32 +113,6 @@ class Timer:
 def emit(result: dict) -> None:
     """The child's one line of output the parent parses."""
     print("RESULT " + json.dumps(result), flush=True)
-
-
-def synthetic_layer0(device: str = "cpu", seed: int = 0):
-    """A seeded random Layer0 of GPT-2 Small's shapes built with torch alone (no
-    transformers, no TransformerLens), so the chapter benchmark runs wherever torch does,
-    a bare GPU machine included. Magnitudes follow processed GPT-2 Small (centred W_E with
-    |W_E[t]| ~ 3.5, smaller W_pos, W_O centred); compute does not depend on them beyond
-    keeping exp() in range."""
-    from ctxneurons.method.weights import Layer0
-
-    g = torch.Generator().manual_seed(seed)
-    V, N, d, H, e, M = (GPT2_SMALL[k] for k in ("vocab_size", "n_positions", "n_embd", "n_head", "n_embd", "n_inner"))
-    e = d // H
-
-    def rnd(*shape, std):
-        return torch.randn(*shape, generator=g) * std
-
-    W_E, W_pos = rnd(V, d, std=3.5 / d**0.5), rnd(N, d, std=1.0 / d**0.5)
-    W_O = rnd(H, e, d, std=0.02)
-    w = Layer0(
-        W_E=W_E - W_E.mean(-1, keepdim=True), W_pos=W_pos - W_pos.mean(-1, keepdim=True),
-        W_Q=rnd(H, d, e, std=0.1), b_Q=rnd(H, e, std=0.1), W_K=rnd(H, d, e, std=0.1), b_K=rnd(H, e, std=0.1),
-        W_V=rnd(H, d, e, std=0.05), b_V=torch.zeros(H, e), W_O=W_O - W_O.mean(-1, keepdim=True), b_O=rnd(d, std=0.02),
-        W_in=rnd(d, M, std=0.05), b_in=rnd(M, std=0.1), name="gpt2-small-synthetic",
-    )
-    return w.to(device)
 
 
 def sync(dev) -> None:

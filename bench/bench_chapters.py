@@ -4,14 +4,15 @@ rate against the measured matmul peak.
     python bench/bench_chapters.py [--n-texts 1000] [--chapters 01,02,03,04,05] [--device cpu|cuda]
                                    [--flat-n 100] [--json out.json]
 
-Every chapter runs the very function its notebook calls (``chNN.compute`` on a book Run, with
-a fresh on-disk cache, so every computation and cache write is timed as on a first build),
-on N texts of 1024 tokens with GPT-2 Small's layer-0 shapes and random weights (01-05: from
-``_common.synthetic_layer0`` with synthetic texts, torch alone, so they run on a bare GPU
-machine; 06-09 need transformers for the random model's directory and tokenizer), the
-paper's circuit heads (0, 2, 6, 8, 9, 10) and 100 evaluated neurons:
+Every chapter runs the very function its notebook calls (``chapters.chNN.compute(run)``),
+on a book Run over the random GPT-2 Small directory (``_common.model_dir``: its layer 0,
+and for 07 its unembedding) and a local corpus of N + 10 seeded random texts of 1024
+tokens, with an empty intermediates cache, so every computation and cache write is timed
+as on a first build; the model is loaded and the test texts drawn before the clock
+starts. The paper's circuit heads (0, 2, 6, 8, 9, 10), 100 evaluated neurons:
 
-  01  every head's positional kernel at n = 500 and its kind
+  01  every head's positional kernel at n = 500 and its kind, and every text's denominators
+      there (the stable-heads rule)
   02  TV streamed over N texts (run.tv_statistics), the C sweep over 16 texts x 5 C values
       (tv_by_C) and one example text (tv_along_text)
   03  the denominators of N texts and their deviation histogram (denominator_statistics:
@@ -21,10 +22,6 @@ paper's circuit heads (0, 2, 6, 8, 9, 10) and 100 evaluated neurons:
       over 32 texts (compare_calibrations)
   05  one circuit, the discovery statistic and extreme tokens of 100 neurons, one text's
       pre-activations and the calibration firing check
-  06-09 the book's own call, ``chapters.chNN.compute(run)``, on a Run over the random
-      GPT-2 Small directory (``_common.model_dir``: its layer 0, and for 07 its unembedding)
-      and a local corpus of N + 10 seeded random texts, with an empty intermediates cache;
-      the model is loaded and the test texts drawn before the clock starts.
   06  one model's study (across.study): the stable-heads rule (every head's denominators
       over N texts), and where it picks heads their TV over N texts, the circuit and the
       evaluation of its scaled rule's neurons
@@ -129,88 +126,32 @@ def circuit_flops(w, n: int, n_cal: int, h: int) -> float:
 # ---- chapters (each runs in a child process) ---------------------------------------------------
 
 
-def _setup(args):
-    torch.set_grad_enabled(False)
-    w = c.synthetic_layer0(args.device)
-    c.sync(w.device)
-    return w
+def ch01(args, run) -> tuple[float, dict]:
+    _compute_on(args, run)
+    w, n = run.w, 500  # the chapter's query position for GPT-2's n_ctx
+    d, H, e = w.d_model, w.n_heads, w.d_head
+    kernel_row = 2 * (n + 1) * d * H * e + 2 * H * (n + 1) * e
+    return kernel_row + args.n * denominator_flops(n + 1, d, H, e), {}  # + every text's denominators at n (stable heads)
 
 
-def _tokens(n_texts: int, seed: int = 0) -> torch.Tensor:
-    return torch.cat(list(c.texts(n_texts, N_TOKENS, seed=seed, batch_size=256))) if n_texts else torch.empty(0, N_TOKENS, dtype=torch.long)
-
-
-def _run(args, w, **params):
-    """The book's Run over the synthetic model: seeded random texts instead of a corpus
-    (compute does not depend on token content), so each chapter's function is the one the
-    notebook calls. Its on-disk cache is a fresh folder of this child process: every
-    computation runs, and its cache writes are timed, as on a first book build."""
-    import dataclasses
-    import tempfile
-    from functools import cached_property
-
-    from ctxneurons.book.experiment import Run
-    from ctxneurons.io import corpus
-
-    class Synthetic(Run):
-        @cached_property
-        def texts(self) -> corpus.TokenBatch:
-            tokens = _tokens(self.params["n_texts"])
-            return corpus.TokenBatch(tokens, list(range(len(tokens))), [""] * len(tokens), "synthetic")
-
-        @cached_property
-        def _calibration_and_doc(self):
-            return corpus.CalibrationText(text="synthetic seed 1", name="synthetic#1"), None
-
-        @cached_property
-        def calibration_tokens(self) -> torch.Tensor:
-            return _tokens(1, seed=1)[0, : self.calibration_position + 1].to(self.w.device)
-
-        def other_calibrations(self, k: int) -> list:
-            return [(f"synthetic#{s}", _tokens(1, seed=s)[0, : self.calibration_position + 1].to(self.w.device), f"synthetic-{s}")
-                    for s in range(2, 2 + k)]
-
-    tmp = Path(tempfile.mkdtemp(prefix="bench-chapters-"))
-    os.environ["CTXN_CACHE"] = str(tmp)
-    w = dataclasses.replace(w, tokenizer=c.tokenizer())
-    base = {"model": "synthetic", "n_texts": args.n, "n_tokens": N_TOKENS, "heads": list(HEADS), "seed": 0, "device": args.device}
-    return Synthetic(name="bench", params=base | params, w=w, fallback=False, model_label="synthetic", output_dir=tmp / "out")
-
-
-def _compute(module: str, args, w, **params):
-    """chNN.compute on the synthetic run, waited for on the GPU."""
-    import importlib
-
-    result = importlib.import_module(f"ctxneurons.chapters.{module}").compute(_run(args, w, **params))
-    c.sync(w.device)
-    return result
-
-
-def ch01(args, w) -> tuple[float, dict]:
-    _compute("ch01_positional_kernels", args, w, query_position=-1)
-    n = 500  # the chapter's query position for GPT-2's n_ctx
-    return 2 * (n + 1) * w.d_model * w.n_heads * w.d_head + 2 * w.n_heads * (n + 1) * w.d_head, {}
-
-
-def ch02(args, w) -> tuple[float, dict]:
+def ch02(args, run) -> tuple[float, dict]:
     from ctxneurons.chapters.ch02_tv_distance import N_SWEEP
 
-    r = _compute("ch02_tv_distance", args, w, C_values=C_VALUES)
+    r, w = _compute_on(args, run), run.w
     n_tv = 1 + args.n + min(N_SWEEP, args.n) * len(C_VALUES)
     return n_tv * tv_flops(N_TOKENS, w.d_model, len(HEADS), w.d_head), {"median_tv": float(r.tables["tv_by_text"].frame["median_tv"].median()),
                                                                          "sweep_rows": len(r.tables["tv_by_C"].frame)}
 
 
-def ch03(args, w) -> tuple[float, dict]:
-    r = _compute("ch03_denominator_stability", args, w, n_examples=5)
+def ch03(args, run) -> tuple[float, dict]:
+    r, w = _compute_on(args, run), run.w
     return args.n * denominator_flops(N_TOKENS, w.d_model, w.n_heads, w.d_head), {"cv_head0": r.headline["cv_by_head"]["0"]}
 
 
-def ch04(args, w) -> tuple[float, dict]:
+def ch04(args, run) -> tuple[float, dict]:
     from ctxneurons.chapters.ch04_contextual_circuit import N_COMPARE
 
-    r = _compute("ch04_contextual_circuit", args, w, threshold=5.0, max_neurons=N_NEURONS, extra_calibration_texts=N_CALIBRATIONS - 1,
-                 n_examples=3)
+    r, w = _compute_on(args, run), run.w
     J, h = r.headline["n_neurons_evaluated"], len(HEADS)
     per_text = evaluate_flops(N_TOKENS, w.d_model, w.n_heads, w.d_head, h, J)
     # compare_calibrations: one truth pass over its texts, then each calibration's approximation
@@ -219,8 +160,9 @@ def ch04(args, w) -> tuple[float, dict]:
     return flops, {"median_r": r.headline["median_r"]}
 
 
-def ch05(args, w) -> tuple[float, dict]:
-    _compute("ch05_context_neurons", args, w, threshold=5.0, thresholds=[2, 3, 4, 5, 6, 8, 10], max_neurons=N_NEURONS)
+def ch05(args, run) -> tuple[float, dict]:
+    _compute_on(args, run)
+    w = run.w
     f = circuit_flops(w, N_TOKENS, CAL_POSITION, len(HEADS))
     f += 2 * (layer0_flops(N_TOKENS, w.d_model, w.n_heads, w.d_head) + 2 * N_TOKENS * w.d_model * w.d_mlp)
     return f, {}
@@ -229,12 +171,17 @@ def ch05(args, w) -> tuple[float, dict]:
 # Chapter: (its notebook's run name, its chapters module, its own parameters), as the book
 # runs it; chapter 06 on one model, the run's own.
 BOOK_CHAPTERS = {
+    "01": ("positional_kernels", "ch01_positional_kernels", {"query_position": -1}),
+    "02": ("tv_distance", "ch02_tv_distance", {"C_values": C_VALUES}),
+    "03": ("denominator_stability", "ch03_denominator_stability", {"n_examples": 5}),
+    "04": ("contextual_circuit", "ch04_contextual_circuit", {"extra_calibration_texts": N_CALIBRATIONS - 1, "n_examples": 3}),
+    "05": ("context_neurons", "ch05_context_neurons", {"thresholds": [2, 3, 4, 5, 6, 8, 10]}),
     "06": ("across_models", "ch06_across_models", {}),
     "07": ("head_attribution", "ch07_head_attribution", {"top_quantile": 0.9}),
     "08": ("core_tokens", "ch08_core_tokens", {"n_core_tokens": 100, "min_token_count": 5, "cluster_cut": 0.9, "n_segments": 10}),
     "09": ("calibration_choice", "ch09_calibration_choice", {"n_candidates": 8, "n_clusters": 2}),
 }
-CORPUS_EXTRA = 10  # documents beyond the N test texts: the calibration text, chapter 09's domain texts
+CORPUS_EXTRA = 10  # documents beyond the N test texts: the calibration text, chapter 04's other calibration texts, 09's domain texts
 
 
 def _book_run(args, folder: Path):
@@ -351,17 +298,15 @@ def item_peak(args) -> dict:
 
 
 def item_chapter(args) -> dict:
+    torch.set_grad_enabled(False)
     with tempfile.TemporaryDirectory(prefix="bench-chapter-") as folder:
-        if args.item in BOOK_CHAPTERS:
-            run = _book_run(args, Path(folder))
-            w, given = run.w, run
-        else:
-            w = given = _setup(args)
+        run = _book_run(args, Path(folder))
+        w = run.w
         if w.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         base = c.rss_mb()
         t0 = time.perf_counter()
-        flops, extra = CHAPTERS[args.item](args, given)
+        flops, extra = CHAPTERS[args.item](args, run)
         seconds = time.perf_counter() - t0
     out = {"seconds": seconds, "flops": flops, "peak_rss_mb": c.peak_rss_mb(), "base_rss_mb": base, **extra}
     if w.device.type == "cuda":

@@ -142,3 +142,80 @@ def truth(toy_dir) -> dict:
     from ctxneurons import toy
 
     return toy.ground_truth(toy_dir)
+
+
+# Corpus text salted with HTML that must never run in a page: the hub's OpenWebText carries it
+# into the book that tests/test_book_e2e.py reads in Chromium.
+HOSTILE = [
+    '<script>window.__xss = 1</script>',
+    '<img src=x onerror="window.__xss = 1">',
+    '<div><b>unbalanced <i>tags</table>',
+]
+OWT_SHARDS = 3
+
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory, webtext):
+    """A real hub server (olah) on localhost: a GPT-2-shaped model (the same weights as
+    ``tiny``) served as openai-community/gpt2, OpenWebText (salted with HOSTILE) in the layout
+    datasets 5 refuses plus its Parquet conversion, a script-only dataset and a JSON Lines one."""
+    import shutil
+
+    from hubserver import (add_jsonl_dataset, add_model, add_script_dataset_with_conversion, add_script_only_dataset,
+                           olah_server, require_olah)
+
+    require_olah()
+    root = tmp_path_factory.mktemp("hub")
+    mirrors = root / "mirrors"
+    model = write_random_gpt2(root / "gpt2-shaped")
+    for name in ("vocab.json", "merges.txt"):  # as the real repo has them beside tokenizer.json
+        shutil.copyfile(SHARED / "gpt2-tokenizer" / name, model / name)
+    owt = [HOSTILE[i % 3] + " " + text + " " + HOSTILE[(i + 1) % 3] for i, text in enumerate(webtext[:900])]
+    shas = {"model": add_model(mirrors, "openai-community/gpt2", model)}
+    shas["owt"] = add_script_dataset_with_conversion(mirrors, "Skylion007/openwebtext", owt, "plain_text", OWT_SHARDS)
+    shas["script"] = add_script_only_dataset(mirrors, "ctxn-test/script-only")
+    shas["jsonl"] = add_jsonl_dataset(mirrors, "ctxn-test/webtext-jsonl", {"test": webtext[900:1000], "train": webtext[1000:1100]}, "web")
+    with olah_server(mirrors, root) as url:
+        yield {"url": url, "root": root, "shas": shas, "webtext": webtext, "owt": owt}
+
+
+@pytest.fixture(scope="session")
+def gpt2_edition_book(hub, tmp_path_factory):
+    """The whole book as a GPU runner builds it (ci/gpu_job.sh: model gpt2 and OpenWebText,
+    both from the hub, a batch of chapter 04), on CPU with a handful of texts. Built once:
+    test_hub checks its provenance and reruns it offline, test_book_e2e reads it in Chromium."""
+    import subprocess
+
+    from hubserver import hub_env
+
+    root = tmp_path_factory.mktemp("gpt2-edition")
+    repo = copy_repo(root / "repo")
+    settings = {"CTXN_MODEL": "gpt2", "CTXN_DEVICE": "cpu", "CTXN_N_TEXTS": "4", "CTXN_HEADS": "[0, 2]",
+                "CTXN_MAX_NEURONS": "6", "CTXN_THRESHOLD": "0.5", "CTXN_BATCH_NOTEBOOKS": "04", "CTXN_SKIP_SETUP": "1",
+                # Chapter 06 compares the served model alone (the GPT-2 sizes and GPT-Neo are not served here);
+                # chapter 09's domains both come from the hub: the two dataset layouts side by side.
+                "CTXN_MODELS": "gpt2",
+                "CTXN_DOMAINS": json.dumps({"web": "openwebtext", "jsonl": "hf:ctxn-test/webtext-jsonl:web:train"}),
+                "CTXN_CACHE": str(root / "cache"), "CTXN_OUTPUT_DIR": str(root / "outputs")}
+    home = root / "hf-home"
+    env = hub_env(hub["url"], home, CTXN_RUNS_DIR=str(root / "runs"), **settings)
+    proc = subprocess.run(["bash", "ci/gpu_job.sh"], cwd=repo, env=env, capture_output=True, text=True, timeout=1800)
+    log = proc.stdout[-8000:] + proc.stderr[-8000:]
+    assert proc.returncode == 0, log
+    return {"repo": repo, "html": repo / "_build" / "html", "runs": root / "runs", "outputs": root / "outputs",
+            "home": home, "settings": settings, "root": root, "log": log}
+
+
+def copy_repo(dst: Path) -> Path:
+    """The working tree's tracked and untracked (not ignored) files, copied to ``dst``."""
+    import shutil
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=repo, capture_output=True, text=True,
+                           check=True).stdout.split()
+    for f in files:
+        if (repo / f).is_file():
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(repo / f, dst / f)
+    return dst

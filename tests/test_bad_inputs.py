@@ -69,6 +69,9 @@ CASES = [
     (["discover", "--seed", "x"], "seed"),
     (["discover", "--corpus", f"{T}/missing.jsonl"], "missing.jsonl"),
     (["discover", "--corpus", f"{T}/afile"], "suffix"),
+    (["discover", "--corpus", "/dev/zero"], "special file"),
+    (["discover", "--calibration-text", "/dev/zero"], "special file"),
+    (["discover", "--model", "/dev/null"], "config.json"),
     (["batch", "--notebook-dir", f"{T}/empty", "--out", f"{T}/runs"], "no notebooks"),
     (["batch", "--notebook-dir", f"{T}/nowhere", "--out", f"{T}/runs"], "no such folder"),
     (["batch", "nosuch", "--notebook-dir", "{nb}", "--out", f"{T}/runs"], "nosuch"),
@@ -206,5 +209,5 @@ def test_an_environment_override_is_another_run_and_is_recorded(world, monkeypat
     assert env.params["n_texts"] == 64 and env.environment == {"CTXN_N_TEXTS": "64"}
     assert env.identity["environment"] == {"CTXN_N_TEXTS": "64"} and "ctxneurons" in env.identity
     monkeypatch.setenv("CTXN_N_TEXTS", "sixty")
-    with pytest.raises(ParameterError, match="n_texts"):
+    with pytest.raises(ParameterError, match="n_texts='sixty' must be an integer .set by the environment variable CTXN_N_TEXTS"):
         batch.plan(nbs, sets, world["tmp"] / "out")

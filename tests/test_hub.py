@@ -7,35 +7,14 @@ environment a user would set (HF_ENDPOINT, HF_HOME, HF_HUB_OFFLINE)."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
 
 import pytest
 
-from conftest import SHARED, write_random_gpt2
-from hubserver import (add_jsonl_dataset, add_script_only_dataset, add_model, add_script_dataset_with_conversion, free_port, hub_env,
-                       olah_server, require_olah, run_python)
-
-OWT_SHARDS = 3
-
-
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory, webtext):
-    require_olah()
-    root = tmp_path_factory.mktemp("hub")
-    mirrors = root / "mirrors"
-    model = write_random_gpt2(root / "gpt2-shaped")
-    for name in ("vocab.json", "merges.txt"):  # as the real repo has them beside tokenizer.json
-        shutil.copyfile(SHARED / "gpt2-tokenizer" / name, model / name)
-    shas = {"model": add_model(mirrors, "openai-community/gpt2", model)}
-    shas["owt"] = add_script_dataset_with_conversion(mirrors, "Skylion007/openwebtext", webtext[:900], "plain_text", OWT_SHARDS)
-    shas["script"] = add_script_only_dataset(mirrors, "ctxn-test/script-only")
-    shas["jsonl"] = add_jsonl_dataset(mirrors, "ctxn-test/webtext-jsonl", {"test": webtext[900:1000], "train": webtext[1000:1100]}, "web")
-    with olah_server(mirrors, root) as url:
-        yield {"url": url, "root": root, "shas": shas, "webtext": webtext}
-
+from conftest import SHARED
+from hubserver import free_port, hub_env, run_python
 
 LOAD = """
 import json
@@ -158,7 +137,7 @@ def test_tests_fetch_their_data_from_the_hub_when_shared_data_is_absent(hub, tmp
     data = tmp_path / "data"
     assert (data / "gpt2-tokenizer" / "vocab.json").read_bytes() == (SHARED / "gpt2-tokenizer" / "vocab.json").read_bytes()
     lines = (data / "webtext-sample.jsonl").read_text().splitlines()
-    assert len(lines) == 50 and all(json.loads(line)["text"] in hub["webtext"][:900] for line in lines)
+    assert len(lines) == 50 and all(json.loads(line)["text"] in hub["owt"] for line in lines)
 
 
 def test_a_proxy_is_used_as_the_hub_client_uses_it(hub, tmp_path):
@@ -195,28 +174,16 @@ def test_prefetch_fills_the_cache_for_an_offline_machine(hub, tmp_path):
 
 
 @pytest.mark.slow
-def test_gpu_job_builds_the_gpt2_edition_through_the_hub_then_reruns_from_the_cache(hub, tmp_path):
+def test_gpu_job_builds_the_gpt2_edition_through_the_hub_then_reruns_from_the_cache(hub, gpt2_edition_book):
     """ci/gpu_job.sh as a GPU runner runs it (model gpt2, OpenWebText, both from the hub),
     on CPU with a handful of texts; then again with the hub gone, from the cache."""
-    from test_book_e2e import _copy_repo
-
-    repo = _copy_repo(tmp_path / "repo")
-    home = tmp_path / "hf-home"
-    settings = {"CTXN_MODEL": "gpt2", "CTXN_DEVICE": "cpu", "CTXN_N_TEXTS": "4", "CTXN_HEADS": "[0, 2]",
-                "CTXN_MAX_NEURONS": "6", "CTXN_THRESHOLD": "0.5", "CTXN_BATCH_NOTEBOOKS": "04", "CTXN_SKIP_SETUP": "1",
-                # Chapter 06 compares the served model alone (the GPT-2 sizes and GPT-Neo are not served here);
-                # chapter 09's domains both come from the hub: the two dataset layouts side by side.
-                "CTXN_MODELS": "gpt2",
-                "CTXN_DOMAINS": json.dumps({"web": "openwebtext", "jsonl": "hf:ctxn-test/webtext-jsonl:web:train"}),
-                "CTXN_CACHE": str(tmp_path / "cache"), "CTXN_OUTPUT_DIR": str(tmp_path / "outputs")}
-    env = hub_env(hub["url"], home, CTXN_RUNS_DIR=str(tmp_path / "runs"), **settings)
-    proc = subprocess.run(["bash", "ci/gpu_job.sh"], cwd=repo, env=env, capture_output=True, text=True, timeout=1800)
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
-    front = (repo / "_build" / "html" / "book" / "intro.html").read_text()
+    book, settings, home = gpt2_edition_book, gpt2_edition_book["settings"], gpt2_edition_book["home"]
+    repo, tmp_path = book["repo"], book["root"]
+    front = (book["html"] / "book" / "intro.html").read_text()
     model_sha, owt_sha = hub["shas"]["model"], hub["shas"]["owt"]["converted"]
     assert f"openai-community/gpt2@{model_sha[:12]}" in front and owt_sha[:12] in front
     assert "Offline edition" not in front
-    summary = json.loads((tmp_path / "outputs" / "contextual_circuit" / "summary.json").read_text())
+    summary = json.loads((book["outputs"] / "contextual_circuit" / "summary.json").read_text())
     assert summary["model_revision"] == model_sha and summary["corpus_revision"] == owt_sha
     assert summary["model_fallback_to_toy"] is False
 

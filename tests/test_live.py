@@ -254,6 +254,40 @@ def test_toy_page_tokenises_computes_and_updates_as_one_types(toy_case, tmp_path
             page.context.close()
 
 
+def test_toy_page_says_how_much_of_an_english_text_it_cannot_read(toy_case, tmp_path):
+    """The toy's word-level tokenizer reads English words it lacks as one placeholder token:
+    the page says how many tokens that is, as a share, and what to do (the hint the book
+    gives for the toy); a text in the toy's vocabulary gets no warning."""
+    w = toy_case["w"]
+    start = " ".join(toy.documents(1, seed=99)[0].split()[:30])
+    site = live_static.standalone_page(tmp_path, toy_case["manifest"], toy_case["out"], start,
+                                       unknown_hint="Paste a text in the toy's <b>words</b>.").parent
+    english = "The colour of the centre was a favourite topic of the neighbours in the theatre"
+    ids = w.tokenizer.encode(english, add_special_tokens=False)
+    unknown = sum(i == w.tokenizer.unk_token_id for i in ids)
+    assert 0 < unknown < len(ids)  # 'the' and 'of' are toy words; 'colour' is not
+    with serve(site) as base, launch() as browser:
+        page, report = _open(browser, base)
+        try:
+            warning = page.locator(".ctxn-live-warning")
+            assert not warning.is_visible() and page.get_attribute(".ctxn-live", "data-unknown-tokens") == "0"
+            before = _renders(page)
+            page.fill(".ctxn-live-text", english)
+            page.wait_for_function(f"() => Number(document.querySelector('.ctxn-live').dataset.renders) > {before}")
+            assert warning.is_visible()
+            text = warning.inner_text()
+            assert text.startswith(f"{unknown} of {len(ids)} tokens ({round(100 * unknown / len(ids))}%)"), text
+            assert "Paste a text in the toy's <b>words</b>." in text and page.locator(".ctxn-live-warning b").count() == 0
+            screenshot(page, "try-a-neuron-toy-unknown-words")
+            before = _renders(page)
+            page.fill(".ctxn-live-text", start)
+            page.wait_for_function(f"() => Number(document.querySelector('.ctxn-live').dataset.renders) > {before}")
+            assert not warning.is_visible()
+            report.assert_clean()
+        finally:
+            page.context.close()
+
+
 @pytest.fixture(scope="module")
 def gpt2_case(tiny, tiny_tokens, tmp_path_factory):
     c = circuit.build_circuit(tiny, tiny_tokens[0], heads=(0, 1))

@@ -1,5 +1,6 @@
 """The small helpers the notebooks rely on, each able to fail."""
 
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -44,6 +45,19 @@ def test_select_capped_falls_back_to_the_strongest_when_nothing_passes():
     assert found.tolist() == [3, 1] and n_passed == 3
     found, n_passed = neurons.select_capped(top, 50.0, 2)
     assert found.tolist() == [3, 1] and n_passed == 0
+
+
+def test_discover_lists_what_passes_and_says_so_when_nothing_does(tiny):
+    a, b = (~neurons.glitch_mask(tiny)).nonzero().flatten()[:2].tolist()
+    contribution = torch.zeros(tiny.d_vocab, tiny.d_mlp)
+    contribution[a, 7], contribution[b, 3], contribution[tiny.tokenizer.eos_token_id, 9] = 8.0, 6.0, 50.0
+    c = SimpleNamespace(contribution=contribution)
+    d = neurons.discover(tiny, c, threshold=5.0, max_neurons=4)
+    assert d.found.tolist() == [7, 3] and d.n_passed == 2  # neuron 9's one large token is end-of-text, a glitch token
+    assert d.message("listing") == "2 neurons reach top[j] >= 5.0; listing the 2 strongest (max_neurons = 4)."
+    none = neurons.discover(tiny, c, threshold=100.0, max_neurons=2)
+    assert none.n_passed == 0 and none.found.tolist() == [7, 3]
+    assert none.message().startswith("No neuron reaches top[j] >= 100.0 (the largest top[j] is 8); evaluating the 2 neurons")
 
 
 def test_precision_recall_against_a_known_answer():
@@ -220,12 +234,16 @@ def test_neuron_tables(tiny, tiny_tokens):
     first = df[(df.neuron == 1) & (df.sign == "+")]
     assert first["rank"].tolist() == [0, 1, 2]
     assert first["contribution"].iloc[0] == pytest.approx(float(contribution[~glitch, 1].max()))
-    J = torch.tensor([5, 17])
+    # Biases far beyond what LN2(x) . W_in reaches decide the answer: +100 always fires,
+    # -100 never does, and 0 fires somewhere along a real text.
+    J = torch.tensor([5, 17, 30])
+    b_in = tiny.b_in.clone()
+    b_in[J] = torch.tensor([100.0, -100.0, 0.0])
     top = torch.arange(tiny.d_mlp, dtype=torch.float64)
-    fired = neurons.calibration_firing(tiny, tiny_tokens[0], J, top)
-    max_pre = neurons.max_preactivation(tiny, tiny_tokens[:1], J)
-    assert fired["top"].tolist() == [5.0, 17.0]
-    assert fired["fired_on_calibration"].tolist() == (max_pre >= 0).tolist()
+    fired = neurons.calibration_firing(dataclasses.replace(tiny, b_in=b_in), tiny_tokens[0], J, top)
+    assert fired["top"].tolist() == [5.0, 17.0, 30.0]
+    assert fired["fired_on_calibration"].tolist() == [True, False, True]
+    assert fired["max_preactivation_on_calibration"].iloc[0] == pytest.approx(100, abs=10)
     pr = neurons.precision_recall_frame(torch.tensor([9.0, 6.0, 4.0, 1.0]), torch.tensor([5.0, 3.0]), torch.tensor([0, 2]))
     assert pr["n_found"].tolist() == [2, 3] and pr["recall"].tolist() == [0.5, 1.0]
 

@@ -205,6 +205,14 @@ function setUp(widget, m) {
   const status = widget.querySelector(".ctxn-live-status");
   const out = widget.querySelector(".ctxn-live-tokens");
   const top = widget.querySelector(".ctxn-live-top");
+  // Where a text is partly outside the model's vocabulary (a word-level tokenizer such as the
+  // toy's reads every unknown word as one placeholder token), say how much and what to do.
+  let warning = widget.querySelector(".ctxn-live-warning");
+  if (!warning) {
+    warning = el("div", undefined, { class: "ctxn-live-warning", role: "alert" });
+    warning.style.cssText = "display:none;border-left:4px solid #e0a800;background:#fff8e1;padding:.4em .6em;margin:.4em 0";
+    out.before(warning);
+  }
   if (widget.dataset.exportId !== m.id) {
     status.textContent =
       `This page was built with circuit data ${widget.dataset.exportId}, but the site holds ${m.id}: ` +
@@ -212,6 +220,9 @@ function setUp(widget, m) {
     return;
   }
   for (const e of m.neurons) select.append(el("option", e.label ? `${e.neuron} — ${e.label}` : String(e.neuron), { value: String(e.neuron) }));
+  // A link from the neuron browser (try_a_neuron.html#neuron-<j>) opens on that neuron.
+  const wanted = /^#neuron-(\d+)$/.exec(window.location.hash);
+  if (wanted && m.neurons.some((e) => e.neuron === Number(wanted[1]))) select.value = wanted[1];
   let latest = 0;
   let chosen = null; // the position the window table explains; null: the last token
   let result = null;
@@ -248,6 +259,22 @@ function setUp(widget, m) {
           return span;
         }),
       );
+      const unknownAt = r.ids.map((id, k) => m.unk_id !== null && id === m.unk_id && r.pieces[k] !== r.tokens[k]);
+      const nUnknown = unknownAt.filter(Boolean).length;
+      widget.dataset.unknownTokens = String(nUnknown);
+      if (nUnknown > 0) {
+        const share = nUnknown / r.ids.length;
+        const placeholder = JSON.stringify(r.tokens[unknownAt.indexOf(true)]);
+        warning.textContent =
+          `${nUnknown} of ${r.ids.length} tokens (${Math.round(100 * share)}%) are not in this model's vocabulary ` +
+          `(underlined): each reads as ${placeholder}, so the shading there shows what that placeholder does, ` +
+          `not your words${share >= 0.5 ? ", and for most of this text that is all the neuron sees" : ""}. ` +
+          (widget.dataset.unknownHint || "Use text in the model's own vocabulary.");
+        warning.style.display = "";
+      } else {
+        warning.textContent = "";
+        warning.style.display = "none";
+      }
       status.textContent =
         `neuron ${neuron} · ${r.ids.length} tokens after BOS` +
         (r.truncated ? ` (only the first ${m.n_positions - 1} are shown: the circuit covers ${m.n_positions} positions)` : "") +

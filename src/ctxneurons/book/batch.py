@@ -75,6 +75,7 @@ def run_identity(notebook: str, params: dict, environment: dict) -> dict:
 
 
 def identity_digest(identity: dict) -> str:
+    """The SHA-256 (hex) of a run identity: folder names and merge compare runs by it."""
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -113,6 +113,7 @@ def discover_main(argv: list[str]) -> int:
             check_output_file(args.out.with_suffix(".meta.json"), "--out")
     raw = {"model": args.model, "corpus": args.corpus, "calibration_text": args.calibration_text, "heads": args.heads,
            "threshold": args.threshold, "device": args.device, "max_neurons": args.max_neurons, "seed": args.seed, "n_texts": 1}
+    params = validate(raw)  # every input checked before the model loads
     bar = tqdm(total=4, file=sys.stderr, bar_format="{n_fmt}/{total_fmt} {desc} [{elapsed}]", leave=False, disable=None)
     start = time.time()
 
@@ -124,7 +125,6 @@ def discover_main(argv: list[str]) -> int:
         started.append(name)
         bar.set_description_str(name)
 
-    params = validate(raw)  # every input checked before the model loads
     from ctxneurons.book import discover, experiment
 
     try:
@@ -207,6 +207,7 @@ def _check_kernel(name: str) -> None:
 
 
 def batch_main(args) -> int:
+    """``ctxneurons batch``: every input checked, then the runs; returns the exit status (1 if a run failed)."""
     notebooks = batch.find_notebooks(args.notebooks, args.notebook_dir)
     param_sets = batch.expand_grid(batch.parse_set(args.set), batch.parse_grid(args.grid))
     check_writable_dir(args.out, "--out")

@@ -208,13 +208,17 @@ def approximate_from_export(out_dir: str | Path, neuron: int, ids: Sequence[int]
     return out
 
 
-def widget_html(manifest: dict, text: str = "", *, title: str = "Try a neuron") -> str:
+def widget_html(manifest: dict, text: str = "", *, title: str = "Try a neuron", unknown_hint: str = "") -> str:
     """The page's markup: a neuron picker, a text box holding ``text`` (untrusted: escaped)
     and the places the script fills. The script (book/js/ctxneurons_live.js) finds the
-    export beside itself and checks ``manifest['id']`` against the one written here."""
+    export beside itself and checks ``manifest['id']`` against the one written here.
+
+    unknown_hint: what the page tells a reader whose text has tokens outside the model's
+    vocabulary (after saying how many), e.g. which words the toy model knows."""
     esc = html.escape
+    hint = f' data-unknown-hint="{esc(unknown_hint)}"' if unknown_hint else ""
     return (
-        f'<div class="{WIDGET_CLASS}" data-export-id="{esc(manifest["id"])}">'
+        f'<div class="{WIDGET_CLASS}" data-export-id="{esc(manifest["id"])}"{hint}>'
         f'<div class="ctxn-live-title"><b>{esc(title)}</b></div>'
         '<label>Neuron <select class="ctxn-live-neuron" aria-label="neuron"></select></label>'
         '<textarea class="ctxn-live-text" rows="6" spellcheck="false" aria-label="your text"'

@@ -212,6 +212,7 @@ def _kind(path: Path) -> str | None:
 
 
 def check_readable_file(path: Path, what: str, fix: str) -> None:
+    """``path`` is a file this process may read; else a ParameterError naming ``what`` and ``fix``."""
     kind = _kind(path)
     if kind is None:
         raise ParameterError(f"{what} {str(path)!r}: no such file; {fix}")
@@ -252,6 +253,8 @@ def _check_corpus(name: str, v: str) -> None:
            ".txt file or folder of them")
     if kind is None:
         raise ParameterError(f"parameter {name}={v!r}: no such file or folder; {fix}")
+    if kind == "other":  # a pipe or device would block or never end
+        raise ParameterError(f"parameter {name}={v!r} is a special file, not a file or folder; {fix}")
     if kind == "file" and path.suffix not in CORPUS_SUFFIXES:
         raise ParameterError(f"parameter {name}={v!r} has suffix {path.suffix!r}; {fix}")
     if kind == "file":
@@ -321,16 +324,22 @@ def recorded_environment(applied: dict | None = None) -> dict:
 def env_overrides(params: dict, names=None) -> tuple[dict, dict]:
     """``params`` with each ``CTXN_<NAME>`` environment variable (for the names in
     ``names``, default: those of ``params``) in place of its value; and the variables that
-    were applied, {variable: value}, which a run records as part of its identity."""
+    were applied, {variable: value}, which a run records as part of its identity. A bad
+    value is a ParameterError that names the variable it came from."""
     out, applied = dict(params), {}
     for name in (params if names is None else names):
         var = f"CTXN_{name.upper()}"
         if var in os.environ:
+            try:
+                validate({name: os.environ[var]})
+            except ParameterError as err:
+                raise ParameterError(f"{err} (set by the environment variable {var}: fix or unset it)") from None
             out[name] = applied[var] = os.environ[var]
     return out, applied
 
 
 def require(params: dict, names, where: str) -> None:
+    """Each of ``names`` is in ``params``; else a ParameterError saying where it is missing from."""
     for required in names:
         if required not in params:
             raise ParameterError(f"{where}: parameter {required!r} is missing from its parameters cell")

@@ -97,7 +97,7 @@ def encode_bytes(data: bytes) -> torch.Tensor:
 
 
 def decode_bytes(t: torch.Tensor) -> bytes:
-    """The bytes of :func:`encode_bytes`."""
+    """The bytes of :func:`encode_bytes`, from its uint8 tensor [n]."""
     return t.numpy().tobytes()
 
 

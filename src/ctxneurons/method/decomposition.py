@@ -24,8 +24,8 @@ import pandas as pd
 import torch
 
 from ctxneurons.method import forward
-from ctxneurons.method.stats import histogram, histogram_medians
 from ctxneurons.method.forward import full_precision
+from ctxneurons.method.stats import TEXT_COLUMNS, histogram, histogram_medians, log_edges
 from ctxneurons.method.weights import Layer0
 
 DEFAULT_C = 3.5  # a typical |W_E[t]| of GPT-2 Small after centring (METHOD.md)
@@ -210,12 +210,11 @@ def tv_statistics(
 
 #: Bins of TV, which lives in [0, 1] and spans orders of magnitude: log-spaced bins read
 #: medians to within 0.6%.
-TV_EDGES = torch.cat([torch.zeros(1), torch.logspace(-6, 0, 2400)])
+TV_EDGES = log_edges(-6, 0)
 
 #: The columns of :func:`tv_frame` (chapter 02's tv_by_text.csv).
 TV_BY_TEXT_COLUMNS = {
-    "text": "index of the test text",
-    "doc_id": "the text's document id in the corpus",
+    **TEXT_COLUMNS,
     "head": "layer-0 attention head",
     "median_tv": "median TV over the text's query positions >= 1",
     "mean_tv": "mean TV over the text's query positions >= 1",

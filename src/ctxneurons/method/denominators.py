@@ -22,7 +22,7 @@ import torch
 from ctxneurons.method import decomposition, forward, kernels
 from ctxneurons.method.forward import full_precision
 from ctxneurons.method.weights import Layer0
-from ctxneurons.method.stats import histogram
+from ctxneurons.method.stats import TEXT_COLUMNS, histogram, log_edges
 
 
 @full_precision
@@ -277,12 +277,11 @@ def denominator_statistics(
 
 
 #: Bins of |denom / c - 1|, log-spaced from 1e-5 to 10 (the deviations span orders of magnitude).
-DEVIATION_EDGES = torch.cat([torch.zeros(1), torch.logspace(-5, 1, 2400)])
+DEVIATION_EDGES = log_edges(-5, 1)
 
 #: The columns of :func:`examples_frame` (chapter 03's denominators_examples.csv).
 EXAMPLES_COLUMNS = {
-    "text": "index of the test text",
-    "doc_id": "the text's document id in the corpus",
+    **TEXT_COLUMNS,
     "head": "layer-0 attention head (circuit heads only)",
     "position": "query position i",
     "token": "the text's token at i (decoded)",
@@ -302,8 +301,7 @@ def examples_frame(ratio: torch.Tensor, heads: list[int], token_strs: list[list[
 
 #: The columns of :func:`at_position_frame` (chapter 03's denominators_at_mid.csv).
 AT_POSITION_COLUMNS = {
-    "text": "index of the test text",
-    "doc_id": "the text's document id in the corpus",
+    **TEXT_COLUMNS,
     "head": "layer-0 attention head (circuit heads and the contrast head)",
     "kind": "the head's kind from its kernel at n_tokens // 2",
     "in_circuit": "whether the head is a circuit head",

@@ -26,6 +26,7 @@ import torch
 from ctxneurons.method import forward
 from ctxneurons.method.circuit import Circuit
 from ctxneurons.method.forward import full_precision
+from ctxneurons.method.stats import TEXT_COLUMNS
 from ctxneurons.method.weights import Layer0, check_indices
 
 #: The first query position any score counts: position 0 holds BOS, which attends only to
@@ -120,8 +121,7 @@ def _scores(selected: Circuit, tokens: torch.Tensor, true: torch.Tensor, first_p
 SCORES_COLUMNS = {
     "neuron": "layer-0 MLP neuron j",
     "top": "top[j], its largest contribution over non-glitch tokens",
-    "text": "index of the test text",
-    "doc_id": "the text's document id in the corpus",
+    **TEXT_COLUMNS,
     "r": "Pearson r between true and approximate contributions over positions >= 1",
     "fvu": "fraction of variance unexplained, sum (true - approx)^2 / sum (true - mean true)^2",
 }

@@ -9,6 +9,19 @@ import pandas as pd
 import torch
 
 
+#: The columns that name a test text, in every per-text table.
+TEXT_COLUMNS = {
+    "text": "index of the test text",
+    "doc_id": "the text's document id in the corpus",
+}
+
+
+def log_edges(low: float, high: float, n: int = 2400) -> torch.Tensor:
+    """Histogram edges [n + 1] for values >= 0 spanning orders of magnitude: 0, then n bins
+    log-spaced from 10**low to 10**high."""
+    return torch.cat([torch.zeros(1), torch.logspace(low, high, n)])
+
+
 def histogram(values: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
     """Counts of values [..., m] over the bins of edges [b+1], per leading index: -> [..., b].
 
