@@ -22,8 +22,9 @@ starts. The paper's circuit heads (0, 2, 6, 8, 9, 10), 100 evaluated neurons:
       over 32 texts (compare_calibrations)
   05  one circuit, the discovery statistic and extreme tokens of 100 neurons, one text's
       pre-activations and the calibration firing check
-  06  one model's study (across.study): its kernels, TV and denominators of its circuit
-      heads over N texts, its circuit and the evaluation of its scaled rule's neurons
+  06  one model's study (across.study): the stable-heads rule (every head's denominators
+      over N texts), and where it picks heads their TV over N texts, the circuit and the
+      evaluation of its scaled rule's neurons
   07  head attribution of 100 neurons over N texts (batches of 4), their promoted tokens
   08  each neuron's mean true pre-activation by token over N texts, the core tokens'
       categories and homogeneity
@@ -219,14 +220,19 @@ def _compute_on(args, run):
 
 
 def ch06(args, run) -> tuple[float, dict]:
-    """One model's study as chapter 06 runs it: its kernels, TV and denominators of its
-    circuit heads over N texts, its circuit, the model-scaled discovery rule and the
-    evaluation of those neurons over N texts."""
+    """One model's study as chapter 06 runs it: the stable-heads rule (every head's
+    denominators over N texts up to n = n_ctx/2 - 12), then, where it picks heads, their TV
+    over N texts, the circuit, the model-scaled discovery rule and the evaluation of those
+    neurons over N texts (a random model may have no stable head: then the rule is all)."""
     row = _compute_on(args, run).tables["models"].frame.iloc[0]
-    w, h = run.w, len(row["circuit_heads"].split())
+    w, h = run.w, len(str(row["circuit_heads"]).split())
     d, H, e = w.d_model, w.n_heads, w.d_head
-    per_text = tv_flops(N_TOKENS, d, h, e) + denominator_flops(N_TOKENS, d, h, e) + evaluate_flops(N_TOKENS, d, H, e, h, int(row["n_evaluated"]))
-    return args.n * per_text + circuit_flops(w, N_TOKENS, CAL_POSITION, h), {"median_r": float(row["median_r"])}
+    per_text = denominator_flops(int(row["query_position"]) + 1, d, H, e)
+    once = 0.0
+    if h:
+        per_text += tv_flops(N_TOKENS, d, h, e) + evaluate_flops(N_TOKENS, d, H, e, h, int(row["n_evaluated"]))
+        once = circuit_flops(w, N_TOKENS, CAL_POSITION, h)
+    return args.n * per_text + once, {"median_r": float(row["median_r"]), "circuit_heads": h}
 
 
 def ch07(args, run) -> tuple[float, dict]:
