@@ -103,7 +103,11 @@ def start(name: str, namespace: dict) -> Run:
     """Validate the notebook's parameters (from its globals), load model and set up outputs."""
     from ctxneurons.book.params import check_writable_dir
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from ctxneurons.book.figures import BOOK_BUILD_ENV
+
+    # Progress lines help a reader running the notebook; a built page must not show them.
+    quiet = bool(os.environ.get(BOOK_BUILD_ENV))
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     raw, applied = env_overrides(_notebook_parameters(namespace))
     params = validate(raw)
     require(params, ("model", "n_texts", "seed", "device", "output_dir"), f"notebook {name}")
