@@ -17,6 +17,7 @@ import contextlib
 import functools
 import http.server
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -161,12 +162,74 @@ def open_page(browser, url: str, *, viewport=(1280, 900), timeout_ms: int = 30_0
 
 
 def plotly_figures_drawn(page) -> tuple[int, int]:
-    """(figures emitted by ctxneurons.book.figures.show, of those, how many plotly drew)."""
+    """(figures emitted by ctxneurons.book.figures.show, of those, how many plotly drew), now."""
     return tuple(page.evaluate(
         """() => {
             const figs = [...document.querySelectorAll('.ctxn-plotly-figure')];
             const drawn = figs.filter(f => f.querySelector('.js-plotly-plot .main-svg'));
             return [figs.length, drawn.length];
+        }"""
+    ))
+
+
+def figures_in_html(html: str) -> int:
+    """How many figures a page's HTML, as served, holds (see ctxneurons.book.figures.FIGURE_CLASS)."""
+    return html.count('class="ctxn-plotly-figure"')
+
+
+def wait_for_figures(page, expected: int, timeout_ms: int = 60_000) -> tuple[int, int]:
+    """Wait until the page shows ``expected`` figures (the count in its HTML) and plotly has
+    drawn every one, then return :func:`plotly_figures_drawn`. It waits for the figures
+    themselves, never for a fixed time: under load plotly.js and the page's scripts finish
+    well after the network is idle. On a timeout it returns what there is, for the test's
+    assertion to report."""
+    try:
+        page.wait_for_function(
+            """n => {
+                const figs = [...document.querySelectorAll('.ctxn-plotly-figure')];
+                return figs.length >= n && figs.every(f => f.querySelector('.js-plotly-plot .main-svg'));
+            }""",
+            arg=expected, timeout=timeout_ms, polling=100,
+        )
+    except Exception as exc:  # playwright's TimeoutError; the assertion below says what was missing
+        if "Timeout" not in type(exc).__name__:
+            raise
+    return plotly_figures_drawn(page)
+
+
+# What a reader must never meet in a cell's output: Python's plumbing.
+NOISE = {
+    "log line": re.compile(r"^(?:DEBUG|INFO|WARNING)(?:\s+[\w.]+:|:[\w.]*:)", re.M),
+    "progress bar": re.compile(r"\d+%\|"),
+    "absolute path": re.compile(r"(?<![\w./~-])/(?:tmp|home|root|work|Users|private|var|mnt|opt)/[^\s'\")]+"),
+    "raw dict": re.compile(r"\{'[^'\n]+': "),
+}
+
+
+def output_noise(outputs: list[str], inputs: tuple[str, ...] = ()) -> list[str]:
+    """The noise in a page's cell outputs (their text, in order): one 'kind: excerpt' per
+    finding, e.g. a logging line, a progress bar, a path of the build machine, a printed dict.
+
+    inputs: paths the build was given as its model, corpus or calibration text; the captions
+    name those (it is how a local model is identified), so they are not noise."""
+    found = []
+    for k, text in enumerate(outputs):
+        for given in sorted(inputs, key=len, reverse=True):
+            text = text.replace(given, "<input>")
+        for kind, pattern in NOISE.items():
+            for m in pattern.finditer(text):
+                found.append(f"output {k + 1}, {kind}: {text[max(0, m.start() - 40): m.end() + 40]!r}")
+    return found
+
+
+def page_outputs(page) -> tuple[list[str], int]:
+    """(the text of every cell output on the page, how many output boxes show nothing at all)."""
+    return tuple(page.evaluate(
+        """() => {
+            const outs = [...document.querySelectorAll('.cell_output')];
+            const empty = outs.filter(o => !o.innerText.trim() &&
+                !o.querySelector('img, svg, canvas, iframe, table, input, textarea, .ctxn-plotly-figure, .ctxn-live'));
+            return [outs.map(o => o.innerText), empty.length];
         }"""
     ))
 

@@ -55,3 +55,25 @@ def test_every_public_function_has_a_docstring_and_tensor_functions_give_shapes(
     assert not missing_doc, f"public functions without a docstring: {missing_doc}"
     no_shape = [name for name, fn in _public_functions() if _mentions_tensor(fn) and not SHAPE.search(fn.__doc__)]
     assert not no_shape, f"functions on tensors whose docstring gives no shape: {no_shape}"
+
+
+def test_docstrings_that_cite_method_md_link_the_books_method_page():
+    """METHOD.md is not in the site: the API extension turns each citation of it into a
+    reference to the method page's section, and every label it names exists there."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    try:
+        import api_docs
+    finally:
+        sys.path.pop(0)
+    lines = ["Keys split (METHOD.md §1); discovery (METHOD.md §4, discovery).", "See METHOD.md. |x| stays a norm."]
+    api_docs._docstring_as_rst(None, "module", "m", None, None, lines)
+    assert lines[0] == ("Keys split (:ref:`method §1 <method-decomposition>`); "
+                        "discovery (:ref:`method §4, discovery <method-discovery>`).")
+    assert lines[1] == "See :ref:`the method page <method>`. \\|x\\| stays a norm."
+    page = (ROOT / "book" / "method.md").read_text()
+    for label in {"method", *api_docs.METHOD_LABELS.values()}:
+        assert f"({label})=\n" in page, label
+    cited = {m.group(1) for mod in _modules() for m in re.finditer(r"METHOD\.md\s*(?:§|section\s+)(\d)", Path(mod.__file__).read_text())}
+    assert cited <= set(api_docs.METHOD_LABELS), cited

@@ -67,6 +67,12 @@ def test_grid_runs_each_set_in_its_own_folder_and_skips_finished_ones(notebook_d
     assert any("[2/2]" in line for line in lines)
     again = batch.run_batch(nbs, sets, tmp_path / "runs", log=lines.append)
     assert [r["status"] for r in again] == ["skipped", "skipped"]
+    # A finished run whose files no longer match its run.json is run again, not skipped.
+    summary_json = next((tmp_path / "runs" / "01_demo").glob("seed=2__*/outputs/demo/summary.json"))
+    summary_json.write_text('{"headline": {"twice": 5, "n": 3}}')
+    repaired = batch.run_batch(nbs, sets, tmp_path / "runs", log=lines.append)
+    assert [r["status"] for r in repaired] == ["skipped", "done"] and "repaired" in repaired[1]
+    assert json.loads(summary_json.read_text())["headline"]["twice"] == 4
 
 
 def test_a_failing_notebook_is_reported_and_the_others_go_on(notebook_dir, tmp_path):
@@ -106,6 +112,10 @@ def test_interrupted_batch_keeps_finished_runs_and_resumes(notebook_dir, tmp_pat
     _wait_for(marker, proc)
     os.killpg(proc.pid, sig)
     proc.wait(timeout=60)
+    if sig == signal.SIGINT:  # a Ctrl-C: one message saying what was kept and how to resume
+        said = proc.stdout.read().decode()
+        assert proc.returncode == 130 and "Traceback" not in said, said
+        assert "01_demo/seed=99" in said and "Run the same command again to resume" in said, said
     demo = root / "01_demo"
     finished = [p for p in demo.iterdir() if (p / "run.json").exists()]
     assert [p.name.split("__")[0] for p in finished] == ["seed=1"]
@@ -222,10 +232,11 @@ def test_merge_refuses_runs_that_disagree_and_writes_nothing(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ctxneurons.book.cli", "batch", "merge", str(tmp_path / "a"), str(tmp_path / "b"),
                            "--out", str(tmp_path / "merged")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert "1 run(s) were computed twice with the same parameters and disagree; nothing was merged" in proc.stderr
+    assert "1 run(s) disagree with another copy of themselves or are damaged; nothing was merged" in proc.stderr
     assert "01_demo/seed=1__aaaa" in proc.stderr and "demo.r: 0.5 vs 0.6" in proc.stderr
-    assert not (tmp_path / "merged").exists()
-    with pytest.raises(FileNotFoundError, match="not a folder of runs"):
+    assert "Traceback" not in proc.stderr
+    assert not list((tmp_path / "merged").glob("*/*"))
+    with pytest.raises(batch.BatchError, match="not a folder of runs"):
         batch.merge([tmp_path / "nowhere"], tmp_path / "merged")
 
 
@@ -257,3 +268,23 @@ def test_batch_page_escapes_parameters_and_names_unfinished_runs(tmp_path):
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert "1 finished run(s)" in page and "1 unfinished run(s), not shown: <code>01_demo/seed=2__bbbb.partial</code>" in page
     assert "No finished batch runs" in report.batch_html(tmp_path / "nothing")
+
+
+def test_an_environment_override_makes_a_new_recorded_run_not_a_skipped_one(notebook_dir, tmp_path, monkeypatch):
+    """A run made with CTXN_N_TEXTS=64 is not the run made without it: the later batch runs
+    anew, and run.json and summary.csv say which setting each used."""
+    nbs = batch.find_notebooks([], notebook_dir)
+    sets = batch.expand_grid({"seed": "5"}, {})
+    root = tmp_path / "runs"
+    monkeypatch.setenv("CTXN_N_TEXTS", "64")
+    assert [r["status"] for r in batch.run_batch(nbs, sets, root, log=lambda line: None)] == ["done"]
+    monkeypatch.delenv("CTXN_N_TEXTS")
+    assert [r["status"] for r in batch.run_batch(nbs, sets, root, log=lambda line: None)] == ["done"]
+    runs = sorted((root / "01_demo").glob("*/run.json"))
+    assert len(runs) == 2
+    records = [json.loads(p.read_text()) for p in runs]
+    assert sorted(json.dumps(r["environment"]) for r in records) == ['{"CTXN_N_TEXTS": "64"}', "{}"]
+    summary = pd.read_csv(root / "summary.csv")
+    assert sorted(summary["n"]) == [1, 64]  # the notebook read the override as the record says
+    by_env = dict(zip(summary["environment"], summary["param.n_texts"]))
+    assert by_env['{"CTXN_N_TEXTS": "64"}'] == 64 and pd.isna(by_env["{}"])  # the notebook's own default

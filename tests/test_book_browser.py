@@ -116,3 +116,66 @@ def test_plotly_and_untrusted_text_in_browser(tiny_book):
             report.assert_clean()
         finally:
             page.context.close()
+
+
+LATE_FIGURE_PAGE = """<!doctype html><html><body>
+<div class="ctxn-plotly-figure"><div class="js-plotly-plot"><svg class="main-svg"></svg></div></div>
+<div class="ctxn-plotly-figure" id="late"></div>
+<script>
+// Drawn well after the page has loaded and the network is idle, as plotly is on a busy machine.
+setTimeout(() => { document.getElementById('late').innerHTML =
+  '<div class="js-plotly-plot"><svg class="main-svg"></svg></div>'; }, 1500);
+setTimeout(() => { const d = document.createElement('div'); d.className = 'ctxn-plotly-figure';
+  d.innerHTML = '<div class="js-plotly-plot"><svg class="main-svg"></svg></div>'; document.body.append(d); }, 2500);
+</script></body></html>"""
+
+
+def test_figure_wait_waits_for_the_figures_not_for_the_clock(tmp_path):
+    """Issue 22, bug 7: counting figures once the network is idle races plotly on a loaded
+    machine. wait_for_figures waits until the page holds as many figures as its HTML says
+    (here one more is added later still) and each is drawn."""
+    from browser import figures_in_html, wait_for_figures
+
+    (tmp_path / "late.html").write_text(LATE_FIGURE_PAGE)
+    with serve(tmp_path) as base, launch() as browser:
+        page, report = open_page(browser, f"{base}/late.html")
+        assert plotly_figures_drawn(page) == (2, 1)  # what the old test saw
+        assert wait_for_figures(page, 3) == (3, 3)
+        page.close()
+        page, _ = open_page(browser, f"{base}/late.html")
+        assert wait_for_figures(page, 5, timeout_ms=4000) == (3, 3)  # a timeout reports what there is
+        report.assert_clean()
+    assert figures_in_html(LATE_FIGURE_PAGE) == 2
+
+
+def test_output_noise_finds_what_a_reader_must_not_meet():
+    from browser import output_noise
+
+    noisy = ["INFO ctxneurons.book.experiment: device auto chose cpu", "headline numbers written to /tmp/b/outputs/x/summary.json",
+             "at threshold 5.0: {'precision': 1.0, 'recall': 0.7413793103448276}", " 45%|####      | 9/20 [00:01<00:02]"]
+    found = output_noise(noisy)
+    assert [f.split(",")[1].split(":")[0].strip() for f in found] == ["log line", "absolute path", "raw dict", "progress bar"]
+    clean = ["median r = 0.9485 over 100 texts", "a model at /path/to/gpt2 in the prose is fine: it is not a machine's path",
+             "precision 1.00, recall 0.74", 'a JSON line {"text": "…"}']
+    assert output_noise(clean) == []
+    given = "/tmp/models/my-gpt2"
+    assert output_noise([f"Model: {given} · 4 texts"], (given,)) == []
+    assert output_noise([f"Model: {given} · written to /tmp/build/outputs"], (given,)) != []
+
+
+def test_parameter_cells_show_the_values_the_build_used():
+    """Issue 24: every parameter cell showed n_texts = 1000 while the build used 100."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "book" / "_ext"))
+    try:
+        import parameter_overrides as po
+    finally:
+        sys.path.pop(0)
+    cell = 'model = "auto"\nn_texts = 1000\nheads = [0, 2, 6, 8, 9, 10]\noutput_dir = "outputs"\nseed = 0'
+    shown = po.overridden(cell, {"CTXN_N_TEXTS": "100", "CTXN_HEADS": "[0, 2]", "CTXN_OUTPUT_DIR": "/tmp/build/outputs",
+                                 "CTXN_SEED": ""}).splitlines()
+    assert shown[0] == 'model = "auto"' and shown[4] == "seed = 0"  # not overridden (an empty variable is no override)
+    assert shown[1] == "n_texts = 100  # this build (CTXN_N_TEXTS); the notebook's default: 1000"
+    assert shown[2].startswith("heads = [0, 2]  # this build")
+    assert "/tmp" not in shown[3] and shown[3].startswith("output_dir = '.../outputs'")

@@ -238,6 +238,19 @@ def test_calibration_from_file_and_inline_agree(tmp_path, webtext):
     assert from_file.sha256 == inline.sha256 and len(inline.sha256) == 64
 
 
+def test_calibration_from_a_jsonl_file_is_its_documents_prose(tmp_path, webtext):
+    """Not the JSON source: '{"text": "...' must never become the calibration prose; the
+    file's texts, joined in order, are."""
+    path = tmp_path / "cal.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in webtext[2:4]), encoding="utf-8")
+    cal = load_calibration_text(path)
+    assert cal.text == webtext[2] + "\n\n" + webtext[3] and "cal.jsonl" in cal.name
+    assert '{"text"' not in cal.text
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(CorpusError, match=r"empty\.jsonl holds no non-empty"):
+        load_calibration_text(tmp_path / "empty.jsonl")
+
+
 def test_calibration_tokens_prefix(tok, webtext):
     text = next(t for t in webtext if n_ids(tok, t) >= 600)
     cal = load_calibration_text(text)

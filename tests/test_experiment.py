@@ -147,7 +147,7 @@ def test_a_parameter_shadowed_by_an_import_is_reported(tiny_dir, corpus_file, tm
 
 def test_papermill_style_strings_are_coerced(monkeypatch):
     monkeypatch.setenv("CTXN_N_TEXTS", "7")
-    p = experiment.validate(experiment._env_overrides({"n_texts": 1000, "heads": "[0, 2, 6]", "C_values": "[1, 3.5]"}))
+    p = experiment.validate(experiment.env_overrides({"n_texts": 1000, "heads": "[0, 2, 6]", "C_values": "[1, 3.5]"})[0])
     assert p == {"n_texts": 7, "heads": [0, 2, 6], "C_values": [1.0, 3.5]}
 
 
@@ -183,3 +183,32 @@ def test_relative_output_dir_is_taken_from_the_book_root(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # where a user runs papermill
     assert experiment.resolve_output_dir("outputs") == tmp_path / "outputs"
     assert experiment.resolve_output_dir("/abs/out") == Path("/abs/out")
+
+
+def test_the_record_names_environment_overrides_version_and_code(tiny_dir, corpus_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("CTXN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CTXN_N_TEXTS", "2")
+    run = experiment.start("demo", _params(tiny_dir, corpus_file, tmp_path))
+    prov = run.provenance
+    assert run.params["n_texts"] == 2 and prov["parameters"]["n_texts"] == 2
+    assert prov["environment"] == {"CTXN_N_TEXTS": "2"}
+    assert prov["ctxneurons"] and len(prov["code"]) == 16
+
+
+class _Drawn:
+    """Stands in for a TokenBatch drawn from a hub corpus at a commit."""
+
+    def __init__(self, revision):
+        self.revision = revision
+
+
+def test_reading_the_texts_does_not_change_the_run(tiny_dir, corpus_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("CTXN_CACHE", str(tmp_path / "cache"))
+    run = experiment.start("demo", _params(tiny_dir, corpus_file, tmp_path))
+    assert run.corpus_revision is None  # nothing drawn yet
+    fields_before = dict(vars(run))
+    run.texts, run.calibration  # noqa: B018  (drawing is all these do)
+    assert run.corpus_revision is None  # a local corpus has no hub commit
+    assert {k: v for k, v in vars(run).items() if k in fields_before} == fields_before  # only caches were added
+    run.__dict__["texts"] = _Drawn("abc123")  # the revision is read off what was drawn
+    assert run.corpus_revision == "abc123"

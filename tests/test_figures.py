@@ -4,6 +4,7 @@ hands to the notebook front end."""
 from __future__ import annotations
 
 import math
+import re
 import shutil
 
 import nbformat
@@ -108,3 +109,28 @@ def test_stray_fig_show_fails_the_strict_build(tmp_path):
     proc = build_book(tmp_path, check=False, timeout=600)
     assert proc.returncode != 0
     assert "application/vnd.plotly.v1+json" in proc.stdout + proc.stderr
+
+
+def test_token_heatmap_window_shows_the_strongest_positions_of_a_long_text():
+    tokens = [f"t{i} " for i in range(1024)]
+    values = [0.01] * 1024
+    values[700] = -5.0  # the strongest, by |value|
+    page = figures.token_heatmap_html(tokens, values, window=40, first_position=1)
+    shown = re.findall(r">(t\d+ )</span>", page)
+    assert len(shown) == 40 and "t700 " in shown and "t0 " not in shown and "t1023 " not in shown
+    assert "positions " in page and "of 1–1024" in page and page.count("…") == 2
+    assert "position 701, " in page  # the hover says where in the text a token is
+    whole = figures.token_heatmap_html(tokens[:10], values[:10], window=40)
+    assert "positions" not in whole and "…" not in whole
+    assert figures.strongest_window([0, 0, 9, 0, 0, 0], 4) == (0, 4) and figures.strongest_window([0] * 5 + [9], 4) == (2, 6)
+
+
+def test_heatmaps_compare_like_with_like_on_one_scale_with_a_legend():
+    tokens = ["<b>", "x", "y"]
+    page = figures.token_heatmaps_html(tokens, [("approximation <i>", [1.0, 0.5, 0.0]), ("truth", [2.0, -2.0, 0.0])],
+                                       title="neuron 3", unit="contribution")
+    assert "<b>" not in page.replace("<b>neuron 3</b>", "").replace("<b>approximation &lt;i&gt;</b>", "").replace("<b>truth</b>", "")
+    assert "&lt;i&gt;" in page and page.count('class="ctxn-heatmap-legend"') == 1 and "one scale for all rows" in page
+    # vmax is the largest |value| of both series: the approximation's 1.0 is half-shaded, not full.
+    assert "rgba(214,39,40,0.500)" in page and "rgba(214,39,40,1.000)" in page
+    assert ">-2<" in page and ">2<" in page  # the legend's ends

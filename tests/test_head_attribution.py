@@ -21,7 +21,7 @@ def c(tiny, tiny_tokens):
 
 
 def test_head_terms_sum_to_the_circuit(tiny, c):
-    per_token, offset = ha.head_terms(tiny, c, J)
+    per_token, offset = circuit.head_terms(tiny, c, J)
     assert per_token.shape == (3, tiny.d_vocab, 4) and offset.shape == (3, 128, 4)
     torch.testing.assert_close(per_token.sum(0), c.contribution[:, J], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(offset.sum(0), c.offset[:, J], rtol=1e-4, atol=1e-6)
@@ -30,7 +30,7 @@ def test_head_terms_sum_to_the_circuit(tiny, c):
 
 
 def test_per_head_approximations_sum_to_the_circuit_approximation(tiny, c, tiny_tokens):
-    per_token, offset = ha.head_terms(tiny, c, J)
+    per_token, offset = circuit.head_terms(tiny, c, J)
     by_head = ha.approximate_by_head(c.kernel, per_token, offset, tiny_tokens[1:])
     torch.testing.assert_close(by_head.sum(1), c.approximate(tiny_tokens[1:], J), rtol=1e-4, atol=1e-5)
 
@@ -95,7 +95,7 @@ def test_lead_heads_consistency_and_tables():
 
 def test_head_and_neuron_tables(tiny, c, tiny_tokens):
     a = ha.attribute(tiny, c, tiny_tokens, J)
-    per_token, _ = ha.head_terms(tiny, c, J)
+    per_token, _ = circuit.head_terms(tiny, c, J)
     shares = ha.spread_shares(per_token, torch.ones(tiny.d_vocab, dtype=torch.bool))
     top = ha.top_texts(a.peak)
     heads = ha.head_table(a, shares, top, {h: "slow" for h in range(tiny.n_heads)})

@@ -117,6 +117,21 @@ def test_export_refuses_bad_neurons_and_replaces_the_folder(toy_case, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]  # no temporary folder left
 
 
+def test_a_damaged_export_is_refused_not_read_as_numbers(toy_case, tmp_path):
+    shutil.copytree(toy_case["out"], tmp_path / "live")
+    j = toy_case["neurons"][0]
+    ids = _bos_ids(toy_case["w"], _unseen_toy_text())[1:50]
+    data = (tmp_path / "live" / f"neuron-{j}.bin").read_bytes()
+    (tmp_path / "live" / f"neuron-{j}.bin").write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(live.DamagedExport, match="bytes, the manifest says"):
+        live.approximate_from_export(tmp_path / "live", j, ids)
+    flipped = bytearray(data)
+    flipped[10] ^= 0x01  # same size, other numbers
+    (tmp_path / "live" / f"neuron-{j}.bin").write_bytes(bytes(flipped))
+    with pytest.raises(live.DamagedExport, match="SHA-256"):
+        live.approximate_from_export(tmp_path / "live", j, ids)
+
+
 def test_picker_labels_and_load_cost(toy_case):
     w, c, found = toy_case["w"], toy_case["circuit"], toy_case["neurons"]
     glitch = neurons.glitch_mask(w)
@@ -239,6 +254,40 @@ def test_toy_page_tokenises_computes_and_updates_as_one_types(toy_case, tmp_path
             page.context.close()
 
 
+def test_toy_page_says_how_much_of_an_english_text_it_cannot_read(toy_case, tmp_path):
+    """The toy's word-level tokenizer reads English words it lacks as one placeholder token:
+    the page says how many tokens that is, as a share, and what to do (the hint the book
+    gives for the toy); a text in the toy's vocabulary gets no warning."""
+    w = toy_case["w"]
+    start = " ".join(toy.documents(1, seed=99)[0].split()[:30])
+    site = live_static.standalone_page(tmp_path, toy_case["manifest"], toy_case["out"], start,
+                                       unknown_hint="Paste a text in the toy's <b>words</b>.").parent
+    english = "The colour of the centre was a favourite topic of the neighbours in the theatre"
+    ids = w.tokenizer.encode(english, add_special_tokens=False)
+    unknown = sum(i == w.tokenizer.unk_token_id for i in ids)
+    assert 0 < unknown < len(ids)  # 'the' and 'of' are toy words; 'colour' is not
+    with serve(site) as base, launch() as browser:
+        page, report = _open(browser, base)
+        try:
+            warning = page.locator(".ctxn-live-warning")
+            assert not warning.is_visible() and page.get_attribute(".ctxn-live", "data-unknown-tokens") == "0"
+            before = _renders(page)
+            page.fill(".ctxn-live-text", english)
+            page.wait_for_function(f"() => Number(document.querySelector('.ctxn-live').dataset.renders) > {before}")
+            assert warning.is_visible()
+            text = warning.inner_text()
+            assert text.startswith(f"{unknown} of {len(ids)} tokens ({round(100 * unknown / len(ids))}%)"), text
+            assert "Paste a text in the toy's <b>words</b>." in text and page.locator(".ctxn-live-warning b").count() == 0
+            screenshot(page, "try-a-neuron-toy-unknown-words")
+            before = _renders(page)
+            page.fill(".ctxn-live-text", start)
+            page.wait_for_function(f"() => Number(document.querySelector('.ctxn-live').dataset.renders) > {before}")
+            assert not warning.is_visible()
+            report.assert_clean()
+        finally:
+            page.context.close()
+
+
 @pytest.fixture(scope="module")
 def gpt2_case(tiny, tiny_tokens, tmp_path_factory):
     c = circuit.build_circuit(tiny, tiny_tokens[0], heads=(0, 1))
@@ -330,5 +379,24 @@ def test_built_toy_edition_page_matches_circuit_approximate(toy_book, toy_w):
             assert page.locator(".ctxn-live-tokens span").count() == n_spans + 1
             screenshot(page, "toy-book-try-a-neuron")
             report.assert_clean()
+        finally:
+            page.context.close()
+
+
+def test_the_page_says_when_its_data_is_damaged(toy_case, tmp_path):
+    """A truncated neuron file: the status line says the data is damaged, instead of
+    shading NaNs under a normal status line."""
+    shutil.copytree(toy_case["out"], tmp_path / "live")
+    j = toy_case["neurons"][0]
+    f = tmp_path / "live" / f"neuron-{j}.bin"
+    f.write_bytes(f.read_bytes()[:1000])
+    site = _site(tmp_path / "site", toy_case["manifest"], tmp_path / "live", "some text")
+    with serve(site) as base, launch() as browser:
+        page, _ = open_page(browser, f"{base}/index.html")
+        try:
+            page.wait_for_function("() => document.querySelector('.ctxn-live-status').textContent.includes('damaged')")
+            status = page.inner_text(".ctxn-live-status")
+            assert f"neuron-{j}.bin has 1000 bytes" in status, status
+            assert page.locator(".ctxn-live-tokens span").count() == 0
         finally:
             page.context.close()

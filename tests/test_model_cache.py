@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import write_random_gpt2
-from ctxneurons.io import model
+from ctxneurons.io import cache, model
 from ctxneurons.method.weights import Layer0
 from ctxneurons.io.model import load_layer0
 
@@ -141,10 +141,10 @@ def test_rewritten_weights_are_loaded_afresh(small_dir, cache_root, monkeypatch)
     again = load_layer0(small_dir, device="cpu")
     assert len(calls) == 3
     assert_same_layer(after, again)
-    assert len(list(cache_root.iterdir())) == 1  # the directory's outdated entries are gone
+    assert len(_entries(cache_root)) == 1  # the directory's outdated entries are gone
     other = write_random_gpt2(small_dir.parent / "other", n_layer=2, n_embd=32, n_head=2, n_positions=64)
     load_layer0(other, device="cpu")
-    assert len(list(cache_root.iterdir())) == 2  # another directory's entry stays beside it
+    assert len(_entries(cache_root)) == 2  # another directory's entry stays beside it
 
 
 def test_other_library_versions_are_loaded_afresh(small_dir, cache_root, monkeypatch):
@@ -157,38 +157,43 @@ def test_other_library_versions_are_loaded_afresh(small_dir, cache_root, monkeyp
     assert len(calls) == 2
 
 
-@pytest.mark.parametrize("damage", ["tensors", "manifest", "tokenizer", "missing"])
+def _entries(root: Path) -> list[Path]:
+    return sorted(root.glob("*.pt"))
+
+
+@pytest.mark.parametrize("damage", ["tensors", "checksum", "tokenizer", "missing"])
 def test_a_damaged_entry_is_rebuilt_not_used(small_dir, cache_root, monkeypatch, damage, caplog):
     fresh = load_layer0(small_dir, device="cpu")
-    (entry,) = [p for p in cache_root.iterdir() if not p.name.startswith(".")]
+    (entry,) = _entries(cache_root)
     if damage == "tensors":
-        data = bytearray((entry / "layer0.pt").read_bytes())
+        data = bytearray(entry.read_bytes())
         data[len(data) // 2] ^= 0xFF  # one flipped byte inside a weight
-        (entry / "layer0.pt").write_bytes(bytes(data))
-    elif damage == "manifest":
-        (entry / "manifest.json").write_text("{not json")
-    elif damage == "tokenizer":
-        (entry / "tokenizer" / "tokenizer.json").write_text("{}")
+        entry.write_bytes(bytes(data))
+    elif damage == "checksum":
+        entry.with_suffix(".sha256").write_text("0" * 64)
+    elif damage == "tokenizer":  # a whole entry, checksum and all, without its tokenizer
+        found = cache.load("layer0", model._layer0_cache_key(model.resolve_model(small_dir)), cache_root, entry.name.split("-")[1])
+        stored = {k: v for k, v in found.items() if not k.startswith("tokenizer/")}
+        cache.store("layer0", model._layer0_cache_key(model.resolve_model(small_dir)), stored, cache_root, entry.name.split("-")[1])
     else:
-        (entry / "layer0.pt").unlink()
+        entry.unlink()
     calls = counting_boot(monkeypatch)
     again = load_layer0(small_dir, device="cpu")
     assert len(calls) == 1 and "unusable" in caplog.text
     assert_same_layer(fresh, again)
     refuse_boot(monkeypatch)  # the rebuilt entry is whole again
     assert_same_layer(fresh, load_layer0(small_dir, device="cpu"))
-    assert [p.name for p in cache_root.iterdir()] == [entry.name]  # no stale or temporary folders left
+    assert sorted(p.name for p in cache_root.iterdir()) == [entry.name, entry.with_suffix(".sha256").name]  # nothing stale
 
 
-def test_a_second_writer_leaves_the_first_entry_whole(small_dir, cache_root, monkeypatch):
-    """Two processes that both missed the cache both write; the second finds the first's
-    entry in place, keeps it, and cleans up after itself."""
+def test_a_second_writer_leaves_a_whole_entry(small_dir, cache_root, monkeypatch):
+    """Two processes that both missed the cache both write, each through its own temporary
+    file: the entry stands whole, and nothing temporary is left."""
     w = load_layer0(small_dir, device="cpu")
-    source = model.resolve_model(small_dir)
-    key = model._layer0_cache_key(source)
-    entry = model._layer0_cache_dir(key)
-    model._write_layer0_entry(entry, key, w)
-    assert [p.name for p in cache_root.iterdir()] == [entry.name]
+    (entry,) = _entries(cache_root)
+    key = model._layer0_cache_key(model.resolve_model(small_dir))
+    cache.store("layer0", key, model._layer0_entry(w), cache_root, entry.name.split("-")[1])
+    assert _entries(cache_root) == [entry] and len(list(cache_root.iterdir())) == 2
     refuse_boot(monkeypatch)
     assert_same_layer(w, load_layer0(small_dir, device="cpu"))
 
@@ -210,7 +215,7 @@ def test_two_processes_filling_the_cache_at_once_both_load(small_dir, cache_root
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
     assert outs[0][0] == outs[1][0]
-    assert len([p for p in cache_root.iterdir()]) == 1  # one whole entry, no temporary folders left
+    assert len(_entries(cache_root)) == 1 and len(list(cache_root.iterdir())) == 2  # one whole entry, nothing temporary
     refuse = "model._boot_layer0 = lambda *a: sys.exit('booted')\n"
     again = subprocess.run([sys.executable, "-c", code.replace("w = ", refuse + "w = ")], capture_output=True, text=True)
     assert again.returncode == 0 and again.stdout == outs[0][0], again.stderr[-2000:]

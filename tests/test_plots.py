@@ -122,3 +122,36 @@ def test_calibration_choice_figures_draw_their_tables_and_escape_domain_names():
     cmap = plots.calibration_candidates_map(cand, (0.8, 0.15))
     _escaped(cmap)
     assert "80%" in cmap.layout.xaxis.title.text
+
+
+def test_each_head_keeps_one_colour_across_figures_and_no_two_of_twelve_share_one():
+    assert len({plots.head_colour(h) for h in range(12)}) == 12
+    kernel = pd.DataFrame({"head": [0, 0, 10, 10], "kind": ["slow"] * 4, "in_circuit": [True] * 4,
+                           "key_position": [0, 1] * 2, "distance": [1, 0] * 2, "weight": [1e-42, 0.6, 0.1, 0.9]})
+    colours = {t.name.split(",")[0]: t.line.color for t in plots.kernels_by_distance(kernel, 1).data}
+    assert colours["head 0 (slow"] == plots.head_colour(0) != colours["head 10 (slow"] == plots.head_colour(10)
+    tv = plots.tv_one_text(pd.DataFrame({"head": [0, 10], "position": [1, 1], "token": ["a", "b"], "tv": [0.1, 0.2]}), 7)
+    assert {t.name: t.line.color for t in tv.data} == {"0": plots.head_colour(0), "10": plots.head_colour(10)}
+
+
+def test_kernel_log_axis_is_readable_and_not_squashed_by_tiny_weights():
+    kernel = pd.DataFrame({"head": [0, 0, 1, 1], "kind": ["slow"] * 2 + ["local"] * 2, "in_circuit": [True, True, False, False],
+                           "key_position": [0, 1] * 2, "distance": [1, 0] * 2, "weight": [0.4, 0.6, 1e-42, 1.0]})
+    y = plots.kernels_by_distance(kernel, 1).layout.yaxis
+    assert y.type == "log" and y.exponentformat == "power" and y.range[0] >= -8.5
+    assert all("head" in t.hovertemplate for t in plots.kernels_by_distance(kernel, 1).data)
+
+
+def test_circuit_scatter_has_the_diagonal_in_every_panel_on_one_shared_range():
+    traces = pd.DataFrame({"text": [0] * 4, "neuron": [4, 4, 9, 9], "position": [1, 2, 1, 2], "token": list("abcd"),
+                           "true": [0.1, 0.2, -3.0, 5.0], "approx": [0.2, 0.1, -2.0, 4.0]})
+    fig = plots.circuit_scatter(traces)
+    lines = [s for s in fig.layout.shapes if s.type == "line"]
+    assert len(lines) == 2 and {(s.xref, s.yref) for s in lines} == {("x", "y"), ("x2", "y2")}
+    assert all(s.x0 == s.y0 and s.x1 == s.y1 for s in lines) and sum(bool(s.showlegend) for s in lines) == 1
+    ranges = [tuple(fig.layout[a].range) for a in ("xaxis", "yaxis", "xaxis2", "yaxis2")]
+    assert len(set(ranges)) == 1 and ranges[0][0] < -3.0 and ranges[0][1] > 5.0
+    assert fig.layout.xaxis2.showticklabels and fig.layout.yaxis2.showticklabels
+    own = plots.circuit_scatter(traces, shared=False)
+    assert tuple(own.layout.xaxis.range) != tuple(own.layout.xaxis2.range)
+    assert tuple(own.layout.xaxis.range) == tuple(own.layout.yaxis.range)

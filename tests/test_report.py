@@ -14,7 +14,8 @@ def test_scorecard_reads_the_summaries_and_marks_missing_chapters():
         "contextual_circuit": _summary("contextual_circuit", median_r=0.91, median_fvu=0.2),
         "denominator_stability": _summary("denominator_stability", cv_by_head={"0": 0.03, "2": 0.05, "4": 0.4}, local_head_cv=0.4),
     })
-    assert isinstance(card, pd.DataFrame) and list(card.columns) == ["quantity", "paper", "this build", "from"]
+    assert isinstance(card, pd.DataFrame) and list(card.columns) == ["quantity", "paper", "this build", "from",
+                                                                     "on the toy edition, this comparison shows"]
     by_q = card.set_index("quantity")["this build"]
     assert by_q["median TV, true vs decomposed pattern (circuit heads)"] == "0.0312"
     assert by_q["median Pearson r, approximate vs true (neuron, text)"] == "0.91"
@@ -75,3 +76,94 @@ def test_neuron_cards_show_head_shares_and_escaped_sections():
     assert report.head_shares_html(heads, lead, 8) == ""
     card = report.neuron_card_html(7, {}, [], [], [], sections=[("heads <b>", text), ("empty", "")])
     assert "heads &lt;b&gt;:" in card and "head 2 80%" in card and "empty" not in card
+
+
+def test_bootstrap_median_resamples_texts_and_matches_the_expanded_sample():
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    texts = np.repeat(np.arange(30), 5)
+    values = rng.normal(size=texts.size) + texts * 0.1
+    lo, hi = report.bootstrap_median(values, texts, n_boot=400, seed=3)
+    assert lo < np.median(values) < hi
+    # The same resamples by brute force: expand each resampled text's rows and take np.median.
+    gen = np.random.default_rng(3)
+    meds = []
+    for _ in range(400):
+        pick = gen.integers(0, 30, 30)
+        meds.append(np.median(np.concatenate([values[texts == t] for t in pick])))
+    np.testing.assert_allclose([lo, hi], np.quantile(meds, [0.025, 0.975]))
+    # One text repeated is no evidence: the interval collapses to that text's median.
+    assert report.bootstrap_median([1.0, 2.0, 3.0], [0, 0, 0]) == (2.0, 2.0)
+    # Non-finite values (a constant truth gives FVU = inf) are left out.
+    assert report.bootstrap_median([1.0, float("inf"), float("nan")], [0, 1, 2]) == (1.0, 1.0)
+
+
+def test_scorecard_gives_intervals_from_the_tables_and_says_what_the_toy_can_show(tmp_path):
+    (tmp_path / "contextual_circuit").mkdir()
+    pd.DataFrame({"neuron": [1, 2] * 20, "text": [t for t in range(20) for _ in (0, 1)],
+                  "r": [0.9 + 0.001 * t for t in range(20) for _ in (0, 1)], "fvu": 0.1}).to_csv(
+        tmp_path / "contextual_circuit" / "scores.csv", index=False)
+    summaries = {"contextual_circuit": _summary("contextual_circuit", median_r=0.9095, median_fvu=0.1),
+                 "positional_kernels": _summary("positional_kernels", heads_slow=[0, 2, 6, 8, 9, 10], circuit_heads_all_slow=True)}
+    card = report.scorecard(summaries, tmp_path).set_index("quantity")
+    shown = card.loc["median Pearson r, approximate vs true (neuron, text)", "this build"]
+    value, interval = shown.split(" [")
+    lo, hi = map(float, interval.rstrip("]").split(", "))
+    assert value == "0.9095" and 0.9 <= lo < 0.9095 < hi <= 0.919
+    assert "true by construction" in card.loc["slowly decaying heads", "on the toy edition, this comparison shows"]
+    gpt2 = report.scorecard({k: {**v, "model": "gpt2"} for k, v in summaries.items()}, tmp_path)
+    assert "on the toy edition, this comparison shows" not in gpt2.columns
+
+
+def test_front_page_headline_reads_the_numbers_and_escapes_them():
+    summaries = {"contextual_circuit": {**_summary("contextual_circuit", median_r=0.9123, median_fvu=0.2), "model": "<b>m</b>"},
+                 "context_neurons": _summary("context_neurons", n_found=17)}
+    box = report.headline_html(summaries, info={"model": "toy"})
+    assert "0.9123" in box and "0.9485" in box and "17" in box and "not run" in box
+    assert "&lt;b&gt;m&lt;/b&gt;" in box and "<b>m</b>" not in box
+    assert "not comparable" in box and "scorecard" in box
+    assert "not comparable" not in report.headline_html(summaries, info={"model": "gpt2"})
+    assert "No chapter has written" in report.headline_html({}, info={"model": "gpt2"})
+
+
+def test_neuron_card_is_linkable_links_try_a_neuron_and_compares_like_with_like():
+    card = report.neuron_card_html(
+        7, {"top[j]": 5.0}, [("a", 1.0)], [("b", -1.0)],
+        [{"title": "text 0", "tokens": ["x", "y"], "approx": [1.0, 0.5], "true": [2.0, 0.0], "first_position": 40}],
+        try_href="try_a_neuron.html#neuron-7")
+    assert 'id="neuron-7"' in card and 'href="#neuron-7"' in card and 'href="try_a_neuron.html#neuron-7"' in card
+    # One legend for the pair, one scale (the truth's 2.0 is full red, the approximation's 1.0 half).
+    assert card.count('class="ctxn-heatmap-legend"') == 1 and "rgba(214,39,40,1.000)" in card and "rgba(214,39,40,0.500)" in card
+    assert "circuit&#x27;s approximation" in card and "true contribution of the circuit heads" in card and "position 40, " in card
+    page = report.neuron_browser_html([card], hint="<zork>")
+    assert "e.g. &lt;zork&gt;" in page and "neuron-' + m[1]" in page
+
+
+def test_a_chapter_closes_with_its_own_rows_of_the_scorecard(tmp_path):
+    import json
+
+    for nb, summary in {"contextual_circuit": _summary("contextual_circuit", median_r=0.91, median_fvu=0.2),
+                        "tv_distance": _summary("tv_distance", median_tv=0.03)}.items():
+        (tmp_path / nb).mkdir()
+        (tmp_path / nb / "summary.json").write_text(json.dumps(summary))
+    table = report.chapter_comparison_html("contextual_circuit", tmp_path)
+    assert "median Pearson r" in table and "0.9485" in table and "0.91" in table and "median TV" not in table
+    assert 'class="dataframe table ctxn-comparison"' in table and "on the toy edition" in table
+    assert "no row" in report.chapter_comparison_html("no_such_chapter", tmp_path)
+
+
+def test_batch_page_shows_no_path_of_the_build_machine(tmp_path):
+    from ctxneurons.book.experiment import project_root
+
+    page = report.batch_html(tmp_path / "nothing")
+    assert str(tmp_path) not in page and "<code>.../nothing/</code>" in page
+    assert report.shown_path(project_root() / "runs") == "runs/"
+
+
+def test_scorecard_page_puts_provenance_and_the_toy_note_under_each_row():
+    card = report.scorecard({"tv_distance": _summary("tv_distance", median_tv="<b>0.03</b>")})
+    page = report.scorecard_html(card)
+    assert page.count('<tr class="ctxn-row">') == len(card) == page.count('<tr class="ctxn-detail">')
+    assert "&lt;b&gt;0.03&lt;/b&gt;" in page and "<b>0.03" not in page
+    assert "on the toy edition: Built to be close" in page and "from: tv_distance · model toy" in page

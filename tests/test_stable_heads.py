@@ -226,3 +226,26 @@ def test_chapter_01_headline_holds_the_rule_on_the_toy_and_its_control(model, pr
     assert h["stable_heads_vs_circuit_heads"]["agrees"] is premise
     assert h["heads_first_token"] == [truth["distractors"]["first_token"]]
     assert r.tables["stable_heads"].frame["in_reference"].sum() == 6
+
+
+@pytest.mark.parametrize("model, expected", [("toy", (0, 2, 6, 8, 9, 10)), ("toy-control", None)])
+def test_a_run_with_heads_auto_builds_its_circuit_from_the_rule_or_says_the_premise_fails(model, expected, tmp_path):
+    """heads='auto' through a notebook's entry point: the toy's circuit is its six planted
+    slow heads; the control's run refuses to build a circuit at all."""
+    from ctxneurons.book import experiment
+
+    run = experiment.start("contextual_circuit", {
+        "model": model, "n_texts": 8, "seed": 0, "device": "cpu", "output_dir": str(tmp_path), "heads": "auto"})
+    assert "toy" in run.model_label and run.corpus == "toy"
+    if expected is None:
+        with pytest.raises(stable_heads.PremiseFails, match="premise fails"):
+            run.heads
+    else:
+        assert run.heads == expected and run.circuit().heads == expected
+
+
+def test_a_toy_given_by_its_folder_is_the_toy_edition(toy_dir):
+    """A toy copied or given by path reads the toy's corpus, not OpenWebText."""
+    from ctxneurons.io.model import is_toy
+
+    assert is_toy(toy_dir) and is_toy("toy-control") and not is_toy(toy_dir.parent)

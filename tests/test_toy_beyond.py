@@ -54,7 +54,7 @@ def test_slow_heads_carry_the_context_neurons(w, truth, setup, planted):
     c, found, glitch, tokens = setup
     slow = set(truth["heads"]["slow"])
     a = ha.attribute(w, c, tokens, found)
-    per_token, _ = ha.head_terms(w, c, found)
+    per_token, _ = circuit.head_terms(w, c, found)
     shares = ha.spread_shares(per_token, ~glitch)
     top = ha.top_texts(a.peak)
     table = ha.neuron_table(a, shares, top, torch.zeros(len(found)))

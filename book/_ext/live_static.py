@@ -79,17 +79,18 @@ def install(dest: Path, export: Path | None) -> None:
         shutil.copytree(export, dest / "data")
 
 
-def standalone_page(root: Path, manifest: dict, export: Path, text: str) -> Path:
+def standalone_page(root: Path, manifest: dict, export: Path, text: str, **widget) -> Path:
     """A one-page site holding the widget, assembled as the book build assembles it: the
     script, the library and the export under _static, the widget's markup in index.html. For
-    the browser tests and the page-load benchmark."""
+    the browser tests and the page-load benchmark. ``widget``: further arguments of
+    :func:`ctxneurons.book.live.widget_html`."""
     _check_library()
     install(root / "_static" / SITE_DIR, export)
     page = root / "index.html"
     page.write_text(
         '<!doctype html><html><head><meta charset="utf-8"><title>Try a neuron</title>'
         f'<script type="module" src="_static/{SITE_DIR}/live.js"></script></head>'
-        f"<body>{live.widget_html(manifest, text)}</body></html>"
+        f"<body>{live.widget_html(manifest, text, **widget)}</body></html>"
     )
     return page
 

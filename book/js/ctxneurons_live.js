@@ -37,10 +37,33 @@ async function fetchOk(name) {
   return resp;
 }
 
-async function fetchF16(name) {
-  const view = new DataView(await (await fetchOk(name)).arrayBuffer());
+const DAMAGED = "this page's data is damaged (rebuild the book to export it again)";
+
+async function sha256Hex(buf) {
+  if (!globalThis.crypto || !crypto.subtle) return null; // not a secure context: sizes and values still checked
+  const d = new Uint8Array(await crypto.subtle.digest("SHA-256", buf));
+  return Array.from(d, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+// A data file, checked against the manifest (its size and SHA-256) and for values that are
+// not finite: a truncated or altered file is an error the status line shows, never numbers.
+async function fetchF16(m, name) {
+  const buf = await (await fetchOk(name)).arrayBuffer();
+  const want = m.bytes ? m.bytes[name] : undefined;
+  if (want !== undefined && buf.byteLength !== want) {
+    throw new Error(`${DAMAGED}: ${name} has ${buf.byteLength} bytes, the manifest says ${want}`);
+  }
+  const hash = m.sha256 ? m.sha256[name] : undefined;
+  if (hash !== undefined) {
+    const got = await sha256Hex(buf);
+    if (got !== null && got !== hash) throw new Error(`${DAMAGED}: ${name} fails its SHA-256 check`);
+  }
+  const view = new DataView(buf);
   const out = new Float32Array(view.byteLength / 2);
-  for (let i = 0; i < out.length; i++) out[i] = F16[view.getUint16(2 * i, true)];
+  for (let i = 0; i < out.length; i++) {
+    out[i] = F16[view.getUint16(2 * i, true)];
+    if (!Number.isFinite(out[i])) throw new Error(`${DAMAGED}: ${name} holds a value that is not a number`);
+  }
   return out;
 }
 
@@ -64,7 +87,7 @@ function cached(map, key, load) {
 async function neuronRecord(m, neuron) {
   const entry = m.neurons.find((e) => e.neuron === neuron);
   if (!entry) throw new Error(`neuron ${neuron} is not on this page; it offers ${m.neurons.map((e) => e.neuron).join(", ")}`);
-  const rec = await cached(neuronFiles, neuron, () => fetchF16(entry.file));
+  const rec = await cached(neuronFiles, neuron, () => fetchF16(m, entry.file));
   return { col: rec.subarray(0, m.vocab_size), offset: rec.subarray(m.vocab_size) };
 }
 
@@ -87,7 +110,7 @@ async function compute(neuron, text) {
   const nBlocks = Math.floor((L - 1) / m.kernel_block) + 1;
   const [rec, ...blockList] = await Promise.all([
     neuronRecord(m, neuron),
-    ...Array.from({ length: nBlocks }, (_, b) => cached(kernelBlocks, b, () => fetchF16(m.kernel_files[b]))),
+    ...Array.from({ length: nBlocks }, (_, b) => cached(kernelBlocks, b, () => fetchF16(m, m.kernel_files[b]))),
   ]);
   const blocks = new Map(blockList.map((blk, b) => [b, blk]));
   const per = seq.map((t) => rec.col[t]);
@@ -182,6 +205,14 @@ function setUp(widget, m) {
   const status = widget.querySelector(".ctxn-live-status");
   const out = widget.querySelector(".ctxn-live-tokens");
   const top = widget.querySelector(".ctxn-live-top");
+  // Where a text is partly outside the model's vocabulary (a word-level tokenizer such as the
+  // toy's reads every unknown word as one placeholder token), say how much and what to do.
+  let warning = widget.querySelector(".ctxn-live-warning");
+  if (!warning) {
+    warning = el("div", undefined, { class: "ctxn-live-warning", role: "alert" });
+    warning.style.cssText = "display:none;border-left:4px solid #e0a800;background:#fff8e1;padding:.4em .6em;margin:.4em 0";
+    out.before(warning);
+  }
   if (widget.dataset.exportId !== m.id) {
     status.textContent =
       `This page was built with circuit data ${widget.dataset.exportId}, but the site holds ${m.id}: ` +
@@ -189,6 +220,9 @@ function setUp(widget, m) {
     return;
   }
   for (const e of m.neurons) select.append(el("option", e.label ? `${e.neuron} — ${e.label}` : String(e.neuron), { value: String(e.neuron) }));
+  // A link from the neuron browser (try_a_neuron.html#neuron-<j>) opens on that neuron.
+  const wanted = /^#neuron-(\d+)$/.exec(window.location.hash);
+  if (wanted && m.neurons.some((e) => e.neuron === Number(wanted[1]))) select.value = wanted[1];
   let latest = 0;
   let chosen = null; // the position the window table explains; null: the last token
   let result = null;
@@ -225,6 +259,22 @@ function setUp(widget, m) {
           return span;
         }),
       );
+      const unknownAt = r.ids.map((id, k) => m.unk_id !== null && id === m.unk_id && r.pieces[k] !== r.tokens[k]);
+      const nUnknown = unknownAt.filter(Boolean).length;
+      widget.dataset.unknownTokens = String(nUnknown);
+      if (nUnknown > 0) {
+        const share = nUnknown / r.ids.length;
+        const placeholder = JSON.stringify(r.tokens[unknownAt.indexOf(true)]);
+        warning.textContent =
+          `${nUnknown} of ${r.ids.length} tokens (${Math.round(100 * share)}%) are not in this model's vocabulary ` +
+          `(underlined): each reads as ${placeholder}, so the shading there shows what that placeholder does, ` +
+          `not your words${share >= 0.5 ? ", and for most of this text that is all the neuron sees" : ""}. ` +
+          (widget.dataset.unknownHint || "Use text in the model's own vocabulary.");
+        warning.style.display = "";
+      } else {
+        warning.textContent = "";
+        warning.style.display = "none";
+      }
       status.textContent =
         `neuron ${neuron} · ${r.ids.length} tokens after BOS` +
         (r.truncated ? ` (only the first ${m.n_positions - 1} are shown: the circuit covers ${m.n_positions} positions)` : "") +

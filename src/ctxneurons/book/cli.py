@@ -17,12 +17,17 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
+import logging
+import os
 import sys
 from pathlib import Path
 
 from ctxneurons.book import batch
-from ctxneurons.book.experiment import PARAMETERS, ParameterError, resolve_model_choice
+from ctxneurons.book.edition import resolve_model_choice
+from ctxneurons.book.params import PARAMETERS, ParameterError, check_output_file, check_writable_dir, validate
+from ctxneurons.errors import InputError
+
+DEBUG_ENV = "CTXN_DEBUG"
 
 
 def _split_assignment(text: str) -> tuple[str, str]:
@@ -50,11 +55,8 @@ def merge_main(argv: list[str]) -> int:
     m.add_argument("folders", nargs="+", type=Path, help="batch folders (the --out of each shard)")
     m.add_argument("--out", type=Path, required=True, help="the merged runs folder (created, or added to)")
     args = m.parse_args(argv)
-    try:
-        report = batch.merge(args.folders, args.out)
-    except (batch.MergeConflict, FileNotFoundError) as err:
-        print(err, file=sys.stderr)
-        return 2
+    check_writable_dir(args.out, "--out")
+    report = batch.merge(args.folders, args.out)
     if report.unfinished:
         print(f"{len(report.unfinished)} unfinished run(s) were not merged (listed above); rerun their shard to finish them",
               file=sys.stderr)
@@ -80,7 +82,6 @@ def discover_main(argv: list[str]) -> int:
 
     from tqdm import tqdm
 
-    from ctxneurons.book import discover, experiment
     from ctxneurons.io.atomic import atomic_write_csv, atomic_write_json
 
     d = argparse.ArgumentParser(prog="ctxneurons discover", description=DISCOVER_HELP,
@@ -98,17 +99,21 @@ def discover_main(argv: list[str]) -> int:
                         "The paper: about 5.0, giving about 100 neurons; lower finds more, with more false positives")
     d.add_argument("--device", default="auto", help=f"where to compute: {PARAMETERS['device'][1]}")
     d.add_argument("--max-neurons", default="100", help="list at most this many found neurons, strongest first (default 100)")
-    d.add_argument("--tokens", type=int, default=10, help="how many most positive and most negative tokens per neuron (default 10)")
+    d.add_argument("--tokens", type=_positive_int, default=10, help="how many most positive and most negative tokens per neuron (default 10)")
     d.add_argument("--corpus", default="auto", help=f"only without --calibration-text, where it is drawn from: {PARAMETERS['corpus'][1]}")
     d.add_argument("--seed", default="0", help="only without --calibration-text: chooses the corpus text (as the book's seed)")
     d.add_argument("--out", type=Path, help="also write the neurons: a .csv (one row per neuron, sign and rank, with a "
                                             ".meta.json of column meanings and provenance) or a .json")
     args = d.parse_args(argv)
-    if args.out is not None and args.out.suffix not in (".csv", ".json"):
-        print(f"ctxneurons discover: --out {args.out}: name a .csv or a .json file", file=sys.stderr)
-        return 2
+    if args.out is not None:
+        if args.out.suffix not in (".csv", ".json"):
+            raise ParameterError(f"--out {args.out}: name a .csv or a .json file")
+        check_output_file(args.out, "--out")
+        if args.out.suffix == ".csv":
+            check_output_file(args.out.with_suffix(".meta.json"), "--out")
     raw = {"model": args.model, "corpus": args.corpus, "calibration_text": args.calibration_text, "heads": args.heads,
            "threshold": args.threshold, "device": args.device, "max_neurons": args.max_neurons, "seed": args.seed, "n_texts": 1}
+    params = validate(raw)  # every input checked before the model loads
     bar = tqdm(total=4, file=sys.stderr, bar_format="{n_fmt}/{total_fmt} {desc} [{elapsed}]", leave=False, disable=None)
     start = time.time()
 
@@ -120,17 +125,15 @@ def discover_main(argv: list[str]) -> int:
         started.append(name)
         bar.set_description_str(name)
 
+    from ctxneurons.book import discover, experiment
+
     try:
-        params = experiment.validate(raw)
         step("loading the model")
         run = experiment.open_run("discover", params)
         result = discover.discover(run, params["threshold"], params["max_neurons"], k=args.tokens, step=step)
-    except ParameterError as err:
+        bar.update(bar.total - bar.n)
+    finally:
         bar.close()
-        print(f"ctxneurons discover: {err}", file=sys.stderr)
-        return 2
-    bar.update(bar.total - bar.n)
-    bar.close()
     _print_discovery(run, result, time.time() - start)
     if args.out is not None:
         if args.out.suffix == ".csv":
@@ -164,34 +167,68 @@ def _print_discovery(run, result, seconds: float) -> None:
 def prefetch(model: str, corpora: list[str], n_texts: int, seed: int) -> int:
     """Fetch what a run with these settings reads: the model's files and, per corpus, the
     shards holding its test texts and its seeded calibration text (see experiment.Run)."""
+    for corpus in corpora:
+        validate({"model": model, "corpus": corpus, "n_texts": n_texts, "seed": seed})
     from huggingface_hub import constants
 
-    from ctxneurons.io.corpus import CorpusError, select_token_batch
-    from ctxneurons.book.experiment import CALIBRATION_SEED_OFFSET
-    from ctxneurons.io.model import ModelLoadError, load_layer0
+    from ctxneurons.book.texts import CALIBRATION_SEED_OFFSET
+    from ctxneurons.io.corpus import select_token_batch
+    from ctxneurons.io.model import load_layer0
 
-    try:
-        w = load_layer0(model, device="cpu")
-        print(f"model {model}: revision {w.revision or '(local directory)'}", flush=True)
-        for corpus in corpora:
-            for n, s in ((n_texts + 1, seed), (1, seed + CALIBRATION_SEED_OFFSET)):
-                batch = select_token_batch(corpus, w.tokenizer, n, w.n_ctx, seed=s)
-            print(f"corpus {corpus}: {batch.source}", flush=True)
-    except (ModelLoadError, CorpusError) as err:
-        print(f"ctxneurons prefetch: {err}", file=sys.stderr)
-        return 2
+    w = load_layer0(model, device="cpu")
+    print(f"model {model}: revision {w.revision or '(local directory)'}", flush=True)
+    for corpus in corpora:
+        for n, s in ((n_texts + 1, seed), (1, seed + CALIBRATION_SEED_OFFSET)):
+            batch = select_token_batch(corpus, w.tokenizer, n, w.n_ctx, seed=s)
+        print(f"corpus {corpus}: {batch.source}", flush=True)
     print(f"cached in {constants.HF_HOME}: copy it to the offline machine and set HF_HOME to it and HF_HUB_OFFLINE=1")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The ``ctxneurons`` command (argv: its arguments, default sys.argv[1:]); returns the exit status."""
-    argv = sys.argv[1:] if argv is None else list(argv)
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of 1 or more")
+    return n
+
+
+def _check_kernel(name: str) -> None:
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        KernelSpecManager().get_kernel_spec(name)
+    except NoSuchKernel:
+        known = ", ".join(sorted(KernelSpecManager().find_kernel_specs())) or "none"
+        raise ParameterError(f"--kernel {name!r}: no such Jupyter kernel (installed: {known}); "
+                             "install one with `python -m ipykernel install --user` or pass --kernel") from None
+
+
+def batch_main(args) -> int:
+    """``ctxneurons batch``: every input checked, then the runs; returns the exit status (1 if a run failed)."""
+    notebooks = batch.find_notebooks(args.notebooks, args.notebook_dir)
+    param_sets = batch.expand_grid(batch.parse_set(args.set), batch.parse_grid(args.grid))
+    check_writable_dir(args.out, "--out")
+    _check_kernel(args.kernel)
+    print(f"{len(notebooks)} notebook(s) x {len(param_sets)} parameter set(s) -> {args.out}", flush=True)
+    results = batch.run_batch(notebooks, param_sets, args.out, kernel_name=args.kernel, shard_of=args.shard)
+    failed = [r for r in results if r["status"] == "failed"]
+    if failed:
+        print(f"{len(failed)} of {len(results)} runs failed:", file=sys.stderr)
+        for r in failed:
+            print(f"  {r['job']}: cell {r.get('cell_index', '?')}, {r.get('ename', r['error'])} -> {r['folder']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _dispatch(argv: list[str]) -> int:
     if argv[:2] == ["batch", "merge"]:
         return merge_main(argv[2:])
     if argv[:1] == ["discover"]:
         return discover_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="ctxneurons")
+    parser = argparse.ArgumentParser(prog="ctxneurons", epilog="--debug (or CTXN_DEBUG=1): show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("discover", help="find context-sensitive neurons from the weights and one calibration text "
                                     "(see `ctxneurons discover --help`)")
@@ -202,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--set", action="append", default=[], type=_split_assignment, metavar="NAME=VALUE",
                    help="a parameter for every run")
     b.add_argument("--grid", action="append", default=[], type=_split_assignment, metavar="NAME=V1,V2,...",
-                   help="a parameter to vary; several --grid give their product")
+                   help="a parameter to vary; several --grid give their product, and a name given twice gets both lists")
     b.add_argument("--out", type=Path, default=Path("runs"), help="root folder of the runs (default: runs)")
     b.add_argument("--notebook-dir", type=Path, default=batch.NOTEBOOK_DIR, help="where the notebooks are")
     b.add_argument("--kernel", default="python3", help="Jupyter kernel name")
@@ -214,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--model", default="gpt2", help="hub name (NAME@REVISION pins one) or local directory (default: gpt2)")
     f.add_argument("--corpus", action="append", default=None,
                    help="'openwebtext' (default) or 'hf:ORG/NAME[@REV][:CONFIG[:SPLIT[:COLUMN]]]'; repeat for several")
-    f.add_argument("--n-texts", type=int, default=1000, help="texts per chapter the runs will use (default: 1000)")
+    f.add_argument("--n-texts", type=_positive_int, default=1000, help="texts per chapter the runs will use (default: 1000)")
     f.add_argument("--seed", type=int, default=0, help="the runs' seed: it picks the shards (default: 0)")
     e = sub.add_parser("edition", help="print the model a build uses: 'gpt2' (or CTXN_MODEL), or 'toy fallback' offline")
     e.add_argument("model", nargs="?", default="auto")
@@ -222,29 +259,49 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "prefetch":
         return prefetch(args.model, args.corpus or ["openwebtext"], args.n_texts, args.seed)
     if args.command == "edition":
+        validate({"model": args.model})
         model, fallback = resolve_model_choice(args.model)
         print(model, "fallback" if fallback else "")
         return 0
+    return batch_main(args)
 
-    notebooks = batch.find_notebooks(args.notebooks, args.notebook_dir)
-    fixed = dict(args.set)
-    # A value list is comma-separated, or a JSON list when the values hold commas themselves:
-    # --grid 'heads=[[0,2,6,8,9,10],[0,2]]'
-    grid = {name: json.loads(values) if values.lstrip().startswith("[") else values.split(",") for name, values in args.grid}
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text if isinstance(err, (InputError, batch.BatchInterrupted)) else f"{type(err).__name__}: {text}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``ctxneurons`` command (argv: its arguments, default sys.argv[1:]); returns the exit status.
+
+    Every failure ends in one message on stderr and a non-zero status: 2 for an input
+    that cannot be used (the message names it and the fix), 130 for Ctrl-C, 1 for
+    anything else. ``--debug`` (anywhere) or CTXN_DEBUG=1 shows the traceback instead."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    prog = "ctxneurons " + (" ".join(argv[:2]) if argv[:2] == ["batch", "merge"] else (argv[:1] or [""])[0])
+    # The library warns (e.g. an unusable cache) through logging: one line each, not a traceback.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
-        param_sets = batch.expand_grid(fixed, grid)
-    except ParameterError as err:
-        print(f"ctxneurons batch: {err}", file=sys.stderr)
-        return 2
-    print(f"{len(notebooks)} notebook(s) x {len(param_sets)} parameter set(s) -> {args.out}", flush=True)
-    results = batch.run_batch(notebooks, param_sets, args.out, kernel_name=args.kernel, shard_of=args.shard)
-    failed = [r for r in results if r["status"] == "failed"]
-    if failed:
-        print(f"{len(failed)} of {len(results)} runs failed:", file=sys.stderr)
-        for r in failed:
-            print(f"  {r['job']}: cell {r.get('cell_index', '?')}, {r.get('ename', r['error'])} -> {r['folder']}", file=sys.stderr)
+        return _dispatch(argv)
+    except SystemExit:
+        raise
+    except BaseException as err:
+        if debug:
+            raise
+        if isinstance(err, (KeyboardInterrupt, batch.BatchInterrupted)):
+            print(f"{prog.strip()}: {_one_line(err) if isinstance(err, batch.BatchInterrupted) else 'interrupted'}", file=sys.stderr)
+            return 130
+        if isinstance(err, InputError):
+            print(f"{prog.strip()}: {_one_line(err)}", file=sys.stderr)
+            return 2
+        if isinstance(err, OSError):
+            print(f"{prog.strip()}: {_one_line(err)} (check the file or folder named; --debug shows the traceback)", file=sys.stderr)
+            return 2
+        print(f"{prog.strip()}: unexpected error, {_one_line(err)}; this is a bug: rerun with --debug and report the "
+              "traceback", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

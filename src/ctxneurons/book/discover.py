@@ -17,6 +17,7 @@ import torch
 
 from ctxneurons.method import neurons
 from ctxneurons.book.experiment import Run
+from ctxneurons.book.params import validate
 
 #: The columns of the table: chapter 05's extreme_tokens.csv.
 COLUMNS = neurons.EXTREME_TOKENS_COLUMNS
@@ -42,8 +43,12 @@ class Listing(neurons.Discovery):
 def discover(run: Run, threshold: float, max_neurons: int, k: int = 10, step=lambda name: None) -> Listing:
     """Find the context-sensitive neurons of ``run``'s model from its calibration text.
 
-    ``step(name)`` is called before each stage (the CLI shows them as progress).
+    ``step(name)`` is called before each stage (the CLI shows them as progress). A
+    threshold at or below 0 (every neuron "passes"), NaN, or max_neurons < 1 is a
+    :class:`~ctxneurons.book.params.ParameterError` before the circuit is built.
     """
+    checked = validate({"threshold": threshold, "max_neurons": max_neurons})
+    threshold, max_neurons = checked["threshold"], checked["max_neurons"]
     step("building the contextual circuit (the contribution matrix, every neuron x every token)")
     c = run.circuit()
     step("top[j] of every neuron")

@@ -24,7 +24,7 @@ import re
 import sys
 from collections.abc import Sequence
 
-__all__ = ["show", "escape_text", "token_heatmap_html", "show_html"]
+__all__ = ["show", "escape_text", "token_heatmap_html", "token_heatmaps_html", "heatmap_legend_html", "strongest_window", "show_html"]
 
 # Looked for by the book's plotly_static extension to decide which pages load plotly.js.
 FIGURE_CLASS = "ctxn-plotly-figure"
@@ -100,6 +100,38 @@ def _shade(value: float, vmax: float, positive: tuple[int, int, int],
     return f"rgba({r},{g},{b},{alpha:.3f})"
 
 
+def strongest_window(values: Sequence[float], window: int, center: int | None = None) -> tuple[int, int]:
+    """The span [lo, hi) of ``window`` positions around ``center`` (default: the position of
+    the largest finite |value|), a quarter of it after the centre where the text allows, kept
+    inside the sequence. A window at least as long as the sequence is the whole of it."""
+    n = len(values)
+    if window <= 0 or window >= n:
+        return 0, n
+    if center is None:
+        finite = [(abs(float(v)), -i) for i, v in enumerate(values) if math.isfinite(float(v))]
+        center = -max(finite)[1] if finite else 0
+    after = window // 4
+    hi = min(n, max(center + 1 + after, window))
+    lo = max(0, hi - window)
+    return lo, lo + window
+
+
+def heatmap_legend_html(vmax: float, *, value_format: str = "{:.3g}", label: str = "",
+                        positive_rgb: tuple[int, int, int] = (214, 39, 40),
+                        negative_rgb: tuple[int, int, int] = (31, 119, 180)) -> str:
+    """A colour bar for :func:`token_heatmap_html`: −vmax (blue) through 0 to +vmax (red)."""
+    neg, pos = "rgb({},{},{})".format(*negative_rgb), "rgb({},{},{})".format(*positive_rgb)
+    text = escape_text(label)
+    return (
+        '<div class="ctxn-heatmap-legend" style="display:flex;align-items:center;gap:.5em;font-size:.85em;margin:.3em 0">'
+        + (f"<span>{text}</span>" if text else "")
+        + f"<span>{escape_text(value_format.format(-vmax))}</span>"
+        + f'<span style="display:inline-block;width:12em;height:.9em;border:1px solid #ccc;'
+        f'background:linear-gradient(to right,{neg},rgba(255,255,255,0) 50%,{pos})"></span>'
+        + f"<span>{escape_text(value_format.format(vmax))}</span></div>"
+    )
+
+
 def token_heatmap_html(
     tokens: Sequence[str],
     values: Sequence[float],
@@ -109,14 +141,23 @@ def token_heatmap_html(
     value_format: str = "{:.3g}",
     positive_rgb: tuple[int, int, int] = (214, 39, 40),
     negative_rgb: tuple[int, int, int] = (31, 119, 180),
+    window: int | None = None,
+    center: int | None = None,
+    first_position: int = 0,
+    legend: bool = False,
 ) -> str:
     """HTML for a token sequence, each token shaded by its value.
 
     Positive values shade toward ``positive_rgb`` (red), negative toward
     ``negative_rgb`` (blue), with opacity |value| / ``vmax``; ``vmax`` defaults to the
     largest finite |value|, so pass one shared ``vmax`` to compare several texts. Each
-    token's value shows on hover. Tokens are untrusted and escaped; whitespace and
-    newlines are kept as in the text. ``title`` is escaped as well.
+    token's value and position show on hover. Tokens are untrusted and escaped; whitespace
+    and newlines are kept as in the text. ``title`` is escaped as well.
+
+    window: show only this many tokens around ``center`` (default: the strongest |value|,
+    see :func:`strongest_window`) instead of a whole 1024-token text, with the span shown
+    said under the title; ``vmax`` still comes from the whole sequence. first_position: the
+    position of tokens[0] in its text (for the hover and the span). legend: add a colour bar.
     """
     if len(tokens) != len(values):
         raise ValueError(f"{len(tokens)} tokens but {len(values)} values")
@@ -124,18 +165,52 @@ def token_heatmap_html(
     if vmax is None:
         finite = [abs(v) for v in vals if math.isfinite(v)]
         vmax = max(finite, default=0.0)
+    lo, hi = strongest_window(vals, window, center) if window else (0, len(vals))
     spans = []
-    for tok, v in zip(tokens, vals):
-        tip = escape_text(f"{tok!r}: {value_format.format(v)}")
+    for pos, (tok, v) in enumerate(zip(tokens[lo:hi], vals[lo:hi]), start=first_position + lo):
+        tip = escape_text(f"position {pos}, {tok!r}: {value_format.format(v)}")
         spans.append(
             f'<span title="{tip}" style="background:{_shade(v, vmax, positive_rgb, negative_rgb)}">'
             f"{escape_text(tok)}</span>"
         )
     head = f'<div class="ctxn-heatmap-title"><b>{escape_text(title)}</b></div>' if title else ""
+    if (lo, hi) != (0, len(vals)):
+        head += (f'<div class="ctxn-heatmap-span" style="font-size:.85em;color:#555">positions {first_position + lo}–'
+                 f"{first_position + hi - 1} of {first_position}–{first_position + len(vals) - 1}, around the strongest value</div>")
+    more_before = "… " if lo > 0 else ""
+    more_after = " …" if hi < len(vals) else ""
     return (
         '<div class="ctxn-token-heatmap">'
         + head
+        + (heatmap_legend_html(vmax, value_format=value_format, positive_rgb=positive_rgb, negative_rgb=negative_rgb)
+           if legend else "")
         + '<div style="white-space:pre-wrap;font-family:monospace;line-height:1.6">'
-        + "".join(spans)
+        + more_before + "".join(spans) + more_after
         + "</div></div>"
     )
+
+
+def token_heatmaps_html(tokens: Sequence[str], series: Sequence[tuple[str, Sequence[float]]], *,
+                        title: str | None = None, window: int | None = 64, first_position: int = 0,
+                        value_format: str = "{:.3g}", unit: str = "") -> str:
+    """Several value series over the same tokens (e.g. the circuit's approximation and the
+    true contribution it approximates), compared like with like: one shared colour scale
+    (the largest |value| of any series), one legend, and the same window of positions
+    around the strongest value of the first series. series: (label, values) pairs; labels
+    and title are escaped. unit names what the values are, for the legend."""
+    if not series:
+        raise ValueError("no series to show")
+    all_vals = [float(v) for _, vals in series for v in vals if math.isfinite(float(v))]
+    vmax = max((abs(v) for v in all_vals), default=0.0)
+    first = [float(v) for v in series[0][1]]
+    lo, hi = strongest_window(first, window) if window else (0, len(first))
+    center = None if (lo, hi) == (0, len(first)) else int(max(range(lo, hi), key=lambda i: abs(first[i]) if math.isfinite(first[i]) else -1))
+    parts = ['<div class="ctxn-heatmap-group">']
+    if title:
+        parts.append(f'<div class="ctxn-heatmap-title"><b>{escape_text(title)}</b></div>')
+    parts.append(heatmap_legend_html(vmax, value_format=value_format, label=f"one scale for all rows{': ' + unit if unit else ''}"))
+    for label, vals in series:
+        parts.append(token_heatmap_html(tokens, vals, vmax=vmax, title=label, value_format=value_format,
+                                        window=window, center=center, first_position=first_position))
+    parts.append("</div>")
+    return "".join(parts)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import html
 import json
-import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,7 +36,7 @@ import torch
 
 from ctxneurons.method.circuit import Circuit
 from ctxneurons.method.neurons import extreme_tokens
-from ctxneurons.io.atomic import atomic_write_json
+from ctxneurons.io.atomic import atomic_dir, atomic_write_json
 
 FORMAT = 1
 KERNEL_BLOCK = 128
@@ -113,57 +112,55 @@ def export(
     N = circuit.kernel.shape[0]
     V = circuit.contribution.shape[0]
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the site serves it
-    try:
-        files: dict[str, bytes] = {}
-        with tempfile.TemporaryDirectory() as td:
-            tokenizer.save_pretrained(td)
-            for name in TOKENIZER_FILES:
-                files[name] = (Path(td) / name).read_bytes()
-        # transformers leaves this out when False, and the JavaScript tokenizer then takes
-        # True: decoded tokens would differ from the book's (' ,' -> ',').
-        config = json.loads(files["tokenizer_config.json"])
-        config["clean_up_tokenization_spaces"] = bool(getattr(tokenizer, "clean_up_tokenization_spaces", False))
-        files["tokenizer_config.json"] = json.dumps(config, indent=2).encode()
-        kernel_files = []
-        for b, blk in enumerate(kernel_blocks(circuit.kernel)):
-            kernel_files.append(f"kernel-{b}.bin")
-            files[kernel_files[-1]] = encode_f16(f"kernel block {b}", blk)
-        entries = []
-        for j in neurons:
-            name = f"neuron-{j}.bin"
-            files[name] = encode_f16(f"neuron {j}", neuron_record(circuit, j))
-            entries.append({"neuron": j, "file": name, "label": (labels or {}).get(j, "")})
+    files: dict[str, bytes] = {}
+    with tempfile.TemporaryDirectory() as td:
+        tokenizer.save_pretrained(td)
+        for name in TOKENIZER_FILES:
+            files[name] = (Path(td) / name).read_bytes()
+    # transformers leaves this out when False, and the JavaScript tokenizer then takes
+    # True: decoded tokens would differ from the book's (' ,' -> ',').
+    config = json.loads(files["tokenizer_config.json"])
+    config["clean_up_tokenization_spaces"] = bool(getattr(tokenizer, "clean_up_tokenization_spaces", False))
+    files["tokenizer_config.json"] = json.dumps(config, indent=2).encode()
+    kernel_files = []
+    for b, blk in enumerate(kernel_blocks(circuit.kernel)):
+        kernel_files.append(f"kernel-{b}.bin")
+        files[kernel_files[-1]] = encode_f16(f"kernel block {b}", blk)
+    entries = []
+    for j in neurons:
+        name = f"neuron-{j}.bin"
+        files[name] = encode_f16(f"neuron {j}", neuron_record(circuit, j))
+        entries.append({"neuron": j, "file": name, "label": (labels or {}).get(j, "")})
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
+    manifest = {
+        "format": FORMAT,
+        "id": digest.hexdigest()[:16],
+        "model": model,
+        "caption": caption,
+        "dtype": "float16",
+        "vocab_size": V,
+        "n_positions": N,
+        "bos_id": int(bos),
+        "unk_id": getattr(tokenizer, "unk_token_id", None),
+        "kernel_block": KERNEL_BLOCK,
+        "kernel_files": kernel_files,
+        "tokenizer": list(TOKENIZER_FILES),
+        "neurons": entries,
+        # The page checks every file it fetches against these, and says when one is damaged.
+        "bytes": {name: len(data) for name, data in sorted(files.items())},
+        "sha256": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())},
+    }
+    with atomic_dir(out_dir) as tmp:  # replaced whole: a half-written export never stands
         for name, data in files.items():
             (tmp / name).write_bytes(data)
-        digest = hashlib.sha256()
-        for name in sorted(files):
-            digest.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
-        manifest = {
-            "format": FORMAT,
-            "id": digest.hexdigest()[:16],
-            "model": model,
-            "caption": caption,
-            "dtype": "float16",
-            "vocab_size": V,
-            "n_positions": N,
-            "bos_id": int(bos),
-            "unk_id": getattr(tokenizer, "unk_token_id", None),
-            "kernel_block": KERNEL_BLOCK,
-            "kernel_files": kernel_files,
-            "tokenizer": list(TOKENIZER_FILES),
-            "neurons": entries,
-            "bytes": {name: len(data) for name, data in sorted(files.items())},
-        }
         atomic_write_json(tmp / MANIFEST, manifest)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
+
+
+class DamagedExport(ValueError):
+    """An export's files do not match its manifest."""
 
 
 def load_manifest(out_dir: str | Path) -> dict:
@@ -172,6 +169,18 @@ def load_manifest(out_dir: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run live.export first")
     return json.loads(path.read_text())
+
+
+def read_checked(out_dir: str | Path, manifest: dict, name: str) -> bytes:
+    """The bytes of one exported file after checking them against the manifest (size, SHA-256)."""
+    data = (Path(out_dir) / name).read_bytes()
+    want = manifest.get("bytes", {}).get(name)
+    if want is not None and len(data) != want:
+        raise DamagedExport(f"{Path(out_dir) / name}: {len(data)} bytes, the manifest says {want}; export again")
+    digest = manifest.get("sha256", {}).get(name)
+    if digest is not None and hashlib.sha256(data).hexdigest() != digest:
+        raise DamagedExport(f"{Path(out_dir) / name} fails its SHA-256 check against the manifest; export again")
+    return data
 
 
 def approximate_from_export(out_dir: str | Path, neuron: int, ids: Sequence[int]) -> np.ndarray:
@@ -183,7 +192,7 @@ def approximate_from_export(out_dir: str | Path, neuron: int, ids: Sequence[int]
     if entry is None:
         raise ValueError(f"neuron {neuron} is not in the export; it has {[e['neuron'] for e in m['neurons']]}")
     V, N, B = m["vocab_size"], m["n_positions"], m["kernel_block"]
-    rec = decode_f16((out_dir / entry["file"]).read_bytes())
+    rec = decode_f16(read_checked(out_dir, m, entry["file"]))
     col, offset = rec[:V], rec[V:]
     tokens = np.array([m["bos_id"], *list(ids)[: N - 1]], dtype=np.int64)
     L = len(tokens)
@@ -193,19 +202,23 @@ def approximate_from_export(out_dir: str | Path, neuron: int, ids: Sequence[int]
     for n in range(1, L):
         b = n // B
         if b not in blocks:
-            blocks[b] = decode_f16((out_dir / m["kernel_files"][b]).read_bytes())
+            blocks[b] = decode_f16(read_checked(out_dir, m, m["kernel_files"][b]))
         start = sum(r + 1 for r in range(b * B, n))
         out[n - 1] = blocks[b][start : start + n + 1] @ per_token[: n + 1] + offset[n]
     return out
 
 
-def widget_html(manifest: dict, text: str = "", *, title: str = "Try a neuron") -> str:
+def widget_html(manifest: dict, text: str = "", *, title: str = "Try a neuron", unknown_hint: str = "") -> str:
     """The page's markup: a neuron picker, a text box holding ``text`` (untrusted: escaped)
     and the places the script fills. The script (book/js/ctxneurons_live.js) finds the
-    export beside itself and checks ``manifest['id']`` against the one written here."""
+    export beside itself and checks ``manifest['id']`` against the one written here.
+
+    unknown_hint: what the page tells a reader whose text has tokens outside the model's
+    vocabulary (after saying how many), e.g. which words the toy model knows."""
     esc = html.escape
+    hint = f' data-unknown-hint="{esc(unknown_hint)}"' if unknown_hint else ""
     return (
-        f'<div class="{WIDGET_CLASS}" data-export-id="{esc(manifest["id"])}">'
+        f'<div class="{WIDGET_CLASS}" data-export-id="{esc(manifest["id"])}"{hint}>'
         f'<div class="ctxn-live-title"><b>{esc(title)}</b></div>'
         '<label>Neuron <select class="ctxn-live-neuron" aria-label="neuron"></select></label>'
         '<textarea class="ctxn-live-text" rows="6" spellcheck="false" aria-label="your text"'

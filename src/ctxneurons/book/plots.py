@@ -8,6 +8,7 @@ hover text or labels passes through :func:`figures.escape_text` here.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -17,12 +18,64 @@ import plotly.graph_objects as go
 from ctxneurons.book.figures import escape_text
 
 __all__ = [
+    "HEAD_PALETTE", "head_colour", "head_colour_map",
     "kernels_by_distance", "head_classes", "tv_one_text", "tv_per_text_box", "tv_cdf", "tv_vs_C",
     "denominators_along_sequence", "denominators_at_mid", "denominators_cv",
     "r_histogram", "fvu_histogram", "circuit_scatter", "circuit_trace", "r_by_calibration",
     "neurons_by_threshold", "toy_precision_recall", "extreme_tokens_table_html", "kernels_across_models",
     "calibration_choice_scores", "calibration_candidates_map", "bias_vs_density",
 ]
+
+
+# One colour per attention head, the same in every chapter: tab10 then two more for GPT-2
+# Small's twelve heads (so that no two of its heads share a colour), then Dark24 for larger models.
+HEAD_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                "#bcbd22", "#17becf", "#393b79", "#e7ba52") + tuple(px.colors.qualitative.Dark24)
+OTHER_COLOUR = "#222222"  # a series that is not one head (e.g. all circuit heads pooled)
+# Log axes as powers of ten (10^-6), never SI prefixes ("1µ", "100n") or "1e-42".
+LOG_AXIS = {"exponentformat": "power", "showexponent": "all"}
+# Below this a kernel weight is nothing; local heads fall far below it and would squash the rest.
+KERNEL_FLOOR = 1e-8
+
+
+def head_colour(head: int) -> str:
+    """Head ``head``'s colour in every figure of the book."""
+    return HEAD_PALETTE[int(head) % len(HEAD_PALETTE)]
+
+
+def head_colour_map(labels) -> dict[str, str]:
+    """{label: colour} for series labels that name a head ('3', 'head 3 (slow, circuit)'):
+    each gets its head's :func:`head_colour`; a label without a head number gets OTHER_COLOUR."""
+    out = {}
+    for label in dict.fromkeys(map(str, labels)):
+        m = re.search(r"\d+", label)
+        out[label] = head_colour(int(m.group())) if m else OTHER_COLOUR
+    return out
+
+
+def _legend_below(fig: go.Figure, n_entries: int) -> go.Figure:
+    """A horizontal legend under the plot, growing the figure instead of scrolling."""
+    rows = math.ceil(n_entries / 4)
+    height = (fig.layout.height or 450) + 24 * rows
+    fig.update_layout(legend={"orientation": "h", "yanchor": "top", "y": -0.18, "xanchor": "left", "x": 0},
+                      height=height, margin={"b": 80 + 24 * rows})
+    return fig
+
+
+def _wrap(text: str, width: int) -> str:
+    """``text`` broken into lines of at most about ``width`` characters at spaces (and at its
+    own newlines), joined with <br> for a plotly title or annotation."""
+    lines = []
+    for part in text.split("\n"):
+        line = ""
+        for word in part.split(" "):
+            if line and len(line) + 1 + len(word) > width:
+                lines.append(line)
+                line = word
+            else:
+                line = f"{line} {word}" if line else word
+        lines.append(line)
+    return "<br>".join(lines)
 
 
 def _shown_tokens(tokens: pd.Series) -> list[str]:
@@ -39,7 +92,10 @@ def _add_unit_line(fig: go.Figure) -> go.Figure:
 
 
 def kernels_by_distance(kernel_df: pd.DataFrame, n: int) -> go.Figure:
-    """Every head's kernel against distance n - i, log y by default with a linear/log toggle.
+    """Every head's kernel against distance n - i, log y by default with a linear/log toggle,
+    one colour per head (:func:`head_colour`), dashes by kind. The log axis stops at
+    KERNEL_FLOOR, where a weight is nothing, so the slow heads are not squashed by the
+    local heads' 1e-40 tails.
 
     kernel_df: the ``kernels`` table (head, kind, in_circuit, key_position, distance, weight).
     """
@@ -47,39 +103,51 @@ def kernels_by_distance(kernel_df: pd.DataFrame, n: int) -> go.Figure:
                                       zip(kernel_df["head"], kernel_df["kind"], kernel_df["in_circuit"])])
     fig = px.line(
         plot_df, x="distance", y="weight", color="label", line_dash="kind",
-        hover_data={"head": True, "key_position": True, "distance": True, "weight": ":.3g", "label": False, "kind": True},
-        labels={"distance": "distance n − i (tokens)", "weight": "kernel weight pos[n, i]", "label": "head"},
+        color_discrete_map=head_colour_map(plot_df["label"]),
+        hover_data={"head": True, "kind": True, "key_position": True, "distance": True, "weight": ":.3g", "label": False},
+        labels={"distance": "distance n − i (tokens)", "weight": "kernel weight pos[n, i]"},
         title=f"Positional kernels of all heads at n = {n}, query ' the'",
     )
-    fig.update_layout(updatemenus=[{
+    positive = kernel_df["weight"][kernel_df["weight"] > 0]
+    low = math.log10(max(float(positive.min()) if len(positive) else KERNEL_FLOOR, KERNEL_FLOOR))
+    log_range = [low - 0.2, 0.05]
+    fig.update_layout(legend_title_text="head (kind)", updatemenus=[{
         "type": "buttons", "direction": "right", "x": 0.0, "y": 1.12, "xanchor": "left",
         "buttons": [
-            {"label": "log y", "method": "relayout", "args": [{"yaxis.type": "log"}]},
-            {"label": "linear y", "method": "relayout", "args": [{"yaxis.type": "linear"}]},
+            {"label": "log y", "method": "relayout", "args": [{"yaxis.type": "log", "yaxis.range": log_range}]},
+            {"label": "linear y", "method": "relayout", "args": [{"yaxis.type": "linear", "yaxis.autorange": True}]},
         ],
     }])
-    fig.update_yaxes(type="log")
+    fig.update_yaxes(type="log", range=log_range, **LOG_AXIS)
+    # px names each trace "label, kind"; the label already says the kind.
+    fig.for_each_trace(lambda t: t.update(name=t.name.rsplit(", ", 1)[0]))
     return fig
 
 
 def head_classes(class_df: pd.DataFrame, n: int) -> go.Figure:
-    """Mean distance against effective window per head, by kind. class_df: the ``head_classes`` table."""
+    """Mean distance against effective window per head: one colour per head (as in every
+    figure), one symbol per kind, the head named in the legend and on hover rather than on the
+    points, where the slow heads' labels would overlap. class_df: the ``head_classes`` table."""
+    labels = [_head_label(h, k, c, ", circuit") for h, k, c in zip(class_df["head"], class_df["kind"], class_df["in_circuit"])]
     fig = px.scatter(
-        class_df.assign(name=[f"head {h}" for h in class_df["head"]]),
-        x="mean_distance", y="effective_window", color="kind", symbol="in_circuit", text="name",
-        hover_data={"head": True, "effective_window": ":.1f", "mean_distance": ":.1f", "weight_on_first": ":.3f", "name": False},
+        class_df.assign(label=labels), x="mean_distance", y="effective_window", color="label", symbol="kind",
+        color_discrete_map=head_colour_map(labels),
+        hover_data={"head": True, "kind": True, "in_circuit": True, "effective_window": ":.1f", "mean_distance": ":.1f",
+                    "weight_on_first": ":.3f", "label": False},
         labels={"mean_distance": "mean distance (tokens)", "effective_window": "effective window (tokens)"},
         title=f"Head kinds at n = {n}",
     )
-    fig.update_traces(textposition="top center")
-    return fig
+    fig.for_each_trace(lambda t: t.update(name=t.name.rsplit(", ", 1)[0]))  # px appends the kind, which the label says
+    fig.update_traces(marker={"size": 11})
+    return fig.update_layout(legend_title_text="head (kind)")
 
 
 def tv_one_text(example_df: pd.DataFrame, doc_id) -> go.Figure:
     """TV against position per head on one text. example_df: the ``tv_example_text`` table."""
+    heads = example_df["head"].astype(str)
     return px.line(
-        example_df.assign(token_shown=_shown_tokens(example_df["token"]), head=example_df["head"].astype(str)),
-        x="position", y="tv", color="head",
+        example_df.assign(token_shown=_shown_tokens(example_df["token"]), head=heads),
+        x="position", y="tv", color="head", color_discrete_map=head_colour_map(heads),
         hover_data={"token_shown": True, "tv": ":.4f", "position": True},
         labels={"position": "query position n", "tv": "TV(n)", "token_shown": "token"},
         title=f"TV distance along text 0 (doc {doc_id})",
@@ -88,8 +156,10 @@ def tv_one_text(example_df: pd.DataFrame, doc_id) -> go.Figure:
 
 def tv_per_text_box(per_text_df: pd.DataFrame) -> go.Figure:
     """Per-text median TV per head. per_text_df: the ``tv_by_text`` table."""
+    heads = per_text_df["head"].astype(str)
     return px.box(
-        per_text_df.assign(head=per_text_df["head"].astype(str)), x="head", y="median_tv", points="all",
+        per_text_df.assign(head=heads), x="head", y="median_tv", points="all", color="head",
+        color_discrete_map=head_colour_map(heads),
         hover_data={"text": True, "doc_id": True, "median_tv": ":.4f", "mean_tv": ":.4f"},
         labels={"head": "head", "median_tv": "median TV over positions, per text"},
         title=f"Per-text median TV over {per_text_df['text'].nunique()} texts",
@@ -102,18 +172,19 @@ def tv_cdf(hist_df: pd.DataFrame) -> go.Figure:
         fraction=lambda d: d.groupby("head")["count"].cumsum() / d.groupby("head")["count"].transform("sum"),
         head=lambda d: d["head"].astype(str),
     )
-    return px.line(
-        cdf, x="tv_high", y="fraction", color="head", log_x=True,
-        hover_data={"tv_high": ":.4f", "fraction": ":.3f"},
+    fig = px.line(
+        cdf, x="tv_high", y="fraction", color="head", log_x=True, color_discrete_map=head_colour_map(cdf["head"]),
+        hover_data={"head": True, "tv_high": ":.4f", "fraction": ":.3f"},
         labels={"tv_high": "TV x", "fraction": "fraction of positions with TV ≤ x"},
         title="Distribution of TV over all texts and positions",
     )
+    return fig.update_xaxes(**LOG_AXIS)
 
 
 def tv_vs_C(sweep_df: pd.DataFrame) -> go.Figure:
     """Median TV against C per head and pooled. sweep_df: the ``tv_by_C`` table."""
     return px.line(
-        sweep_df, x="C", y="median_tv", color="head", markers=True,
+        sweep_df, x="C", y="median_tv", color="head", markers=True, color_discrete_map=head_colour_map(sweep_df["head"]),
         hover_data={"C": True, "median_tv": ":.4f", "n_texts": True},
         labels={"C": "C", "median_tv": "median TV"},
         title=f"Median TV against C ({int(sweep_df['n_texts'].iloc[0])} texts)",
@@ -139,7 +210,9 @@ def denominators_at_mid(mid_df: pd.DataFrame, mid: int) -> go.Figure:
         mid_df.assign(label=[_head_label(h, k, c, ", circuit", ", contrast") for h, k, c in
                              zip(mid_df["head"], mid_df["kind"], mid_df["in_circuit"])]),
         x="text", y="denom_over_c", color="label",
-        hover_data={"doc_id": True, "log_denom": ":.3f", "denom_over_c": ":.3f", "label": False},
+        color_discrete_map=head_colour_map([_head_label(h, k, c, ", circuit", ", contrast") for h, k, c in
+                                            zip(mid_df["head"], mid_df["kind"], mid_df["in_circuit"])]),
+        hover_data={"head": True, "doc_id": True, "log_denom": ":.3f", "denom_over_c": ":.3f", "label": False},
         labels={"text": "text index", "denom_over_c": f"denom / c at n = {mid}", "label": "head"},
         title=f"Denominators at n = {mid} across {mid_df['text'].nunique()} texts",
     )
@@ -158,8 +231,10 @@ def denominators_cv(conc_df: pd.DataFrame, mid: int) -> go.Figure:
     )
     lo = float(min(cv_df["cv_iid"].min(), cv_df["cv_empirical"].min()))
     hi = float(max(cv_df["cv_iid"].max(), cv_df["cv_empirical"].max()))
-    fig.add_shape(type="line", x0=lo, y0=lo, x1=hi, y1=hi, line={"dash": "dot", "color": "grey"})
+    fig.add_shape(type="line", x0=lo, y0=lo, x1=hi, y1=hi, line={"dash": "dot", "color": "grey"}, name="y = x", showlegend=True)
     fig.update_traces(textposition="top center")
+    fig.update_xaxes(**LOG_AXIS)
+    fig.update_yaxes(**LOG_AXIS)
     return fig
 
 
@@ -180,15 +255,40 @@ def fvu_histogram(scores_df: pd.DataFrame, median_fvu: float) -> go.Figure:
     return fig
 
 
-def circuit_scatter(traces_df: pd.DataFrame) -> go.Figure:
-    """Approximation against truth, one panel per neuron. traces_df: the ``traces`` table."""
+def circuit_scatter(traces_df: pd.DataFrame, shared: bool = True) -> go.Figure:
+    """Approximation against truth, one panel per neuron, with the y = x line a perfect
+    prediction would lie on. Within a panel x and y share one range, so the line is the
+    diagonal; with ``shared`` every panel has the same range too (like compared with like),
+    else each neuron gets its own. Every panel keeps its tick labels. traces_df: the ``traces`` table."""
     sel = traces_df.assign(token_shown=lambda d: _shown_tokens(d["token"]), text=lambda d: d["text"].astype(str))
+    n_panels = sel["neuron"].nunique()
     fig = px.scatter(sel, x="true", y="approx", color="text", facet_col="neuron", facet_col_wrap=2, opacity=0.6,
-                     hover_data={"position": True, "token_shown": True, "true": ":.3f", "approx": ":.3f"},
-                     labels={"true": "true contribution", "approx": "approximation", "token_shown": "token"},
-                     title="Approximation against truth for the strongest neurons", height=700)
-    fig.update_xaxes(matches=None)
-    fig.update_yaxes(matches=None)
+                     hover_data={"neuron": True, "text": True, "position": True, "token_shown": True, "true": ":.3f", "approx": ":.3f"},
+                     labels={"true": "true contribution", "approx": "approximation", "token_shown": "token", "text": "text"},
+                     title="Approximation against truth for the strongest neurons",
+                     height=max(420, 330 * math.ceil(n_panels / 2)), facet_row_spacing=0.12, facet_col_spacing=0.1)
+    fig.for_each_annotation(lambda a: a.update(text=a.text.replace("=", " ")))
+
+    def span(d):
+        lo = float(min(d["true"].min(), d["approx"].min()))
+        hi = float(max(d["true"].max(), d["approx"].max()))
+        pad = 0.04 * (hi - lo or 1.0)
+        return [lo - pad, hi + pad]
+
+    whole = span(sel)
+    fig.update_xaxes(matches=None, showticklabels=True)
+    fig.update_yaxes(matches=None, showticklabels=True)
+    # Each panel's axes, from its traces: "neuron" is the first hover column, so customdata[:, 0].
+    axes = {int(t.customdata[0][0]): (t.xaxis, t.yaxis) for t in fig.data if t.customdata is not None and len(t.customdata)}
+    first = True
+    for j, d in sel.groupby("neuron", sort=False):
+        lo, hi = whole if shared else span(d)
+        xref, yref = axes[int(j)]
+        fig.layout[f"xaxis{xref[1:]}"].update(range=[lo, hi])
+        fig.layout[f"yaxis{yref[1:]}"].update(range=[lo, hi])
+        fig.add_shape(type="line", x0=lo, y0=lo, x1=hi, y1=hi, xref=xref, yref=yref,
+                      line={"dash": "dot", "color": "grey"}, name="y = x (perfect prediction)", showlegend=first)
+        first = False
     return fig
 
 
@@ -252,7 +352,7 @@ def kernels_across_models(kernel_df: pd.DataFrame) -> go.Figure:
     """Every model's kernels side by side, one panel per model, against distance, log y, coloured
     by kind. kernel_df: the ``kernels`` table of notebook 06 (model, head, kind, distance, weight)."""
     # Long labels break onto two lines so that neighbouring panel titles do not overlap.
-    plot_df = kernel_df.assign(model=kernel_df["model"].map(lambda m: escape_text(m).replace(" (", "<br>(", 1)),
+    plot_df = kernel_df.assign(model=kernel_df["model"].map(lambda m: _wrap(escape_text(m).replace(" (", "\n(", 1), 34)),
                                head_name=[f"head {h}" for h in kernel_df["head"]])
     n_models = plot_df["model"].nunique()
     fig = px.line(plot_df, x="distance", y="weight", color="kind", line_group="head_name", facet_col="model",
@@ -264,8 +364,8 @@ def kernels_across_models(kernel_df: pd.DataFrame) -> go.Figure:
                   height=380 * math.ceil(n_models / 3) + 100)
     fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
     fig.update_xaxes(matches=None)
-    fig.update_yaxes(range=[-8, 0.1])  # log10: below 1e-8 a kernel weighs nothing; local heads fall far below
-    fig.update_layout(margin={"t": 110})
+    fig.update_yaxes(range=[math.log10(KERNEL_FLOOR), 0.1], **LOG_AXIS)  # below 1e-8 a kernel weighs nothing
+    fig.update_layout(margin={"t": 140})
     return fig
 
 
@@ -300,7 +400,8 @@ def head_share_heatmap(head_df: pd.DataFrame, value: str = "weight_share", title
 def head_r_box(head_df: pd.DataFrame) -> go.Figure:
     """Each circuit head's per-neuron median r (true part against approximated part). head_df: ``head_by_neuron``."""
     df = head_df.dropna(subset=["median_r"]).assign(head=lambda d: d["head"].astype(str))
-    return px.box(df, x="head", y="median_r", points="all", hover_data={"neuron": True, "median_r": ":.3f"},
+    return px.box(df, x="head", y="median_r", points="all", color="head", color_discrete_map=head_colour_map(df["head"]),
+                  hover_data={"neuron": True, "median_r": ":.3f"},
                   labels={"head": "circuit head", "median_r": "median r over texts, per neuron"},
                   title="Per head: its true contribution against its part of the approximation")
 
@@ -308,7 +409,7 @@ def head_r_box(head_df: pd.DataFrame) -> go.Figure:
 def head_consistency(neuron_df: pd.DataFrame) -> go.Figure:
     """Consistency per neuron, coloured by lead head. neuron_df: the ``neurons`` table of head_attribution."""
     df = neuron_df.assign(lead=lambda d: "head " + d["lead_head"].astype(str), neuron_s=lambda d: d["neuron"].astype(str))
-    fig = px.bar(df, x="neuron_s", y="consistency", color="lead", hover_data={"n_top_texts": True, "consistency": ":.2f", "neuron_s": False},
+    fig = px.bar(df, x="neuron_s", y="consistency", color="lead", color_discrete_map=head_colour_map(df["lead"]), hover_data={"n_top_texts": True, "consistency": ":.2f", "neuron_s": False},
                  labels={"neuron_s": "neuron", "consistency": "share of top texts led by the lead head", "lead": "lead head"},
                  title="How often the same head leads at the neuron's peaks (top texts)")
     fig.update_xaxes(type="category")
@@ -336,10 +437,13 @@ def homogeneity_by_segment(seg_df: pd.DataFrame) -> go.Figure:
     seg_df: the ``homogeneity`` table (neuron, core_set, labelling, segment, homogeneity)."""
     mean = seg_df.groupby(["core_set", "labelling", "segment"], as_index=False)["homogeneity"].mean()
     mean["series"] = mean["core_set"] + " core, " + mean["labelling"]
-    return px.line(mean, x="segment", y="homogeneity", color="series", markers=True,
-                   hover_data={"homogeneity": ":.3f"},
+    # Dashes and symbols by labelling, so that two series lying on each other both stay visible.
+    fig = px.line(mean, x="segment", y="homogeneity", color="series", markers=True, line_dash="labelling", symbol="labelling",
+                   hover_data={"homogeneity": ":.3f", "series": True},
                    labels={"segment": "activation segment (1 = lowest)", "homogeneity": "mean homogeneity over neurons"},
                    title="Categorical homogeneity by activation segment")
+    fig.for_each_trace(lambda t: t.update(name=t.name.rsplit(", ", 1)[0]))  # px appends the labelling, which the series says
+    return fig.update_layout(legend_title_text="core set, labelling")
 
 
 __all__ += ["token_list_html"]
@@ -423,7 +527,7 @@ def calibration_candidates_map(candidates: pd.DataFrame, explained: tuple[float,
     fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
     fig.update_traces(marker={"size": 9})
     fig.update_layout(legend_title_text="")
-    return fig
+    return _legend_below(fig, len(fig.data))
 
 
 def bias_vs_density(by_text: pd.DataFrame) -> go.Figure:
@@ -440,4 +544,4 @@ def bias_vs_density(by_text: pd.DataFrame) -> go.Figure:
                      title="Bias against the stop-word density difference")
     fig.add_hline(y=0, line_dash="dot", line_color="grey")
     fig.add_vline(x=0, line_dash="dot", line_color="grey")
-    return fig
+    return _legend_below(fig, len(fig.data))

@@ -2,7 +2,10 @@
 
 - :func:`edition` / :func:`edition_banner`: which model, corpus and calibration text this
   build uses, resolved exactly as the chapters resolve them;
-- :func:`scorecard`: the paper's numbers next to this build's, with where each came from;
+- :func:`scorecard`: the paper's numbers next to this build's, with where each came from, an
+  interval where the tables allow one (:func:`bootstrap_median`) and, on the toy edition,
+  what each comparison can and cannot show (``TOY_CAN_SHOW``);
+- :func:`headline_html`: this build's headline numbers for the front page;
 - :func:`neuron_browser_html`: one searchable page of discovered neurons, every piece of
   corpus text escaped;
 - :func:`batch_table` / :func:`batch_html`: the runs of a ``ctxneurons batch`` folder, local or
@@ -16,11 +19,12 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ctxneurons.book import figures
 from ctxneurons.io.corpus import corpus_label
-from ctxneurons.book.experiment import resolve_model_choice, resolve_output_dir
+from ctxneurons.book.experiment import project_root, resolve_model_choice, resolve_output_dir
 from ctxneurons.io.model import resolve_model
 
 PAPER = {
@@ -70,11 +74,14 @@ def edition_banner(info: dict | None = None) -> str:
     if info["model"] == "toy":
         why = "GPT-2 could not be reached from the build machine, so " if info["fallback"] else ""
         return (
-            '<div class="admonition warning"><p class="admonition-title">Offline edition: not GPT-2</p>'
-            f"<p>{why}this build ran every chapter on the <b>toy model</b>, a GPT-2-shaped model with a planted "
-            "contextual circuit, and on its synthetic corpus. Its numbers show that the method recovers a structure "
-            "known by construction; they are <b>not</b> GPT-2's numbers and must not be compared with the paper's. "
-            "Rebuild with a network (or <code>CTXN_MODEL=/path/to/gpt2</code>) for the GPT-2 edition.</p>"
+            '<div class="admonition warning"><p class="admonition-title">Offline edition: not GPT-2 Small</p>'
+            f"<p>{why}this build ran every chapter on the <b>toy model</b>, a model with GPT-2 Small's layer-0 shape, "
+            "a contextual circuit planted in it by construction, and a synthetic corpus of topic words. Its numbers "
+            "show whether the method's code recovers a structure whose answer is known; they are <b>not</b> GPT-2's "
+            "numbers, and where the toy was built to match the paper (its slow heads, for one) a match says nothing "
+            "about GPT-2. The <a href=\"../reports/scorecard.html\">scorecard</a> says, row by row, what each "
+            "comparison can and cannot show. Rebuild with a network (or <code>CTXN_MODEL=/path/to/gpt2</code>) for "
+            "the GPT-2 edition.</p>"
             f"<p>{facts}</p></div>"
         )
     return f'<div class="admonition note"><p class="admonition-title">This build</p><p>{facts}</p></div>'
@@ -93,53 +100,216 @@ def _fmt(x) -> str:
     return "—" if x is None else str(x)
 
 
-def scorecard(summaries: dict[str, dict]) -> pd.DataFrame:
-    """The paper's numbers and this build's, side by side. A missing chapter shows as 'not run'."""
+# What the toy edition is built to give, per scorecard row: what a comparison with the paper
+# can and cannot show there (ctxneurons.toy's docstring has the construction).
+TOY_CAN_SHOW = {
+    "tv": "Built to be close, not exact: token norms spread about ±20% and overlap the positional subspace "
+          "about as much as GPT-2's (mean |cos| ~0.04). Shows the code measures the split's error; the size is the toy's.",
+    "slow_heads": "Planted at 0, 2, 6, 8, 9, 10, where the paper found GPT-2's: a match is true by construction. "
+                  "It checks that the kernels and the classifier recover what was planted, nothing about GPT-2.",
+    "denominators": "The toy's texts are i.i.d. words from 1-3 planted topics: shows slow heads' denominators "
+                    "concentrate and local heads' do not; the sizes say nothing about OpenWebText.",
+    "n_found": "Planted context neurons have designed top[j] log-uniform in [3.0, 16]: the paper's threshold 5.0 "
+               "misses the weakest by design (hence a recall below 1). The count is set by how many were planted.",
+    "r_fvu": "The toy's context neurons read the slow heads' output by construction, so a high r is expected: "
+             "it tests the code and the approximation's error sources, not the paper's 0.9485 or 0.1426.",
+    "heads": "Only the planted slow heads write the topic directions, so they are built to lead.",
+    "core": "Topics are planted word groups: homogeneity against the topics checks the clustering, not Pichat et al.'s claim.",
+    "calibration": "The toy varies each document's function-word rate (0.34-0.5) to produce the paper's stop-word effect; "
+                   "domains are topic mixtures. The slope's sign is what to set against the paper's 'underestimates'.",
+}
+
+
+def bootstrap_median(values, groups, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """A percentile bootstrap interval for the median of ``values``, resampling whole
+    ``groups`` (e.g. the texts of (neuron, text) scores) with replacement, so that the
+    interval reflects how many texts there are, not how many pairs. Non-finite values are
+    left out. Returns (low, high); (nan, nan) when nothing is left."""
+    v = np.asarray(values, dtype=float)
+    codes = np.asarray(pd.factorize(pd.Series(list(groups)))[0])
+    keep = np.isfinite(v)
+    v, codes = v[keep], codes[keep]
+    if v.size == 0:
+        return float("nan"), float("nan")
+    order = np.argsort(v, kind="stable")
+    v, codes = v[order], codes[order]
+    uniq, codes = np.unique(codes, return_inverse=True)
+    G = len(uniq)
+    rng = np.random.default_rng(seed)
+    meds = np.empty(n_boot)
+    for b in range(n_boot):
+        weight = np.bincount(rng.integers(0, G, G), minlength=G)[codes]
+        cum = np.cumsum(weight)
+        total = int(cum[-1])
+        if total == 0:
+            meds[b] = np.nan
+            continue
+        # The median of the resampled values: the mean of the ranks (total+1)//2 and total//2+1 (1-based).
+        lo_i, hi_i = np.searchsorted(cum, [(total + 1) // 2, total // 2 + 1], side="left")
+        meds[b] = 0.5 * (v[lo_i] + v[hi_i])
+    meds = meds[np.isfinite(meds)]
+    lo, hi = np.quantile(meds, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def _intervals(tables: Path | None) -> dict[str, tuple[float, float]]:
+    """95% bootstrap intervals (over texts) of the headline medians whose per-pair tables exist under ``tables``."""
+    out = {}
+    scores = None if tables is None else Path(tables) / "contextual_circuit" / "scores.csv"
+    if scores is not None and scores.is_file():
+        df = pd.read_csv(scores)
+        for col in ("r", "fvu"):
+            if col in df and "text" in df:
+                out[col] = bootstrap_median(df[col], df["text"])
+    return out
+
+
+INTERVAL_METHOD = ("95% percentile bootstrap over texts (1000 resamples of the test texts with replacement, "
+                   "median over every (neuron, text) pair of the resample)")
+
+
+def _is_toy(summaries: dict[str, dict]) -> bool:
+    return any(str(s.get("model", "")).startswith("toy") for s in summaries.values())
+
+
+def scorecard(summaries: dict[str, dict], tables: str | os.PathLike | None = None, toy: bool | None = None) -> pd.DataFrame:
+    """The paper's numbers and this build's, side by side. A missing chapter shows as 'not run'.
+
+    tables: the chapters' output folder (e.g. :func:`output_dir`); where a chapter's per-pair
+    table is there, its headline median gets a bootstrap interval (``INTERVAL_METHOD``).
+    toy: whether this is the toy edition (default: any summary's model is the toy); the toy
+    edition adds a column saying what each comparison can and cannot show there.
+    """
+    toy = _is_toy(summaries) if toy is None else toy
+    ci = _intervals(None if tables is None else Path(tables))
     rows = []
 
-    def add(quantity, paper, notebook, value_of):
+    def add(quantity, paper, notebook, value_of, can_show=None, interval=None):
         s = summaries.get(notebook)
         value = value_of(s["headline"], s.get("parameters", {})) if s else None
-        rows.append({"quantity": quantity, "paper": paper, "this build": _fmt(value) if s else "not run",
-                     "from": _source(s) if s else notebook})
+        shown = _fmt(value) if s else "not run"
+        if s and interval in ci and all(map(np.isfinite, ci[interval])):
+            shown += f" [{ci[interval][0]:.4g}, {ci[interval][1]:.4g}]"
+        row = {"quantity": quantity, "paper": paper, "this build": shown, "from": _source(s) if s else notebook}
+        if toy:
+            row[TOY_COLUMN] = TOY_CAN_SHOW.get(can_show, "—")
+        rows.append(row)
 
     add("median TV, true vs decomposed pattern (circuit heads)", f"≈ {PAPER['median_tv']}", "tv_distance",
-        lambda h, p: h.get("median_tv"))
+        lambda h, p: h.get("median_tv"), "tv")
     add("slowly decaying heads", ", ".join(map(str, PAPER["slow_heads"])), "positional_kernels",
-        lambda h, p: ", ".join(map(str, h.get("heads_slow", []))))
+        lambda h, p: ", ".join(map(str, h.get("heads_slow", []))), "slow_heads")
     add("circuit heads all slowly decaying", "yes", "positional_kernels",
-        lambda h, p: "yes" if h.get("circuit_heads_all_slow") else "no")
+        lambda h, p: "yes" if h.get("circuit_heads_all_slow") else "no", "slow_heads")
     add("denominator spread across texts at n_ctx/2 (largest CV over circuit heads)", "nearly flat (Fig. 4)",
         "denominator_stability",
-        lambda h, p: max((v for k, v in h.get("cv_by_head", {}).items() if int(k) in p.get("heads", [])), default=None))
+        lambda h, p: max((v for k, v in h.get("cv_by_head", {}).items() if int(k) in p.get("heads", [])), default=None),
+        "denominators")
     add("  … the same for the most local head, for contrast", "large", "denominator_stability",
-        lambda h, p: h.get("local_head_cv"))
+        lambda h, p: h.get("local_head_cv"), "denominators")
     add(f"neurons found at threshold {PAPER['threshold']}", f"≈ {PAPER['n_found']}", "context_neurons",
-        lambda h, p: h.get("n_found"))
+        lambda h, p: h.get("n_found"), "n_found")
     add("median Pearson r, approximate vs true (neuron, text)", PAPER["median_r"], "contextual_circuit",
-        lambda h, p: h.get("median_r"))
+        lambda h, p: h.get("median_r"), "r_fvu", "r")
     add("median FVU, approximate vs true (neuron, text)", PAPER["median_fvu"], "contextual_circuit",
-        lambda h, p: h.get("median_fvu"))
+        lambda h, p: h.get("median_fvu"), "r_fvu", "fvu")
     # Beyond the paper: the neighbouring papers' questions (chapters 07 and 08).
     add("heads leading the found neurons at their peaks (share of neurons)", "Neo et al. 2024: early heads switch on context neurons",
-        "head_attribution", lambda h, p: _fmt_shares(h.get("top_head_share")))
+        "head_attribution", lambda h, p: _fmt_shares(h.get("top_head_share")), "heads")
     add("  … median consistency: share of a neuron's top texts led by the same head", "Neo et al.: consistent across similar prompts",
-        "head_attribution", lambda h, p: h.get("consistency_median"))
+        "head_attribution", lambda h, p: h.get("consistency_median"), "heads")
     add("  … median r per circuit head, its true contribution vs its part of the approximation", "—",
-        "head_attribution", lambda h, p: _fmt_shares(h.get("per_head_median_r"), percent=False))
+        "head_attribution", lambda h, p: _fmt_shares(h.get("per_head_median_r"), percent=False), "heads")
     add("  … toy: share of found neurons led by a planted slowly decaying head", "1 (planted)",
-        "head_attribution", lambda h, p: h.get("toy_top_head_planted_share"))
+        "head_attribution", lambda h, p: h.get("toy_top_head_planted_share"), "heads")
     add("core-token homogeneity by activation segment, lowest → highest", "Pichat et al. 2025: rises at the highest activations",
-        "core_tokens", lambda h, p: fmt_list(h.get("homogeneity_by_segment")))
+        "core_tokens", lambda h, p: fmt_list(h.get("homogeneity_by_segment")), "core")
     add("  … median Jaccard overlap, weights vs activation core tokens", "—",
-        "core_tokens", lambda h, p: h.get("weights_vs_activation_core_overlap_median"))
+        "core_tokens", lambda h, p: h.get("weights_vs_activation_core_overlap_median"), "core")
     add("  … toy: homogeneity by segment against the planted topics", "—",
-        "core_tokens", lambda h, p: fmt_list(h.get("toy_homogeneity_by_segment")))
+        "core_tokens", lambda h, p: fmt_list(h.get("toy_homogeneity_by_segment")), "core")
     add("domains where a domain-matched calibration text beats the book's (median FVU)",
-        "domain analysis wants a domain calibration text", "calibration_choice", _domain_calibration_wins)
+        "domain analysis wants a domain calibration text", "calibration_choice", _domain_calibration_wins, "calibration")
     add("bias against stop-word density difference, test − calibration (slope, book's calibration)",
-        "underestimates when densities differ", "calibration_choice", lambda h, p: h.get("bias_density_slope", {}).get("default"))
+        "underestimates when densities differ", "calibration_choice", lambda h, p: h.get("bias_density_slope", {}).get("default"),
+        "calibration")
     return pd.DataFrame(rows)
+
+
+def chapter_comparison_html(notebook: str, root: str | os.PathLike | None = None, toy: bool | None = None) -> str:
+    """A chapter's closing "Paper vs this build" table: the :func:`scorecard` rows that come
+    from ``notebook`` (e.g. "contextual_circuit"), with intervals where the chapter saved the
+    tables for them and, on the toy edition, what the toy was built to give. Read from the
+    summaries under ``root`` (default :func:`output_dir`), so a chapter calls it after saving
+    its own. Every value is escaped."""
+    root = output_dir() if root is None else Path(root)
+    card = scorecard(read_summaries(root), root, toy=toy)
+    mine = card[(card["from"] == notebook) | card["from"].str.startswith(f"{notebook} ·")]
+    if mine.empty:
+        return f"<p>The scorecard has no row for {html.escape(notebook)}.</p>"
+    shown = mine.drop(columns=["from"]).assign(quantity=lambda d: d["quantity"].str.strip().str.lstrip("… "))
+    note = f"<p>Brackets: {html.escape(INTERVAL_METHOD)}.</p>" if shown["this build"].str.contains(r"\[").any() else ""
+    return (shown.to_html(index=False, escape=True, classes="table ctxn-comparison", border=0, na_rep="—") + note)
+
+
+TOY_COLUMN = "on the toy edition, this comparison shows"
+
+
+def scorecard_html(card: pd.DataFrame) -> str:
+    """The :func:`scorecard` as a page shows it: quantity, paper and this build side by side,
+    where each row came from (and, on the toy edition, what the comparison can show) in small
+    type under it, so that five columns of prose do not crush each other. Every value is escaped."""
+    e = lambda v: html.escape("—" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))  # noqa: E731
+    rows = []
+    for _, r in card.iterrows():
+        rows.append(f'<tr class="ctxn-row"><td>{e(r["quantity"])}</td><td>{e(r["paper"])}</td><td>{e(r["this build"])}</td></tr>')
+        detail = f"from: {e(r['from'])}"
+        if TOY_COLUMN in card.columns:
+            detail += f"<br>on the toy edition: {e(r[TOY_COLUMN])}"
+        rows.append(f'<tr class="ctxn-detail"><td colspan="3" style="font-size:.8em;color:#555;padding-top:0">{detail}</td></tr>')
+    return ('<table class="table ctxn-scorecard"><thead><tr><th>quantity</th><th>paper</th><th>this build</th></tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+# The front page's numbers: (scorecard row, short name).
+HEADLINE_ROWS = [
+    ("median TV, true vs decomposed pattern (circuit heads)", "median TV of the split (§1)"),
+    ("slowly decaying heads", "slowly decaying heads (§2)"),
+    (f"neurons found at threshold {PAPER['threshold']}", f"neurons found at top[j] ≥ {PAPER['threshold']} (§5)"),
+    ("median Pearson r, approximate vs true (neuron, text)", "median r, approximation vs truth (§5)"),
+    ("median FVU, approximate vs true (neuron, text)", "median FVU (§5)"),
+]
+
+
+def headline_html(summaries: dict[str, dict] | None = None, tables: str | os.PathLike | None = None,
+                  info: dict | None = None) -> str:
+    """The front page's box: this build's headline numbers beside the paper's, read from the
+    chapters' summaries (default: :func:`read_summaries` of :func:`output_dir`), with the
+    model and number of texts they came from. Every value is escaped."""
+    info = edition() if info is None else info
+    if summaries is None:
+        summaries = read_summaries()
+        tables = output_dir() if tables is None else tables
+    if not summaries:
+        return ('<div class="admonition note ctxn-headline"><p class="admonition-title">This build\'s numbers</p>'
+                "<p>No chapter has written its results yet: build the whole book to fill this box.</p></div>")
+    card = scorecard(summaries, tables, toy=info.get("model") == "toy").set_index("quantity")
+    body = "".join(
+        f"<tr><td>{html.escape(short)}</td><td>{html.escape(str(card.loc[q, 'paper']))}</td>"
+        f"<td>{html.escape(str(card.loc[q, 'this build']))}</td></tr>"
+        for q, short in HEADLINE_ROWS if q in card.index)
+    runs = sorted({f"{s.get('model')}, {s.get('parameters', {}).get('n_texts')} texts" for s in summaries.values()})
+    toy = info.get("model") == "toy"
+    title = "This build's numbers (toy model: not comparable with the paper's)" if toy else "This build's numbers"
+    note = ("On the toy edition these show that the code recovers what was planted; the "
+            '<a href="../reports/scorecard.html">scorecard</a> says what each comparison can and cannot show.') if toy else (
+            'Every comparison, with where each number came from, is on the <a href="../reports/scorecard.html">scorecard</a>.')
+    interval = "" if not any("[" in str(v) for v in card["this build"]) else (
+        f"<p>Brackets: {html.escape(INTERVAL_METHOD)}.</p>")
+    return (f'<div class="admonition {"warning" if toy else "note"} ctxn-headline"><p class="admonition-title">{html.escape(title)}</p>'
+            '<table class="table ctxn-headline-table"><thead><tr><th>quantity</th><th>paper (GPT-2 Small)</th>'
+            f"<th>this build</th></tr></thead><tbody>{body}</tbody></table>"
+            f"<p>From: {html.escape('; '.join(runs))}. {note}</p>{interval}</div>")
 
 
 def _fmt_shares(shares: dict | None, percent: bool = True, k: int = 6) -> str | None:
@@ -163,27 +333,41 @@ def _domain_calibration_wins(h: dict, p: dict) -> str:
     return f"{len(wins)} of {len(domains)}" + (f" ({', '.join(wins)})" if wins else "")
 
 
-def neuron_card_html(neuron: int, stats: dict, top: list[tuple[str, float]], bottom: list[tuple[str, float]],
-                     examples: list[dict], sections: list[tuple[str, str]] = ()) -> str:
-    """One neuron: its extreme tokens, r and FVU, further sections, and example texts shaded
-    by approximate and true values.
+def neuron_anchor(neuron: int) -> str:
+    """The HTML id of a neuron's card in the neuron browser (``neuron_browser.html#neuron-<j>``)."""
+    return f"neuron-{int(neuron)}"
 
-    examples: dicts with 'title', 'tokens' (strings), 'approx' and 'true' (floats per token).
+
+def neuron_card_html(neuron: int, stats: dict, top: list[tuple[str, float]], bottom: list[tuple[str, float]],
+                     examples: list[dict], sections: list[tuple[str, str]] = (), *, try_href: str | None = None) -> str:
+    """One neuron: its extreme tokens, r and FVU, further sections, and example texts shaded
+    by the circuit's approximation and by the true contribution it approximates, both on one
+    colour scale with a legend.
+
+    The card has the id :func:`neuron_anchor` and a link to itself, so that a neuron can be
+    linked to (the browser's script opens the card the address names).
+    examples: dicts with 'title', 'tokens' (strings), 'approx' and 'true' (floats per token),
+    and optionally 'first_position' (the position of tokens[0] in its text).
     sections: (title, HTML) pairs shown after the tokens; the HTML must already be escaped
     (e.g. from :func:`head_shares_html` or plots.core_categories_list_html), titles are escaped here.
+    try_href: where *Try a neuron* opens on this neuron (e.g. ``try_a_neuron.html#neuron-7``), when it offers it.
     """
     def token_list(items):
         return ", ".join(f"<code>{figures.escape_text(repr(t))}</code>&nbsp;{v:+.2f}" for t, v in items)
 
+    j = int(neuron)
     stat = " · ".join(f"{html.escape(k)} {_fmt(v)}" for k, v in stats.items())
-    parts = [f'<details class="ctxn-neuron" data-neuron="{int(neuron)}"><summary><b>neuron {int(neuron)}</b> · {stat}</summary>',
+    link = f' · <a class="ctxn-neuron-link" href="#{neuron_anchor(j)}" title="link to this neuron">#</a>'
+    parts = [f'<details class="ctxn-neuron" id="{neuron_anchor(j)}" data-neuron="{j}"><summary><b>neuron {j}</b> · {stat}{link}</summary>',
              f"<p><b>most positive tokens:</b> {token_list(top)}</p>",
              f"<p><b>most negative tokens:</b> {token_list(bottom)}</p>"]
     parts += [f"<p><b>{html.escape(title)}:</b> {body}</p>" for title, body in sections if body]
+    if try_href:
+        parts.append(f'<p><a class="ctxn-try-link" href="{html.escape(try_href, quote=True)}">Try neuron {j} on your own text</a></p>')
     for ex in examples:
-        vmax = max([abs(v) for v in ex["approx"] + ex["true"]] + [1e-9])
-        parts.append(figures.token_heatmap_html(ex["tokens"], ex["approx"], vmax=vmax, title=f"{ex['title']} — approximation"))
-        parts.append(figures.token_heatmap_html(ex["tokens"], ex["true"], vmax=vmax, title=f"{ex['title']} — true"))
+        parts.append(figures.token_heatmaps_html(
+            ex["tokens"], [("circuit's approximation", ex["approx"]), ("true contribution of the circuit heads", ex["true"])],
+            title=ex["title"], window=None, first_position=int(ex.get("first_position", 0)), unit=f"input to neuron {j}"))
     parts.append("</details>")
     return "\n".join(parts)
 
@@ -212,16 +396,37 @@ _SEARCH_SCRIPT = """
       d.style.display = d.textContent.toLowerCase().indexOf(q) >= 0 ? '' : 'none';
     });
   });
+  // A link to #neuron-<j> opens that neuron's card.
+  function openLinked() {
+    var m = /^#neuron-(\\d+)$/.exec(window.location.hash);
+    var card = m && document.getElementById('neuron-' + m[1]);
+    if (card) { card.open = true; card.style.display = ''; card.scrollIntoView(); }
+  }
+  window.addEventListener('hashchange', openLinked);
+  openLinked();
 })();
 </script>
 """
 
 
-def neuron_browser_html(cards: list[str]) -> str:
-    """A search box over the neuron cards (matching neuron ids and tokens) and the cards."""
-    search = ('<p><input id="ctxn-neuron-search" type="search" placeholder="filter by neuron or token, e.g. colour" '
+def neuron_browser_html(cards: list[str], hint: str = "colour") -> str:
+    """A search box over the neuron cards (matching neuron ids and tokens) and the cards.
+    hint: an example token for the box's placeholder, one the reader's model knows (the toy
+    has its own words)."""
+    search = ('<p><input id="ctxn-neuron-search" type="search" '
+              f'placeholder="filter by neuron or token, e.g. {html.escape(hint, quote=True)}" '
               'style="width:100%;padding:4px"></p>')
     return search + "\n".join(cards) + _SEARCH_SCRIPT
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """A folder as a page shows it: relative to the project root when inside it, else by its
+    last component (a page must not carry the build machine's paths)."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(project_root().resolve())) + "/"
+    except ValueError:
+        return f".../{path.name}/"
 
 
 def runs_dir() -> Path:
@@ -245,7 +450,7 @@ def batch_html(root: str | os.PathLike | None = None) -> str:
 
     root = runs_dir() if root is None else Path(root)
     table = batch_table(root)
-    where = f"<code>{html.escape(str(root))}</code>"
+    where = f"<code>{html.escape(shown_path(root))}</code>"
     if table.empty:
         return f"<p>No finished batch runs in {where} for this build.</p>"
     unfinished = [p for _, p in batch.unfinished_runs(root)] if root.is_dir() else []

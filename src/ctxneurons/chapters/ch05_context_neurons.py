@@ -16,6 +16,7 @@ import torch
 
 from ctxneurons.chapters import Result, Table
 from ctxneurons.method import neurons
+from ctxneurons.toy import truth as planted_truth
 
 EXTREME_K = 10  # tokens listed on each side per neuron
 NAMED_NEURON = 300  # GPT-2 Small's Commonwealth-vs-American-English spelling neuron (the author's notes)
@@ -43,14 +44,12 @@ def compute(run) -> Result:
     if named is not None:
         named_found = named["found"]
     toy_scores, n_planted = None, None
-    if p["model"] == "toy":
-        from ctxneurons import toy
-
-        planted = torch.tensor([x["neuron"] for x in toy.ground_truth(toy.ensure_model())["context_neurons"]])
-        n_planted = len(planted)
-        tables["toy_precision_recall"] = Table(neurons.precision_recall_frame(d.top, thresholds, planted), neurons.PRECISION_RECALL_COLUMNS)
-        precision, recall = neurons.precision_recall(d.top, torch.tensor([p["threshold"]]), planted)
-        toy_scores = {"precision": None if math.isnan(float(precision)) else float(precision), "recall": float(recall)}
+    truth = planted_truth.of_model(p["model"])  # from the model's folder: a toy given by its path counts too
+    if truth is not None:
+        n_planted = len(planted_truth.context_neurons(truth))
+        tables["toy_precision_recall"] = Table(planted_truth.discovery_scores(truth, d.top, thresholds), neurons.PRECISION_RECALL_COLUMNS)
+        at = planted_truth.discovery_scores(truth, d.top, torch.tensor([p["threshold"]])).iloc[0]
+        toy_scores = {"precision": None if math.isnan(at["precision"]) else float(at["precision"]), "recall": float(at["recall"])}
     return Result(
         tables=tables,
         headline={

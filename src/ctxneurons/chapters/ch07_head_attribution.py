@@ -13,7 +13,7 @@ import torch
 from ctxneurons.chapters import Result, Table
 from ctxneurons.io.corpus import iter_batches
 from ctxneurons.io.model import resolve_model_dir
-from ctxneurons.method import evaluation, kernels, neurons
+from ctxneurons.method import circuit, evaluation, kernels, neurons
 from ctxneurons.studies import head_attribution, unembedding
 from ctxneurons.toy import truth as planted_truth
 
@@ -76,7 +76,7 @@ def compute(run) -> Result:
     d = neurons.discover(w, c, p["threshold"], p["max_neurons"])
     glitch, top, found = d.glitch, d.top, d.found
     with torch.inference_mode():
-        per_token, _ = head_attribution.head_terms(w, c, found)
+        per_token, _ = circuit.head_terms(w, c, found)
         shares = head_attribution.spread_shares(per_token, ~glitch)
     notes = [d.message("attributing")]
     query_position = kernels.resolve_query_position(-1, w.n_ctx, run.n_tokens)

@@ -33,19 +33,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ctxneurons.errors import InputError
 from ctxneurons.io import hub
+from ctxneurons.io.paths import CALIBRATION_SUFFIXES, CORPUS_SUFFIXES, looks_like_path  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 OPENWEBTEXT = "Skylion007/openwebtext"
-CORPUS_SUFFIXES = (".txt", ".jsonl")
-CALIBRATION_SUFFIXES = (".txt", ".md", ".jsonl")
 _TOKENIZE_CHUNK = 256  # texts per batch call of the tokenizer: bounds the memory of long documents
 _LOCAL_HINT = ("Or use a local corpus: corpus='/path/texts.jsonl' ({\"text\": ...} per line), a .txt file "
                "or a folder of them.")
 
 
-class CorpusError(ValueError):
+class CorpusError(InputError, ValueError):
     """A corpus or calibration text is missing, malformed or too small for the request."""
 
 
@@ -100,28 +100,28 @@ def _decode_utf8(data: bytes, what: str) -> str:
     return text
 
 
-def _read_jsonl(path: Path) -> list[str]:
+def _read_jsonl(path: Path, what: str = "corpus file") -> list[str]:
     texts = []
     # JSON strings cannot hold a raw newline, but may hold U+2028, which str.splitlines splits on.
-    for lineno, line in enumerate(_decode_utf8(path.read_bytes(), f"corpus file {path}").split("\n"), 1):
+    for lineno, line in enumerate(_decode_utf8(path.read_bytes(), f"{what} {path}").split("\n"), 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
             raise CorpusError(
-                f"corpus file {path}, line {lineno}: not valid JSON ({err.msg}, column {err.colno}). "
+                f"{what} {path}, line {lineno}: not valid JSON ({err.msg}, column {err.colno}). "
                 'Each line must be one JSON object such as {"text": "..."}.'
             ) from None
         if not isinstance(record, dict) or "text" not in record:
             found = f"keys {sorted(record)}" if isinstance(record, dict) else f"a JSON {type(record).__name__}"
             raise CorpusError(
-                f'corpus file {path}, line {lineno}: no "text" field (found {found}). '
+                f'{what} {path}, line {lineno}: no "text" field (found {found}). '
                 'Each line must be one JSON object such as {"text": "..."}.'
             )
         if not isinstance(record["text"], str):
             raise CorpusError(
-                f'corpus file {path}, line {lineno}: "text" is a {type(record["text"]).__name__}, not a string.'
+                f'{what} {path}, line {lineno}: "text" is a {type(record["text"]).__name__}, not a string.'
             )
         texts.append(record["text"])
     return texts
@@ -317,13 +317,7 @@ def select_token_batch(
                 "text_bytes": torch.from_numpy(np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()),
                 "text_ends": torch.tensor(list(itertools.accumulate(map(len, encoded))), dtype=torch.long)}
 
-    try:
-        stored = cache.cached("tokens", key, select)
-    except OSError as err:
-        if "batch" not in made:
-            raise
-        # A read-only or full cache costs the next run the tokenising, nothing more.
-        log.warning("could not keep the token batch of %s in the cache (%s)", corpus, err)
+    stored = cache.cached("tokens", key, select)  # an unusable cache warns and still returns the batch
     if "batch" in made:
         return made["batch"]
     data, ends = stored["text_bytes"].numpy().tobytes(), [0] + stored["text_ends"].tolist()
@@ -393,13 +387,6 @@ def iter_batches(tokens: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor
         yield tokens[start : start + batch_size]
 
 
-def _looks_like_path(s: str) -> bool:
-    # A single short line naming a file is a path; calibration prose is hundreds of tokens.
-    if "\n" in s:
-        return False
-    return s.endswith(CALIBRATION_SUFFIXES) or (("/" in s or os.sep in s) and len(s) <= 255)
-
-
 def _existing(path: Path) -> str | None:
     """'file', 'dir' or None; a string too long to be a file name is simply not one."""
     try:
@@ -410,7 +397,8 @@ def _existing(path: Path) -> str | None:
 
 def load_calibration_text(text_or_path: str | os.PathLike) -> CalibrationText:
     """The calibration text from a UTF-8 file (a Path, or a string that names an existing
-    file or looks like a path) or from a literal string (name 'inline')."""
+    file or looks like a path) or from a literal string (name 'inline'). A ``.jsonl`` file
+    is read as a corpus file is ({"text": ...} per line), and gives its first document."""
     is_path = isinstance(text_or_path, os.PathLike)
     raw = os.fspath(text_or_path)
     if not is_path and not raw.strip():
@@ -421,13 +409,21 @@ def load_calibration_text(text_or_path: str | os.PathLike) -> CalibrationText:
     kind = _existing(path) if is_path or "\n" not in raw else None
     if kind == "dir":
         raise CorpusError(f"calibration text {raw!r} is a folder; pass one UTF-8 text file or the text itself.")
-    if kind is None and (is_path or _looks_like_path(raw)):
+    if kind is None and (is_path or looks_like_path(raw)):
         raise CorpusError(
             f"calibration text file not found: {raw!r}. Pass the path of an existing UTF-8 text "
             "file, or the calibration text itself as a string."
         )
     if kind is None:
         return CalibrationText(text=raw, name="inline")
+    if path.suffix == ".jsonl":
+        # One {"text": ...} per line, as corpora are written: the texts, not the JSON, are the prose.
+        texts = [t for t in _read_jsonl(path, "calibration text file") if t.strip()]
+        if not texts:
+            raise CorpusError(f'calibration text file {path} holds no non-empty {{"text": ...}} line; '
+                              "it needs prose of at least a few hundred tokens.")
+        name = path.name if len(texts) == 1 else f"{path.name} ({len(texts)} texts joined)"
+        return CalibrationText(text="\n\n".join(texts), name=name)
     text = _decode_utf8(path.read_bytes(), f"calibration text file {path}")
     if not text.strip():
         raise CorpusError(
@@ -437,6 +433,28 @@ def load_calibration_text(text_or_path: str | os.PathLike) -> CalibrationText:
     return CalibrationText(text=text, name=path.name)
 
 
+# Tokens past the ones used that a prefix must yield before its cut cannot matter: a cut
+# inside a word changes only the tokens of that word and the whitespace before it.
+_CUT_MARGIN = 64
+
+
+def _prefix_ids(text: str, tokenizer, n: int) -> list[int]:
+    """The first n token ids of ``text``, tokenising only a prefix of it: a prefix is cut at
+    whitespace, grown fourfold until it yields n + _CUT_MARGIN tokens (or is the whole
+    text), so a 50 MB file costs what its first pages cost."""
+    size = max(4 * (n + _CUT_MARGIN), 1024)
+    while True:
+        if size >= len(text):
+            return tokenizer.encode(text, add_special_tokens=False, verbose=False)[:n]
+        cut = size
+        while cut < len(text) and not text[cut].isspace():  # never cut inside a word
+            cut += 1
+        ids = tokenizer.encode(text[:cut], add_special_tokens=False, verbose=False)
+        if len(ids) >= n + _CUT_MARGIN:
+            return ids[:n]
+        size *= 4
+
+
 def calibration_tokens(cal: CalibrationText, tokenizer, position: int, bos: bool = True) -> torch.Tensor:
     """Tokens 0..position of the calibration text: LongTensor [position + 1], BOS first when ``bos``."""
     if position < 0:
@@ -444,7 +462,7 @@ def calibration_tokens(cal: CalibrationText, tokenizer, position: int, bos: bool
     if bos and tokenizer.bos_token_id is None:
         raise CorpusError("bos=True but the tokenizer has no bos_token_id; pass bos=False.")
     prefix = [tokenizer.bos_token_id] if bos else []
-    ids = prefix + tokenizer.encode(cal.text, add_special_tokens=False, verbose=False)
+    ids = prefix + _prefix_ids(cal.text, tokenizer, position + 1 - len(prefix))
     if len(ids) < position + 1:
         counted = " including BOS" if bos else ""
         raise CorpusError(

@@ -29,13 +29,26 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ctxneurons.errors import InputError
+
+# Short names of hub models, as users type them (io/model.py resolves them).
+HUB_ALIASES = {
+    "gpt2": "openai-community/gpt2",
+    "gpt2-small": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+    "distilgpt2": "distilbert/distilgpt2",
+    "gpt-neo-125M": "EleutherAI/gpt-neo-125M",
+}
+
 TIMEOUT = 10.0  # seconds for one metadata call; a hub answers in well under one
 MODEL_FILES = ["config.json", "*.safetensors", "tokenizer*", "vocab.json", "merges.txt", "generation_config.json"]
 DATA_SUFFIXES = (".parquet", ".jsonl")
 _TRUE = ("1", "ON", "YES", "TRUE")
 
 
-class HubError(RuntimeError):
+class HubError(InputError, RuntimeError):
     """A hub repository, revision or file could not be had; the message says what to do."""
 
 
@@ -272,10 +285,10 @@ def dataset_files(repo: str, config: str | None = None, split: str = "train", re
             "no longer runs, with no Parquet conversion yet."
         )
     out = DatasetFiles(repo=repo, config=config, split=split, revision=sha, layout=layout, files=tuple(files))
-    manifest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = manifest.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(out)))
-    tmp.replace(manifest)
+    from ctxneurons.io.atomic import atomic_write_json
+
+    # A unique temporary name per writer: two processes listing one dataset never share one.
+    atomic_write_json(manifest, asdict(out))
     return out
 
 

@@ -17,7 +17,7 @@ Booting the bridge (and importing TransformerLens) costs seconds, and every note
 book is a fresh process, so the loaded layer is kept on disk, beside the other intermediates
 ($CTXN_CACHE/intermediates/layer0): keyed by the model's files (name, size, mtime), its hub
 revision, config.json and the versions of the libraries that process it, and checked against
-its SHA-256 manifest before use. A later load reads it back with the tokenizer TransformerLens
+its SHA-256 before use (the library's one cache format, :mod:`ctxneurons.io.cache`). A later load reads it back with the tokenizer TransformerLens
 set up, saved and reloaded through transformers (tests/test_model_cache.py).
 
 Supported architectures: GPT-2 (every size, distilgpt2) and GPT-Neo, whose learned
@@ -33,15 +33,15 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
 
-from ctxneurons.io import hub
+from ctxneurons.errors import InputError
+from ctxneurons.io import cache, hub
+from ctxneurons.io.hub import HUB_ALIASES  # noqa: F401  (the model names users type)
 from ctxneurons.method.weights import Layer0
 
 log = logging.getLogger(__name__)
@@ -49,15 +49,6 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="IProgress not found")
 
 SUPPORTED_MODEL_TYPES = ("gpt2", "gpt_neo")
-HUB_ALIASES = {
-    "gpt2": "openai-community/gpt2",
-    "gpt2-small": "openai-community/gpt2",
-    "gpt2-medium": "openai-community/gpt2-medium",
-    "gpt2-large": "openai-community/gpt2-large",
-    "gpt2-xl": "openai-community/gpt2-xl",
-    "distilgpt2": "distilbert/distilgpt2",
-    "gpt-neo-125M": "EleutherAI/gpt-neo-125M",
-}
 # Architectures whose positions are not learned vectors added before layer 0's LayerNorm,
 # by how they encode position (model_type as in config.json).
 ROTARY_MODEL_TYPES = (
@@ -68,11 +59,11 @@ RELATIVE_MODEL_TYPES = ("t5", "mt5", "longt5", "umt5", "deberta", "deberta-v2", 
 ALIBI_MODEL_TYPES = ("bloom", "mpt")
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(InputError, RuntimeError):
     """A model could not be found or is not one this library supports."""
 
 
-class DeviceError(RuntimeError):
+class DeviceError(InputError, RuntimeError):
     """The requested device is not available."""
 
 
@@ -110,9 +101,14 @@ TOY_CONTROL = "toy-control"  # the toy's negative control: its slow heads made l
 
 
 def is_toy(model: str | os.PathLike) -> bool:
-    """Whether ``model`` names the offline toy or its negative control, which share the toy's
-    corpus, calibration text and domains."""
-    return str(model) in ("toy", TOY_CONTROL)
+    """Whether ``model`` is the offline toy or its negative control, by name or as a folder
+    the toy built (its version stamp): either way it shares the toy's corpus, calibration
+    text, domains and ground truth, so a toy given by its path is not taken for another model."""
+    if str(model) in ("toy", TOY_CONTROL):
+        return True
+    from ctxneurons.toy.model import STAMP_FILE
+
+    return (Path(model).expanduser() / STAMP_FILE).is_file()
 
 
 def resolve_model(model: str | os.PathLike) -> ModelSource:
@@ -124,10 +120,15 @@ def resolve_model(model: str | os.PathLike) -> ModelSource:
     unreachable hub fails within seconds with a message saying what to do.
     """
     model_str = str(model)
-    if is_toy(model_str):
+    # By name only: a toy's folder (the control's, or a toy built elsewhere) is that folder's model.
+    if model_str in ("toy", TOY_CONTROL):
         from ctxneurons import toy
 
-        return ModelSource(toy.ensure_model(control=model_str == TOY_CONTROL))
+        try:
+            return ModelSource(toy.ensure_model(control=model_str == TOY_CONTROL))
+        except OSError as err:
+            raise ModelLoadError(f"model={model_str!r} could not be built under the cache folder ({err}); set CTXN_CACHE "
+                                 "to a writable folder") from None
     path = Path(model_str).expanduser()
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
@@ -311,12 +312,12 @@ def _layer0_model(model_dir: Path, config: dict):
 
 
 # Bump when what a layer-0 cache entry holds, or how it is made, changes.
-LAYER0_CACHE_FORMAT = 1
+LAYER0_CACHE_FORMAT = 2
 # Where load_layer0 keeps loaded layers; None: $CTXN_CACHE/intermediates/layer0 (the tests
 # point it at a scratch folder, so their throwaway models do not pile up in the user's cache).
 LAYER0_CACHE_ROOT: Path | None = None
-_TENSORS, _MANIFEST, _TOKENIZER = "layer0.pt", "manifest.json", "tokenizer"
 _SCALARS = ("eps", "act_fn", "score_scale", "architecture")
+_TOKENIZER = "tokenizer/"  # entry names of the tokenizer's files
 
 
 def _layer0_cache_key(source: ModelSource) -> dict:
@@ -348,63 +349,39 @@ def _layer0_cache_key(source: ModelSource) -> dict:
     }
 
 
-def _layer0_cache_dir(key: dict) -> Path:
-    """The entry for ``key``: named by its model directory, then by the whole key, so that
-    the entries of one directory can be found (see :func:`_write_layer0_entry`)."""
-    from ctxneurons.io import cache
+def _layer0_entry(layer0: Layer0) -> dict[str, torch.Tensor]:
+    """What the cache keeps of a loaded layer 0: its tensors, its scalars (JSON) and its
+    tokenizer's files (as TransformerLens set it up), each as named tensors."""
+    import tempfile
 
-    root = cache.default_root() / "layer0" if LAYER0_CACHE_ROOT is None else Path(LAYER0_CACHE_ROOT)
-    digest = lambda x: hashlib.sha256(json.dumps(x, sort_keys=True).encode()).hexdigest()[:16]  # noqa: E731
-    return root / f"{digest(key['path'])}-{digest(key)}"
+    entry = {f.name: getattr(layer0, f.name).contiguous() for f in fields(layer0)
+             if isinstance(getattr(layer0, f.name), torch.Tensor)}
+    entry["scalars"] = cache.encode_bytes(json.dumps({k: getattr(layer0, k) for k in _SCALARS}).encode())
+    with tempfile.TemporaryDirectory() as td:
+        layer0.tokenizer.save_pretrained(td)
+        for f in sorted(Path(td).rglob("*")):
+            if f.is_file():
+                entry[_TOKENIZER + f.relative_to(td).as_posix()] = cache.encode_bytes(f.read_bytes())
+    return entry
 
 
-def _read_layer0_entry(entry: Path, key: dict) -> Layer0:
-    """The layer stored in ``entry`` (on CPU), after checking its key and every file's
-    SHA-256 against its manifest; any mismatch or unreadable file raises."""
+def _layer0_from_entry(entry: dict[str, torch.Tensor]) -> Layer0:
+    """The layer of :func:`_layer0_entry` back, on CPU; a ValueError when a part is missing."""
+    import tempfile
+
     from transformers import AutoTokenizer
 
-    from ctxneurons.io.atomic import sha256_file
-
-    manifest = json.loads((entry / _MANIFEST).read_text())
-    if manifest.get("key") != key:
-        raise ValueError("the entry was made for other files or versions")
-    if _TENSORS not in manifest["sha256"] or f"{_TOKENIZER}/tokenizer_config.json" not in manifest["sha256"]:
-        raise ValueError("its manifest does not cover the weights and the tokenizer")
-    for rel, digest in manifest["sha256"].items():
-        if sha256_file(entry / rel) != digest:
-            raise ValueError(f"{rel} fails its checksum")
-    payload = torch.load(entry / _TENSORS, map_location="cpu", weights_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(entry / _TOKENIZER))
-    return Layer0(**payload["tensors"], **payload["scalars"], tokenizer=tokenizer)
-
-
-def _write_layer0_entry(entry: Path, key: dict, layer0: Layer0) -> None:
-    """Store ``layer0`` in ``entry`` through a temporary sibling folder renamed into place,
-    so a reader sees a whole entry or none; when another process got there first, its
-    entry stands. Entries of the same model directory made for other keys are removed."""
-    from ctxneurons.io.atomic import atomic_write_text, sha256_file
-
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
-    try:
-        tensors = {f.name: getattr(layer0, f.name).contiguous() for f in fields(layer0)
-                   if isinstance(getattr(layer0, f.name), torch.Tensor)}
-        torch.save({"tensors": tensors, "scalars": {k: getattr(layer0, k) for k in _SCALARS}}, tmp / _TENSORS)
-        layer0.tokenizer.save_pretrained(str(tmp / _TOKENIZER))
-        stored = sorted(p for p in tmp.rglob("*") if p.is_file())
-        sums = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in stored}
-        atomic_write_text(tmp / _MANIFEST, json.dumps({"key": key, "sha256": sums}, indent=1))
-        try:
-            tmp.rename(entry)
-        except OSError:
-            pass  # another process renamed its own entry into place first; it holds the same layer
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    # The same directory's older entries (other files, versions) would never be read again:
-    # one entry per model directory keeps the cache from growing with every upgrade.
-    for old in entry.parent.glob(entry.name.split("-")[0] + "-*"):
-        if old != entry:
-            _discard(old)
+    if _TOKENIZER + "tokenizer_config.json" not in entry or "scalars" not in entry:
+        raise ValueError("the entry does not hold the tokenizer and the scalars")
+    with tempfile.TemporaryDirectory() as td:
+        for name, data in entry.items():
+            if name.startswith(_TOKENIZER):
+                target = Path(td) / name[len(_TOKENIZER):]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(cache.decode_bytes(data))
+        tokenizer = AutoTokenizer.from_pretrained(td)
+    tensors = {k: v for k, v in entry.items() if k != "scalars" and not k.startswith(_TOKENIZER)}
+    return Layer0(**tensors, **json.loads(cache.decode_bytes(entry["scalars"])), tokenizer=tokenizer)
 
 
 def _boot_layer0(source: ModelSource, config: dict) -> Layer0:
@@ -413,32 +390,21 @@ def _boot_layer0(source: ModelSource, config: dict) -> Layer0:
     return layer0_from_bridge(bridge, config=config)
 
 
-def _discard(entry: Path) -> None:
-    """Move ``entry`` aside and delete it (a rename first, so no reader sees it half deleted)."""
-    stale = Path(tempfile.mkdtemp(prefix=f".{entry.name}-stale-", dir=entry.parent))
-    try:
-        entry.rename(stale / "old")
-    except OSError:
-        pass  # another process moved it first
-    shutil.rmtree(stale, ignore_errors=True)
-
-
 def _cached_layer0(source: ModelSource, config: dict) -> Layer0:
-    """Layer 0 of ``source`` on CPU: from the on-disk cache, or booted and then stored there.
-    An entry that fails any check is rebuilt, never used."""
+    """Layer 0 of ``source`` on CPU: from the on-disk cache (:mod:`ctxneurons.io.cache`, the
+    library's one cache format), or booted and then stored there. An entry that fails any
+    check is rebuilt, never used; one that cannot be stored costs the next load a boot."""
     key = _layer0_cache_key(source)
-    entry = _layer0_cache_dir(key)
-    if entry.exists():
+    root = cache.default_root() / "layer0" if LAYER0_CACHE_ROOT is None else Path(LAYER0_CACHE_ROOT)
+    group = hashlib.sha256(key["path"].encode()).hexdigest()[:16]  # one entry per model folder
+    found = cache.load("layer0", key, root, group)
+    if found is not None:
         try:
-            return _read_layer0_entry(entry, key)
+            return _layer0_from_entry(found)
         except Exception as err:  # a damaged or foreign entry is rebuilt, never trusted
-            log.warning("layer-0 cache entry %s is unusable (%s); loading %s again", entry, err, source.label)
-            _discard(entry)
+            log.warning("layer-0 cache entry of %s is unusable (%s); loading it again", source.label, err)
     layer0 = _boot_layer0(source, config)
-    try:
-        _write_layer0_entry(entry, key, layer0)
-    except OSError as err:  # a read-only or full cache costs the next run a boot, nothing more
-        log.warning("could not store layer 0 of %s in %s (%s)", source.label, entry.parent, err)
+    cache.store("layer0", key, _layer0_entry(layer0), root, group)
     return layer0
 
 

@@ -29,11 +29,13 @@ import torch
 
 from ctxneurons.method import decomposition, denominators, kernels, forward
 from ctxneurons.method.decomposition import DEFAULT_C
+from ctxneurons.method.forward import full_precision
 from ctxneurons.method.weights import Layer0, check_indices
 
 PAPER_HEADS = (0, 2, 6, 8, 9, 10)
 
 
+@full_precision
 def token_values(w: Layer0, value_C: float, tokens: torch.Tensor | None = None) -> torch.Tensor:
     """v_h(t), the token part of each head's value: -> [H, T, e] for tokens [T] (all V if None)."""
     e_tok = w.W_E if tokens is None else w.W_E[tokens]
@@ -41,6 +43,7 @@ def token_values(w: Layer0, value_C: float, tokens: torch.Tensor | None = None) 
     return torch.einsum("td,hde->hte", e_tok * scale, w.W_V)
 
 
+@full_precision
 def positional_values(w: Layer0, n: int, C: float = DEFAULT_C) -> torch.Tensor:
     """The positional part of each head's value for positions 0..n-1: -> [H, n, e]."""
     p = w.W_pos[:n]
@@ -48,6 +51,7 @@ def positional_values(w: Layer0, n: int, C: float = DEFAULT_C) -> torch.Tensor:
     return torch.einsum("nd,hde->hne", p * scale, w.W_V)
 
 
+@full_precision
 def value_terms(wh: Layer0, scores: torch.Tensor, log_denoms: torch.Tensor, value_C: float, C: float,
                 n_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Each circuit head's per-token term X_h[t] before W_O, and its token-free counterpart,
@@ -57,12 +61,14 @@ def value_terms(wh: Layer0, scores: torch.Tensor, log_denoms: torch.Tensor, valu
     return weighted, positional_values(wh, n_positions, C) + wh.b_V[:, None, :]
 
 
+@full_precision
 def readout(wh: Layer0, W_in: torch.Tensor, ln2_scale: float) -> torch.Tensor:
     """What a head's value term gives the neurons: W_O^h W_in / ln2_scale, W_in [d, J] -> [h, e, J]."""
     h, e = wh.n_heads, wh.d_head
     return (wh.W_O.reshape(h * e, wh.d_model) @ W_in / ln2_scale).view(h, e, -1)
 
 
+@full_precision
 def head_terms(w: Layer0, c: "Circuit", neurons: torch.Tensor, ln2_scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Each circuit head's own part of contribution[j, t] and of the token-free offset, for
     neurons [J]: (per_token [h, V, J], offset [h, N, J]). Summed over h they are
@@ -102,6 +108,7 @@ class Circuit:
     calibration_position: int
     query_token: int
 
+    @full_precision
     def approximate(self, tokens: torch.Tensor, neurons: torch.Tensor) -> torch.Tensor:
         """approx_j(n) = sum_{i<=n} pos[n, i] contribution[j, t_i] + offset[n, j]: tokens [B, n] -> [B, n, J]."""
         n = tokens.shape[-1]
@@ -109,12 +116,14 @@ class Circuit:
         return kernels.apply_kernel(self.kernel[:n, :n], per_token) + self.offset[:n, neurons]
 
 
+@full_precision
 def calibration_ln2_scale(w: Layer0, cal_tokens: torch.Tensor) -> float:
     """The median LN2 scale over the calibration text's positions (position 0 excluded): cal_tokens [n] -> a number."""
     scale = forward.run(w, cal_tokens[None]).ln2_scale[0, 1:, 0]
     return float(scale.median())
 
 
+@full_precision
 def build_circuit(
     w: Layer0,
     cal_tokens: torch.Tensor,

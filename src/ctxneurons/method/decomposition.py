@@ -24,12 +24,14 @@ import pandas as pd
 import torch
 
 from ctxneurons.method import forward
+from ctxneurons.method.forward import full_precision
 from ctxneurons.method.stats import TEXT_COLUMNS, histogram, histogram_medians, log_edges
 from ctxneurons.method.weights import Layer0
 
 DEFAULT_C = 3.5  # a typical |W_E[t]| of GPT-2 Small after centring (METHOD.md)
 
 
+@full_precision
 def query(w: Layer0, token: int, positions: torch.Tensor | int) -> torch.Tensor:
     """The query token ``token`` would have at ``positions`` [n]: -> [H, n, e]."""
     positions = torch.arange(positions, device=w.device) if isinstance(positions, int) else positions
@@ -37,6 +39,7 @@ def query(w: Layer0, token: int, positions: torch.Tensor | int) -> torch.Tensor:
     return forward.project(x_hat[None], w.W_Q, w.b_Q)[0]
 
 
+@full_precision
 def content_keys(w: Layer0, tokens: torch.Tensor, n: int) -> torch.Tensor:
     """E[n, t] for tokens [T]: -> [H, T, e]."""
     x = w.W_E[tokens] + w.W_pos[n]
@@ -44,6 +47,7 @@ def content_keys(w: Layer0, tokens: torch.Tensor, n: int) -> torch.Tensor:
     return torch.einsum("td,hde->hte", x_hat, w.W_K)
 
 
+@full_precision
 def positional_keys(w: Layer0, n: int, C: float = DEFAULT_C) -> torch.Tensor:
     """P[n, i] for i = 0..n: -> [H, n+1, e]."""
     p = w.W_pos[: n + 1]
@@ -56,6 +60,7 @@ def _positional_weights(p: torch.Tensor, d: int, C: float) -> torch.Tensor:
     return math.sqrt(d) / (p.pow(2).sum(-1) + C**2).sqrt()
 
 
+@full_precision
 def head_keys(w: Layer0, x: torch.Tensor) -> torch.Tensor:
     """x W_K for every head, without bias: x [..., m, d] -> [..., H, m, e], one GEMM."""
     *lead, m, d = x.shape
@@ -73,6 +78,7 @@ def _inverse_norms(e_tok: torch.Tensor, p: torch.Tensor, d: int) -> torch.Tensor
     return norm2.clamp_min_(1e-12).rsqrt_().mul_(math.sqrt(d))
 
 
+@full_precision
 def positional_scores(w: Layer0, q: torch.Tensor, C: float = DEFAULT_C) -> torch.Tensor:
     """q_n . P[n, i] / sqrt(e) for queries q [..., H, n, e] at positions 0..n-1: -> [..., H, n, n].
 
@@ -88,6 +94,7 @@ def positional_scores(w: Layer0, q: torch.Tensor, C: float = DEFAULT_C) -> torch
     return _mask_causal(scores)
 
 
+@full_precision
 def content_scores(w: Layer0, q: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """q_n . E[n, t_i] / sqrt(e) for queries q [B, H, n, e] and tokens [B, n]: -> [B, H, n, n].
 
@@ -103,6 +110,7 @@ def content_scores(w: Layer0, q: torch.Tensor, tokens: torch.Tensor) -> torch.Te
     return _mask_causal(scores)
 
 
+@full_precision
 def content_scores_all_tokens(w: Layer0, q_n: torch.Tensor, n: int) -> torch.Tensor:
     """s_n(t) = q_n . E[n, t] / sqrt(e) for every token t, for one query q_n [H, e] at n: -> [H, V]."""
     u = torch.einsum("he,hde->hd", q_n, w.W_K)
@@ -110,12 +118,14 @@ def content_scores_all_tokens(w: Layer0, q_n: torch.Tensor, n: int) -> torch.Ten
     return math.sqrt(w.d_model) * (x @ u.T).T / x.norm(dim=-1) / math.sqrt(q_n.shape[-1])
 
 
+@full_precision
 def true_queries_keys(w: Layer0, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The true q, k [B, H, n, e] of a text, through the same layer-0 code as everything else."""
     x_hat, _ = forward.layer_norm(forward.residual(w, tokens), w.eps)
     return forward.projections(w, x_hat, "QK")
 
 
+@full_precision
 def approximate_pattern(w: Layer0, tokens: torch.Tensor, C: float = DEFAULT_C) -> torch.Tensor:
     """A'[n, i] = softmax_i(q_n . (E[n, t_i] + P[n, i]) / sqrt(e)) with the true q_n: [B, H, n, n]."""
     q, _ = true_queries_keys(w, tokens)
@@ -127,6 +137,7 @@ def tv_distance(A: torch.Tensor, A_approx: torch.Tensor) -> torch.Tensor:
     return 0.5 * (A - A_approx).abs().sum(-1)
 
 
+@full_precision
 def tv_by_position(w: Layer0, tokens: torch.Tensor, heads: list[int] | None = None, C: float = DEFAULT_C) -> torch.Tensor:
     """TV between the true and decomposed patterns, per text, head and query position: [B, h, n].
 
@@ -176,6 +187,7 @@ def tv_by_position(w: Layer0, tokens: torch.Tensor, heads: list[int] | None = No
     return tv.mul_(0.5)
 
 
+@full_precision
 def tv_statistics(
     w: Layer0, batches: Iterable[torch.Tensor], heads: list[int], C: float, edges: torch.Tensor, first_position: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -239,6 +251,7 @@ TV_ALONG_TEXT_COLUMNS = {
 }
 
 
+@full_precision
 def tv_along_text(w: Layer0, tokens: torch.Tensor, heads: list[int], C: float, token_str: list[str],
                   first_position: int = 1) -> pd.DataFrame:
     """TV position by position on one text tokens [n] (decoded as token_str [n]): a tidy
@@ -260,6 +273,7 @@ TV_BY_C_COLUMNS = {
 }
 
 
+@full_precision
 def tv_by_C(
     w: Layer0, tokens: torch.Tensor, heads: list[int], C_values: list[float], edges: torch.Tensor,
     batch_size: int = 8, first_position: int = 1,

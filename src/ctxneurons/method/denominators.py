@@ -20,10 +20,12 @@ import pandas as pd
 import torch
 
 from ctxneurons.method import decomposition, forward, kernels
+from ctxneurons.method.forward import full_precision
 from ctxneurons.method.weights import Layer0
 from ctxneurons.method.stats import TEXT_COLUMNS, histogram, log_edges
 
 
+@full_precision
 def log_denominators(w: Layer0, tokens: torch.Tensor, query_token: int) -> torch.Tensor:
     """log denom_{h,i,query}(text) for every head and position: tokens [B, n] -> [B, H, n]."""
     x_hat, _ = forward.layer_norm(forward.residual(w, tokens), w.eps)
@@ -32,6 +34,7 @@ def log_denominators(w: Layer0, tokens: torch.Tensor, query_token: int) -> torch
     return forward.causal_logsumexp(q[None], k.contiguous())
 
 
+@full_precision
 def log_factorised_denominators(w: Layer0, tokens: torch.Tensor, query_token: int, kernel: torch.Tensor) -> torch.Tensor:
     """log D_{h,n} = log sum_{i<=n} pos_h[n, i] exp(s_n(t_i)): tokens [B, n], kernel [H, >=n, >=n] -> [B, H, n].
 
@@ -123,6 +126,7 @@ def iid_moments(y: torch.Tensor, p: torch.Tensor, kernel_row: torch.Tensor, firs
     return mean_d, var_y * sum_sq, sum_sq
 
 
+@full_precision
 def concentration(
     w: Layer0,
     log_denoms_at_n: torch.Tensor,
@@ -215,6 +219,7 @@ def _computed(w: Layer0, batches: Iterable[torch.Tensor], query_token: int) -> I
         yield log_d
 
 
+@full_precision
 def stream_denominators(
     w: Layer0, batches: Iterable[torch.Tensor], query_token: int, position: int, n_examples: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -237,6 +242,7 @@ class DenominatorStatistics:
     deviation_counts: torch.Tensor
 
 
+@full_precision
 def denominator_statistics(
     w: Layer0, batches: Iterable[torch.Tensor], query_token: int, position: int, edges: torch.Tensor,
     n_examples: int = 0, first_position: int = 1,

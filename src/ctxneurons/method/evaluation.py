@@ -25,6 +25,7 @@ import torch
 
 from ctxneurons.method import forward
 from ctxneurons.method.circuit import Circuit
+from ctxneurons.method.forward import full_precision
 from ctxneurons.method.stats import TEXT_COLUMNS
 from ctxneurons.method.weights import Layer0, check_indices
 
@@ -36,6 +37,7 @@ FIRST_POSITION = 1
 BATCH_SIZE = 8
 
 
+@full_precision
 def true_contributions(w: Layer0, tokens: torch.Tensor, heads: tuple[int, ...], neurons: torch.Tensor) -> torch.Tensor:
     """The circuit heads' summed output through LN2 onto W_in[:, j]: tokens [B, n] -> [B, n, J]."""
     acts = forward.run(w, tokens)
@@ -72,6 +74,7 @@ class Evaluation:
         return float(self.fvu.nanmedian())
 
 
+@full_precision
 def evaluate(
     w: Layer0,
     circuit: Circuit,
@@ -86,7 +89,7 @@ def evaluate(
     if isinstance(batches, torch.Tensor):
         batches = batches.split(forward.auto_batch_size(w, batches.shape[-1], mlp=False))
     rs, fvus, traces, seen = [], [], [], 0
-    with torch.inference_mode(), forward.matmul_precision():
+    with torch.inference_mode():
         selected = _columns(circuit, neurons)
         for tokens in batches:
             tokens = tokens.to(w.device)
@@ -190,6 +193,7 @@ CALIBRATION_DENOMINATORS_COLUMNS = {
 }
 
 
+@full_precision
 def compare_calibrations(
     w: Layer0, circuits: Iterable[tuple[str, bool, Circuit]], tokens: torch.Tensor, neurons: torch.Tensor,
     batch_size: int = BATCH_SIZE, first_position: int = FIRST_POSITION,
@@ -206,7 +210,7 @@ def compare_calibrations(
     neurons = torch.as_tensor(check_indices("neurons", neurons, w.d_mlp), dtype=torch.long, device=w.device)
     batches = [b.to(w.device) for b in tokens.split(batch_size)]
     by_cal, denoms, scores, truth, heads = [], [], [], None, None
-    with torch.inference_mode(), forward.matmul_precision():
+    with torch.inference_mode():
         for name, is_run, circuit in circuits:
             if circuit.heads != heads:  # the truth depends on the heads only: one layer-0 pass serves every calibration
                 heads = circuit.heads

@@ -5,7 +5,8 @@ These functions are the reference the approximations are measured against, and t
 fast path that replaces a full-model ``run_with_cache``: layers 1-11 never run.
 
 Precision: float32 on every device, with float32 matmuls at full precision
-(:data:`MATMUL_PRECISION`, applied by :func:`matmul_precision`). TF32, the GPU default that
+(:data:`MATMUL_PRECISION`, applied by :func:`matmul_precision` to every function
+that takes the weights, through :func:`full_precision`). TF32, the GPU default that
 ``torch.set_float32_matmul_precision('high')`` turns on, keeps 10 mantissa bits: rounding
 only the weights to it already gives ~1e-3 relative error in the heads' contributions to
 the neurons, against ~3e-7 for float32. tests/test_precision.py holds float32 to float64
@@ -28,21 +29,58 @@ import torch.nn.functional as F
 
 from ctxneurons.method.weights import Layer0
 
-MATMUL_PRECISION = "highest"  #: torch.set_float32_matmul_precision for layer 0 (see the module docstring)
+MATMUL_PRECISION = "highest"  #: the float32 matmul precision of everything the method computes (see the module docstring)
 CPU_BUDGET_BYTES = 1 << 30  # past ~8 texts a batch, CPU GEMMs gain nothing, so more memory buys no speed
 GPU_MEMORY_FRACTION = 0.5  # of the free memory: leaves room for the allocator's fragmentation and other tensors
 BLOCK_BYTES_CPU = 4 << 20  # a block of scores that stays in cache (see score_blocks)
 
 
+# The backends whose float32 matmul precision torch sets one by one (torch >= 2.9: cuBLAS
+# and oneDNN's ``fp32_precision``); empty on older torch, which has only the global setting.
+_MATMUL_BACKENDS = tuple(
+    b for b in (torch.backends.cuda.matmul, getattr(getattr(torch.backends, "mkldnn", None), "matmul", None))
+    if b is not None and hasattr(b, "fp32_precision")
+)
+
+
 @contextmanager
-def matmul_precision(precision: str = MATMUL_PRECISION) -> Iterator[None]:
-    """Run float32 matmuls at ``precision`` inside the block, whatever the caller set globally."""
-    old = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision(precision)
+def matmul_precision() -> Iterator[None]:
+    """Run float32 matmuls at full precision (:data:`MATMUL_PRECISION`) inside the block,
+    whatever the caller set globally (TF32 on cuBLAS, bf16 on oneDNN), and restore it after.
+
+    On torch >= 2.9 each backend is set and restored on its own: once a caller has set one
+    through ``fp32_precision``, torch refuses to read the global setting."""
+    backends = _MATMUL_BACKENDS
+    if backends:
+        saved = [b.fp32_precision for b in backends]
+        for b, value in zip(backends, saved):
+            if value != "ieee":  # nested calls find it set: setting it again costs more than the check
+                b.fp32_precision = "ieee"
+    else:
+        old = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision(MATMUL_PRECISION)
     try:
         yield
     finally:
-        torch.set_float32_matmul_precision(old)
+        if backends:
+            for b, value in zip(backends, saved):
+                if value != "ieee":
+                    b.fp32_precision = value
+        else:
+            torch.set_float32_matmul_precision(old)
+
+
+def full_precision(fn):
+    """``fn`` run inside :func:`matmul_precision`. Every function of the method that takes
+    the weights (a :class:`Layer0`) wears it, so no global TF32 setting reaches a chapter
+    (tests/test_precision.py checks each)."""
+
+    @functools.wraps(fn)
+    def at_full_precision(*args, **kwargs):
+        with matmul_precision():
+            return fn(*args, **kwargs)
+
+    return at_full_precision
 
 
 def bytes_per_text(w: Layer0, n_tokens: int, keep_pattern: bool = False, mlp: bool = True) -> int:
@@ -158,6 +196,7 @@ def layer_norm(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]
     return x_hat, rstd.reciprocal().view(*x.shape[:-1], 1)
 
 
+@full_precision
 def residual(w: Layer0, tokens: torch.Tensor) -> torch.Tensor:
     """Layer 0's input W_E[t_i] + W_pos[i]: tokens [B, n] -> [B, n, d]."""
     return w.W_E[tokens] + w.W_pos[: tokens.shape[-1]]
@@ -172,6 +211,7 @@ def project(x_hat: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tens
     return out.view(B, n, H, e).transpose(1, 2) + b[None, :, None, :]
 
 
+@full_precision
 def projections(w: Layer0, x_hat: torch.Tensor, which: str = "QKV") -> tuple[torch.Tensor, ...]:
     """The per-head projections named in ``which`` (a string of Q, K, V), as strided views
     [B, H, n, e] of one [B*n, d] x [d, len(which)*H*e] GEMM with the biases added inside it
@@ -216,6 +256,7 @@ class Layer0Activations:
     mlp_pre: torch.Tensor | None = None
 
 
+@full_precision
 def run(w: Layer0, tokens: torch.Tensor, keep_pattern: bool = False, mlp: bool = False) -> Layer0Activations:
     """Layer 0 on tokens [B, n]. Patterns are materialised only with keep_pattern,
     else attention runs through the fused scaled_dot_product_attention kernel."""
@@ -238,6 +279,7 @@ def run(w: Layer0, tokens: torch.Tensor, keep_pattern: bool = False, mlp: bool =
     return Layer0Activations(q=q, k=k, v=v, z=z, resid_mid=resid_mid, ln2_scale=ln2_scale, pattern=pattern, mlp_pre=mlp_pre)
 
 
+@full_precision
 def heads_to_neurons(
     w: Layer0, z: torch.Tensor, ln2_scale: torch.Tensor, heads: list[int], neurons: torch.Tensor
 ) -> torch.Tensor:

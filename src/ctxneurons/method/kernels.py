@@ -18,6 +18,7 @@ import torch
 
 from ctxneurons.method import decomposition
 from ctxneurons.method.decomposition import DEFAULT_C
+from ctxneurons.method.forward import full_precision
 from ctxneurons.method.weights import Layer0
 
 HEAD_KINDS = ("local", "slow", "uniform", "first-token")
@@ -29,6 +30,7 @@ HEAD_KINDS = ("local", "slow", "uniform", "first-token")
 FIRST_TOKEN_MIN_RATIO = 10.0
 
 
+@full_precision
 def kernel_matrix(w: Layer0, query_token: int, n_positions: int | None = None, C: float = DEFAULT_C) -> torch.Tensor:
     """pos_h[n, i] for every query position n < n_positions: -> [H, n_positions, n_positions].
 
@@ -43,6 +45,7 @@ def kernel_matrix(w: Layer0, query_token: int, n_positions: int | None = None, C
 KERNEL_ROWS = 128  # rows of a causal kernel applied at once (see apply_kernel)
 
 
+@full_precision
 def apply_kernel(kernel: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """sum_{i<=n} kernel[n, i] x[..., i, :] for a causal kernel [n, n] (zeros above the
     diagonal) and x [..., n, J]: -> [..., n, J].
@@ -58,6 +61,7 @@ def apply_kernel(kernel: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return out.view(x.shape)
 
 
+@full_precision
 def positional_kernel(w: Layer0, query_token: int, n: int, C: float = DEFAULT_C) -> torch.Tensor:
     """pos_h[n, i] for i = 0..n at one query position n: -> [H, n+1]."""
     if not 0 <= n < w.n_ctx:

@@ -18,12 +18,14 @@ import torch
 
 from ctxneurons.method import forward
 from ctxneurons.method.circuit import Circuit
+from ctxneurons.method.forward import full_precision
 from ctxneurons.method.weights import Layer0
 
 PAPER_THRESHOLD = 5.0
 TOKEN_BLOCK = 4096  # vocabulary rows per step of top_statistic
 
 
+@full_precision
 def glitch_mask(w: Layer0, quantile: float = 0.01, token_counts: torch.Tensor | None = None, min_count: int = 1) -> torch.Tensor:
     """True for tokens treated as glitch tokens: -> [V] bool.
 
@@ -91,6 +93,7 @@ def extreme_tokens(contribution: torch.Tensor, neuron: int, glitch: torch.Tensor
     return order, col[order], bottom, col[bottom]
 
 
+@full_precision
 def max_preactivation(w: Layer0, tokens: torch.Tensor, neurons: torch.Tensor, first_position: int = 1) -> torch.Tensor:
     """The largest true pre-activation of each neuron over tokens [B, n]: -> [J].
 
@@ -136,6 +139,7 @@ class Discovery:
                 f"(max_neurons = {self.max_neurons}).")
 
 
+@full_precision
 def discover(w: Layer0, circuit: Circuit, threshold: float = PAPER_THRESHOLD, max_neurons: int = 100) -> Discovery:
     """The paper's discovery on a built circuit: :func:`glitch_mask`, :func:`top_statistic`
     over the contribution matrix [V, M] and :func:`select_capped`; found [J], J <= max_neurons."""
@@ -160,6 +164,7 @@ def precision_recall(top: torch.Tensor, thresholds: torch.Tensor, true_neurons: 
     return precision, hits / max(int(is_true.sum()), 1)
 
 
+@full_precision
 def preactivations(w: Layer0, tokens: torch.Tensor, neurons: torch.Tensor) -> torch.Tensor:
     """The true pre-activations of ``neurons`` along tokens [B, n]: -> [B, n, J]."""
     with torch.inference_mode():
@@ -205,6 +210,7 @@ CALIBRATION_FIRING_COLUMNS = {
 }
 
 
+@full_precision
 def calibration_firing(w: Layer0, tokens: torch.Tensor, neurons: torch.Tensor, top: torch.Tensor) -> pd.DataFrame:
     """Whether each of neurons [J] fired on the calibration tokens [n] (positions >= 1):
     neuron, top (from top [M]), max_preactivation_on_calibration, fired_on_calibration."""

@@ -33,6 +33,7 @@ import torch
 
 from ctxneurons.method import decomposition, denominators, forward, kernels
 from ctxneurons.method.decomposition import DEFAULT_C
+from ctxneurons.method.forward import full_precision
 from ctxneurons.method.weights import Layer0
 
 # A denominator is stable when its CV across texts is at most this. The circuit samples each
@@ -62,6 +63,7 @@ class PremiseFails(ValueError):
     contextual circuit's premise does not hold, and neurons found through it mean nothing."""
 
 
+@full_precision
 def content_score_matrix(w: Layer0, tokens: torch.Tensor, n: int) -> torch.Tensor:
     """S[h, a, b] = q_n(a) . E[n, b] / sqrt(e): the content score a query holding token a at
     position n gives a key holding token b, both at n (so the positional part P[n, n] = 0 and
@@ -81,6 +83,7 @@ class ContentDependence:
     spread: torch.Tensor
 
 
+@full_precision
 def content_dependence(w: Layer0, tokens: torch.Tensor, n: int) -> ContentDependence:
     """The duplicate-token score and content spread of every head over distinct tokens [T]
     (T >= 3) at position n, from :func:`content_score_matrix`: -> two [H]."""
@@ -195,6 +198,7 @@ TABLE_COLUMNS = {
 }
 
 
+@full_precision
 def pick_heads(w: Layer0, tokens: torch.Tensor, query_token: int, C: float = DEFAULT_C, query_position: int = -1,
                n_score_tokens: int = N_SCORE_TOKENS, cv_max: float = CV_STABLE_MAX, batch_size: int = 8) -> HeadPick:
     """Every head's kind, content dependence and denominator stability, and the rule's pick,

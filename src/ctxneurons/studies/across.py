@@ -203,6 +203,7 @@ def table(rows: list[dict]) -> pd.DataFrame:
     return df
 
 
+#: The columns of :func:`table` (chapter 06's models.csv).
 COLUMNS = {
     "model": "the model's label",
     "name": "the name passed to models= (a hub alias, directory, 'toy' or 'toy-control')",
@@ -238,6 +239,7 @@ COLUMNS = {
 }
 
 
+#: The columns of chapter 06's kernels.csv: :func:`kernels.kernel_frame` of each model, with its label.
 KERNEL_COLUMNS = {
     "model": "the model's label",
     "head": "layer-0 attention head",

@@ -40,9 +40,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ctxneurons.io.model import is_toy
 from ctxneurons.method import circuit, denominators, kernels, forward
 from ctxneurons.method.circuit import Circuit, calibration_ln2_scale
 from ctxneurons.method.evaluation import fvu, pearson_r
+from ctxneurons.method.forward import full_precision
 from ctxneurons.method.weights import Layer0
 
 CHOICES = ("default", "domain", "cluster", "oracle")
@@ -67,7 +69,7 @@ def toy_domains() -> dict[str, str]:
 def default_domains(model: str, corpus: str) -> dict[str, str]:
     """``domains='auto'``: the toy's domains for the toy model, else the run's corpus
     (named 'web' when it is OpenWebText) and GPT2_DOMAINS."""
-    if model == "toy":
+    if is_toy(model):
         return toy_domains()
     return {"web" if corpus == "openwebtext" else corpus: corpus, **GPT2_DOMAINS}
 
@@ -109,6 +111,7 @@ class Parts:
     query_token: int
 
 
+@full_precision
 def circuit_parts(w: Layer0, c: Circuit, neurons: torch.Tensor) -> Parts:
     """Split circuit ``c`` (built by :func:`circuit.build_circuit`) for neurons [J]."""
     head_kernels = kernels.kernel_matrix(w.select_heads(c.heads), c.query_token, max(c.kernel.shape[-1], c.calibration_position + 1), c.C)
@@ -117,11 +120,13 @@ def circuit_parts(w: Layer0, c: Circuit, neurons: torch.Tensor) -> Parts:
                  c.calibration_position, c.query_token)
 
 
+@full_precision
 def own_log_denominators(w: Layer0, parts: Parts, tokens: torch.Tensor) -> torch.Tensor:
     """Each text's own log D_h(n) (factorised, query ' the') for the circuit's heads: tokens [B, n] -> [B, h, n]."""
     return denominators.log_factorised_denominators(w.select_heads(parts.heads), tokens, parts.query_token, parts.head_kernels)
 
 
+@full_precision
 def calibration_of(w: Layer0, parts: Parts, cal_tokens: torch.Tensor) -> tuple[torch.Tensor, float]:
     """What a calibration text cal_tokens [>= n_cal + 1] sets: (log D_h at the calibration position [h], LN2 scale)."""
     n_cal = parts.calibration_position
@@ -209,6 +214,7 @@ class Calibration:
     density: float
 
 
+#: The columns of :func:`candidates_frame` (chapter 09's candidates.csv).
 CANDIDATES_COLUMNS = {
     "candidate": "candidate calibration text (domain#document id)",
     "domain": "its domain",
@@ -232,6 +238,7 @@ def candidates_frame(candidates: list[tuple[str, object, Calibration]], clusters
         for i, (name, doc, cal) in enumerate(candidates)])
 
 
+#: The columns of :func:`denominators_frame` (chapter 09's calibration_denominators.csv).
 DENOMINATORS_COLUMNS = {
     "calibration": "the calibration text",
     "role": "default (the book's), domain (a domain's own) or candidate (the clustering pool)",
@@ -249,6 +256,7 @@ def denominators_frame(heads: tuple[int, ...], calibrations: list[tuple[str, str
         for role, dom, cal in calibrations for h, v in zip(heads, cal.log_D.tolist())])
 
 
+@full_precision
 def score_domain(
     w: Layer0, parts: Parts, neurons: torch.Tensor, tokens: torch.Tensor, n_score: int,
     default: Calibration, domain: Calibration, clusters: Clusters, cluster_cals: list[Calibration],
@@ -265,7 +273,7 @@ def score_domain(
         raise ValueError(f"test texts have {tokens.shape[-1]} tokens; clustering needs more than the calibration position {n_cal}")
     out = {c: {"r": [], "fvu": [], "bias": []} for c in CHOICES}
     rows, seen = [], 0
-    with torch.inference_mode(), forward.matmul_precision():
+    with torch.inference_mode():
         for batch in tokens.split(batch_size):
             batch = batch.to(w.device)
             own = own_log_denominators(w, parts, batch)  # [B, h, L]
@@ -301,6 +309,7 @@ def score_domain(
     return {c: {k: torch.cat(v) for k, v in d.items()} for c, d in out.items()}, pd.DataFrame(rows)
 
 
+#: The columns of :func:`by_text_frame` (chapter 09's by_text.csv).
 BY_TEXT_COLUMNS = {
     "domain": "test domain",
     "choice": "calibration choice",
@@ -332,6 +341,7 @@ def by_text_frame(domain: str, scores: dict[str, dict[str, torch.Tensor]], rows:
     return df[cols]
 
 
+#: The columns of :func:`summary_rows` (chapter 09's by_domain_and_choice.csv).
 SUMMARY_COLUMNS = {
     "domain": "test domain",
     "choice": "calibration choice: default, domain, cluster or oracle",
@@ -370,6 +380,7 @@ def domain_texts(corpus_name: str, tokenizer, n_test: int, n_other: int, n_token
     return part(keep[:n_test]), part(keep[n_test:])
 
 
+#: The columns of :func:`density_signature` (chapter 09's bias_vs_density.csv).
 SIGNATURE_COLUMNS = {
     "choice": "calibration choice (the oracle left out)",
     "slope": "least-squares slope of median bias on the stop-word density difference (test - calibration)",

@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 
 from ctxneurons.method import forward
+from ctxneurons.method.forward import full_precision
 from ctxneurons.method.weights import Layer0
 
 DEFAULT_CUT = 0.9
@@ -46,6 +47,7 @@ def weight_core_tokens(contribution: torch.Tensor, excluded: torch.Tensor, k: in
     return ids.T, values.T
 
 
+@full_precision
 def mean_preactivation_by_token(
     w: Layer0, batches: Iterable[torch.Tensor] | torch.Tensor, neurons: torch.Tensor, first_position: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,7 +60,7 @@ def mean_preactivation_by_token(
     sums = torch.zeros(w.d_vocab, J, dtype=torch.float64, device=w.device)
     counts = torch.zeros(w.d_vocab, dtype=torch.long, device=w.device)
     W_in, b_in = w.W_in[:, neurons], w.b_in[neurons]
-    with torch.inference_mode(), forward.matmul_precision():
+    with torch.inference_mode():
         for tokens in batches:
             tokens = tokens.to(w.device)
             acts = forward.run(w, tokens)
@@ -135,6 +137,7 @@ def adjusted_rand(a: Sequence, b: Sequence) -> float:
     return float(adjusted_rand_score([str(x) for x in a], [str(x) for x in b]))
 
 
+#: The columns of :func:`describe`'s three tables (chapter 08's core_tokens.csv, homogeneity.csv, categories.csv).
 TOKENS_COLUMNS = {
     "neuron": "layer-0 MLP neuron j",
     "core_set": "'activation' (highest mean true pre-activation) or 'weights' (largest contribution[j, t])",
@@ -203,6 +206,7 @@ def mean_by_segment(homogeneity: pd.DataFrame, core_set: str, labelling: str) ->
     return [float(x) for x in sel.groupby("segment")["homogeneity"].mean().sort_index()]
 
 
+#: The columns of :func:`overlap_frame` (chapter 08's core_overlap.csv).
 OVERLAP_COLUMNS = {
     "neuron": "layer-0 MLP neuron j",
     "jaccard": "Jaccard index of the weights' core tokens (all non-glitch tokens) and the activation core tokens",

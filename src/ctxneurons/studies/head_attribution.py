@@ -33,10 +33,10 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from ctxneurons.method import circuit as circuit_mod
 from ctxneurons.method import kernels, forward
-from ctxneurons.method.circuit import Circuit, head_terms  # noqa: F401  (chapter 07 calls head_terms from here)
+from ctxneurons.method.circuit import Circuit, head_terms
 from ctxneurons.method.evaluation import pearson_r
+from ctxneurons.method.forward import full_precision
 from ctxneurons.method.weights import Layer0, check_indices
 
 
@@ -61,6 +61,7 @@ def approximate_by_head(kernel: torch.Tensor, per_token: torch.Tensor, offset: t
     return kernels.apply_kernel(kernel[:n, :n], per_token[:, tokens]).transpose(0, 1) + offset[None, :, :n]
 
 
+@full_precision
 def true_by_head(w: Layer0, z: torch.Tensor, ln2_scale: torch.Tensor, neurons: torch.Tensor) -> torch.Tensor:
     """Every head's true contribution to the neurons' pre-activations:
     z [B, H, n, e], ln2_scale [B, n, 1] -> [B, H, n, J]."""
@@ -68,6 +69,7 @@ def true_by_head(w: Layer0, z: torch.Tensor, ln2_scale: torch.Tensor, neurons: t
     return (z @ OV_in[None]) / ln2_scale[:, None]
 
 
+@full_precision
 def ablated_preactivations(w: Layer0, z: torch.Tensor, resid_mid: torch.Tensor, neurons: torch.Tensor) -> torch.Tensor:
     """The neurons' pre-activations with one head's output zeroed, for each head in turn:
     z [B, H, n, e], resid_mid [B, n, d] -> [B, H, n, J].
@@ -111,6 +113,7 @@ class HeadAttribution:
     ablation_mean_abs: torch.Tensor
 
 
+@full_precision
 def attribute(
     w: Layer0, c: Circuit, batches: Iterable[torch.Tensor] | torch.Tensor, neurons: torch.Tensor, first_position: int = 1,
 ) -> HeadAttribution:
@@ -122,7 +125,7 @@ def attribute(
         batches = batches.split(max(1, forward.auto_batch_size(w, batches.shape[-1], mlp=False) // 4))
     circuit_idx = torch.tensor(c.heads, device=w.device)
     out: dict[str, list[torch.Tensor]] = {k: [] for k in ("r", "peak", "peak_position", "at_peak", "ablation_at_peak", "ablation_mean_abs")}
-    with torch.inference_mode(), forward.matmul_precision():
+    with torch.inference_mode():
         per_token, offset = head_terms(w, c, neurons)
         for tokens in batches:
             tokens = tokens.to(w.device)
@@ -171,6 +174,7 @@ def lead_heads(at_peak: torch.Tensor, top: torch.Tensor, n_heads: int) -> tuple[
     return lead, lead_share.gather(0, lead[None])[0], lead_share
 
 
+#: The columns of :func:`head_table` (chapter 07's head_by_neuron.csv).
 HEAD_COLUMNS = {
     "neuron": "layer-0 MLP neuron j",
     "head": "attention head h of layer 0 (every head, circuit or not)",
@@ -215,6 +219,7 @@ def head_table(a: HeadAttribution, shares: torch.Tensor, top: torch.Tensor, kind
     return pd.DataFrame(rows)
 
 
+#: The columns of :func:`neuron_table` (chapter 07's neurons.csv).
 NEURON_COLUMNS = {
     "neuron": "layer-0 MLP neuron j",
     "top": "top[j], its largest contribution over non-glitch tokens",

@@ -27,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from ctxneurons.method.forward import full_precision
 from ctxneurons.method.neurons import extreme_tokens_frame
 
 
@@ -86,6 +87,7 @@ def load_output_path(model_dir: str | os.PathLike, layer: int = 0, device: str |
     )
 
 
+@full_precision
 def logit_effects(path: OutputPath, neurons: torch.Tensor) -> torch.Tensor:
     """logit_effect[j, t] for neurons [J]: -> [J, V], centred over the vocabulary."""
     w_out = path.W_out[neurons.to(path.W_out.device)]
@@ -94,6 +96,7 @@ def logit_effects(path: OutputPath, neurons: torch.Tensor) -> torch.Tensor:
     return logits - logits.mean(-1, keepdim=True)
 
 
+#: The columns of :func:`promoted_tokens_frame` (chapter 07's promoted_tokens.csv).
 PROMOTED_COLUMNS = {
     "neuron": "layer-0 MLP neuron j",
     "sign": "'+' for the most promoted tokens, '-' for the most suppressed",

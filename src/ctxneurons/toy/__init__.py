@@ -1,7 +1,8 @@
 """A planted-circuit GPT-2: ground truth for the method, and the offline edition of the book.
 
 The toy model has GPT-2 Small's layer-0 geometry (d_model 768, 12 heads of d_head 64,
-d_mlp 3072, n_ctx 1024) and one layer. Its vocabulary is synthetic words in topic
+d_mlp 3072, n_ctx 1024). Layer 0 is the paper's ground truth; a second layer
+(:mod:`~ctxneurons.toy.layer1`) is chapter 10's. Its vocabulary is synthetic words in topic
 groups plus English function words, and its layer 0 has by construction the structure
 the paper finds in GPT-2 Small:
 
@@ -41,6 +42,7 @@ and :mod:`~ctxneurons.toy.truth` (what is planted, and the scores against it). T
 names are all importable from ``ctxneurons.toy``.
 """
 
+# The public names of every module, so that callers need only ``from ctxneurons import toy``.
 from ctxneurons.toy.documents import (
     CALIBRATION_TOPICS, DOMAINS, THE_SHARE, calibration_text, documents, domain_documents,
 )

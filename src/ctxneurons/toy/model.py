@@ -16,7 +16,7 @@ from ctxneurons.toy.truth import GROUND_TRUTH_FILE
 from ctxneurons.toy.vocabulary import N_CTX, PUNCTUATION, tokenizer, vocabulary
 from ctxneurons.toy.weights import D_HEAD, D_MODEL, N_HEADS, POS_NORM, TOKEN_NORM, layer0_weights
 
-VERSION = "toy-v4"  # v4: distractor heads (duplicate-token head 1, first-token head 5); v3: context neurons write their topic
+VERSION = "toy-v5"  # v5: a second layer (toy/layer1.py, chapter 10; layer 0 as in v4); v4: distractor heads (duplicate-token head 1, first-token head 5); v3: context neurons write their topic
 STAMP_FILE = "toy_version.txt"
 
 
@@ -44,7 +44,7 @@ def _hf_state(weights: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) 
     return out
 
 
-def build_model(path: Path, seed: int = 0, control: bool = False) -> Path:
+def build_model(path: Path, seed: int = 0, control: bool = False, layers: int = 2) -> Path:
     """Write the toy model (config, safetensors weights, tokenizer, ground truth) to ``path``.
 
     Deterministic in ``seed``; the vocabulary is the same for every seed. ``control``
@@ -82,7 +82,9 @@ def build_model(path: Path, seed: int = 0, control: bool = False) -> Path:
     - realism: norm_spread (sigma of log |W_E[t]|), pos_overlap (share of |W_E[t]| in the
       positional subspace), and what they give: token_norm_quantiles_5_50_95,
       mean_abs_cos_token_pos and max_abs_cos_token_pos (over ordinary tokens and all
-      positions), ln1_scale_relative_std (over ordinary tokens and positions).
+      positions), ln1_scale_relative_std (over ordinary tokens and positions);
+    - layer1 and stable_heads_by_layer: layer 1's plant (see :mod:`ctxneurons.toy.layer1`,
+      which writes them). ``layers=1`` leaves layer 1 out (layer 0 is the same either way).
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -114,6 +116,12 @@ def build_model(path: Path, seed: int = 0, control: bool = False) -> Path:
         pos_norm=POS_NORM,
     )
     (path / GROUND_TRUTH_FILE).write_text(json.dumps(truth, indent=1))
+    if layers == 2:
+        from ctxneurons.toy import layer1
+
+        layer1.extend(path, seed=seed, control=control)
+    elif layers != 1:
+        raise ValueError(f"layers={layers}: the toy has one or two layers")
     (path / STAMP_FILE).write_text(_version(control))
     return path
 
