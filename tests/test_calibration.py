@@ -143,15 +143,19 @@ def test_the_terse_domain_is_served_better_by_its_own_calibration_than_by_the_mi
     assert b_mixed > 0 and abs(b_own) < b_mixed
 
 
-def test_domains_parameter_accepts_a_mapping_its_json_or_name_equals_corpus_pairs():
+def test_domains_parameter_accepts_a_mapping_its_json_or_name_equals_corpus_pairs(tmp_path):
     import json
 
     from ctxneurons.book.experiment import ParameterError, validate
 
-    want = {"web": "/data/web.jsonl", "wiki": "hf:wikimedia/wikipedia:20231101.en:train"}
+    web = tmp_path / "web.jsonl"  # a local corpus must exist: params checks it before any work
+    web.write_text(json.dumps({"text": "a text"}) + "\n")
+    want = {"web": str(web), "wiki": "hf:wikimedia/wikipedia:20231101.en:train"}
     assert validate({"domains": want})["domains"] == want
     assert validate({"domains": json.dumps(want)})["domains"] == want
-    assert validate({"domains": "web=/data/web.jsonl, wiki=hf:wikimedia/wikipedia:20231101.en:train"})["domains"] == want
+    assert validate({"domains": f"web={web}, wiki=hf:wikimedia/wikipedia:20231101.en:train"})["domains"] == want
+    with pytest.raises(ParameterError, match="no such file"):
+        validate({"domains": {"web": str(tmp_path / "missing.jsonl")}})
     assert validate({"domains": "auto"})["domains"] == "auto"
     for bad in ("web", "{}", ["toy"]):
         with pytest.raises(ParameterError, match="domains"):

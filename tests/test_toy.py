@@ -64,7 +64,7 @@ def test_transformer_lens_processing_leaves_the_construction_intact(w):
 def test_ensure_model_is_built_once_and_rebuilt_when_stale(tmp_path, monkeypatch):
     builds = []
 
-    def fake_build(path, seed=0):
+    def fake_build(path, seed=0, control=False):
         builds.append(path)
         (path / toy.STAMP_FILE).write_text(toy.VERSION)
         return path
