@@ -1,6 +1,6 @@
 """A run's four cached computations: kernels, TV statistics, evaluations and circuits.
 
-:class:`RunComputations` is a mixin of :class:`ctxneurons.book.experiment.Run`. Each result
+``RunComputations`` is a mixin of :class:`ctxneurons.book.experiment.Run`. Each result
 is kept on disk (:mod:`ctxneurons.io.cache`) under a key of everything it depends on: the
 model's fingerprint, the library's code, C, and per computation its own inputs (texts,
 heads, calibration text, bins). The cache only saves time: when it cannot be written the

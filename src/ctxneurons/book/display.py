@@ -1,6 +1,6 @@
 """A run's figures in the book: the provenance line and the links to the tables behind each.
 
-:class:`RunDisplay` is a mixin of :class:`ctxneurons.book.experiment.Run`.
+``RunDisplay`` is a mixin of :class:`ctxneurons.book.experiment.Run`.
 """
 
 from __future__ import annotations

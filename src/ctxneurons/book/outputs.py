@@ -1,6 +1,6 @@
 """A run's record and results: provenance, tidy tables and the headline summary.
 
-:class:`RunOutputs` is a mixin of :class:`ctxneurons.book.experiment.Run`. Tables and the
+``RunOutputs`` is a mixin of :class:`ctxneurons.book.experiment.Run`. Tables and the
 summary are staged in ``output_dir/.<name>.partial/`` and replace the previous results only
 when ``save_summary`` (a notebook's last step) runs, so a failed or interrupted run leaves
 the earlier results intact. Every file carries the provenance: everything that changes a

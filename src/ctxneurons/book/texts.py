@@ -1,6 +1,6 @@
 """A run's data: its corpus, its calibration text and its test texts, drawn once.
 
-:class:`RunTexts` is a mixin of :class:`ctxneurons.book.experiment.Run` (which supplies
+``RunTexts`` is a mixin of :class:`ctxneurons.book.experiment.Run` (which supplies
 ``params`` and ``w``). Drawing is deterministic in (corpus, seed, tokenizer, n_tokens);
 the hub commit a corpus was read at is reported by ``corpus_revision`` once texts were
 drawn from it, read off the draws rather than stored as a side effect of them.

@@ -106,7 +106,7 @@ def denominator_cv(log_at: torch.Tensor) -> torch.Tensor:
 class Study:
     """One model's row (see :func:`study`), its kernels as a tidy table, top[j] [M] (-inf
     for every neuron when the model has no circuit) and its heads as the rule sees them
-    (:data:`stable_heads.TABLE_COLUMNS`, with the model's label first)."""
+    (``stable_heads.TABLE_COLUMNS``, with the model's label first)."""
 
     row: dict
     kernels: pd.DataFrame

@@ -33,7 +33,7 @@ A head is called **stable** by layer 0's rule (:func:`ctxneurons.method.stable_h
 applied in every layer with the empirical kernel in place of the positional one: a slowly
 decaying kernel (:func:`ctxneurons.method.kernels.classify_heads`, which also sets apart
 first-position sinks) and a denominator CV of at most
-:data:`ctxneurons.method.stable_heads.CV_STABLE_MAX`. Layer 0's rule measures the CV with the
+``ctxneurons.method.stable_heads.CV_STABLE_MAX``. Layer 0's rule measures the CV with the
 query ' the' at one position; here it is each text's own query, the median over positions.
 Stability alone does not make a head's output a context-sensitive circuit: at layer 0 the
 paper also needs keys and values that are a function of the token (and its position), and

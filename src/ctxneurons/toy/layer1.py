@@ -9,21 +9,21 @@ weakens every copied score by a factor :func:`layer1_gain` measures; and the pos
 coordinates a query reads carry the MLP's token-dependent noise (about 15 tokens' worth of
 position), which shifts a whole row of scores: the pattern is unchanged but the denominator
 moves by ~15 x the decay per token. A stable head in layer 1 must therefore decay more
-slowly than layer 0's (:data:`STABLE_DECAY`, ~1/160 per token against ~1/50).
+slowly than layer 0's (``STABLE_DECAY``, ~1/160 per token against ~1/50).
 
-- :data:`STABLE_HEAD`: a slowly decaying head with a stable denominator. Its query and key
-  are those of layer-0 slow head :data:`STABLE_SOURCE` (a small content jitter), its query
+- ``STABLE_HEAD``: a slowly decaying head with a stable denominator. Its query and key
+  are those of layer-0 slow head ``STABLE_SOURCE`` (a small content jitter), its query
   scaled to decay by STABLE_DECAY per token in layer 1; its values read layer 0's output,
   the slow heads' topic directions u_k (the "how much topic k is in the recent context"
   signal), and write them back scaled: a second, slower average of the context's topics.
-- :data:`UNSTABLE_HEAD`: content-driven, same positional decay plus a key that scores the
-  words of topic :data:`UNSTABLE_TOPIC` about :data:`UNSTABLE_BOOST` higher (a constant
+- ``UNSTABLE_HEAD``: content-driven, same positional decay plus a key that scores the
+  words of topic ``UNSTABLE_TOPIC`` about ``UNSTABLE_BOOST`` higher (a constant
   query reads it). Its kernel, averaged over texts, still decays slowly, but its
   denominator grows with how many such words the context holds, which changes from text
   to text: a stability criterion must reject it.
 - every other head copies the query-key circuit of a layer-0 local head (two of them) or
   uniform head (the rest): local or uniform, so never stable by the rule; small random values.
-- MLP 1: :data:`N_PLANTED_NEURONS` neurons read the stable head's output (one topic's u_k
+- MLP 1: ``N_PLANTED_NEURONS`` neurons read the stable head's output (one topic's u_k
   each); the others read random directions weakly.
 
 The negative control's layer 1 has no stable head: its STABLE_HEAD copies a layer-0 local
@@ -69,7 +69,7 @@ def layer1_state(state0: dict[str, torch.Tensor], truth: dict, gain: float, seed
     ``gain``: how much weaker a layer-0 query-key circuit scores in layer 1 than in layer 0
     (layer 1's LN divides by a larger norm: layer 0's outputs are in the residual stream),
     measured by :func:`layer1_gain`; planted heads' queries are scaled to undo it, so that
-    their decay per token is :data:`STABLE_DECAY`.
+    their decay per token is ``STABLE_DECAY``.
 
     c_attn.weight [d, 3 H e], c_attn.bias [3 H e], c_proj.weight [H e, d], mlp.c_fc.weight
     [d, M], mlp.c_fc.bias [M], mlp.c_proj.weight [M, d]; LayerNorms identity."""
