@@ -334,10 +334,7 @@ def toy_book(toy_dir, tmp_path_factory):
         shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
     (root / "reports").mkdir()
     shutil.copy(REPO / "reports" / f"{live.NOTEBOOK}.ipynb", root / "reports")
-    # The page links the method page's sections (and that page cites the references).
-    for page in ("book/method.md", "book/references.bib"):
-        shutil.copy(REPO / page, root / "book")
-    (root / "_toc.yml").write_text(f"format: jb-book\nroot: reports/{live.NOTEBOOK}\nchapters:\n  - file: book/method\n")
+    (root / "_toc.yml").write_text(f"format: jb-book\nroot: reports/{live.NOTEBOOK}\n")
     env = {"CTXN_MODEL": "toy", "CTXN_OFFLINE_FALLBACK": "1", "CTXN_N_TEXTS": "2", "CTXN_DEVICE": "cpu",
            "CTXN_CACHE": str(toy_dir.parent), "CTXN_OUTPUT_DIR": str(root / "outputs")}
     with pytest.MonkeyPatch.context() as mp:

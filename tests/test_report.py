@@ -167,3 +167,10 @@ def test_scorecard_page_puts_provenance_and_the_toy_note_under_each_row():
     assert page.count('<tr class="ctxn-row">') == len(card) == page.count('<tr class="ctxn-detail">')
     assert "&lt;b&gt;0.03&lt;/b&gt;" in page and "<b>0.03" not in page
     assert "on the toy edition: Built to be close" in page and "from: tv_distance · model toy" in page
+
+
+def test_batch_page_names_a_runs_settings_without_the_machines_paths():
+    """summary.csv keeps each run's CTXN_* settings with their values; the page shows which
+    settings reached the run, never a path of the machine that ran it."""
+    assert report._setting_names('{"CTXN_OUTPUT_DIR": "/tmp/x/outputs", "CTXN_DEVICE": "cpu"}') == "CTXN_DEVICE, CTXN_OUTPUT_DIR"
+    assert report._setting_names("{}") == "—" and report._setting_names(float("nan")) == "—"

@@ -444,6 +444,14 @@ def batch_table(root: str | os.PathLike | None = None) -> pd.DataFrame:
     return batch.summarise(root) if root.is_dir() else pd.DataFrame()
 
 
+def _setting_names(environment) -> str:
+    """A run's recorded environment (a JSON object of CTXN_* settings) as the settings' names."""
+    try:
+        return ", ".join(sorted(json.loads(environment))) or "—"
+    except (TypeError, ValueError):
+        return "—"
+
+
 def batch_html(root: str | os.PathLike | None = None) -> str:
     """The batch runs as an HTML table (every value escaped), with the unfinished runs named."""
     from ctxneurons.book import batch
@@ -457,5 +465,9 @@ def batch_html(root: str | os.PathLike | None = None) -> str:
     note = (f"<p>{len(unfinished)} unfinished run(s), not shown: "
             + ", ".join(f"<code>{html.escape(p.parent.name + '/' + p.name)}</code>" for p in unfinished) + "</p>") if unfinished else ""
     shown = table.drop(columns=["run"]).round(4)
+    if "environment" in shown:
+        # The settings' names say what reached a run; their values (often paths of the machine
+        # that ran it) stay in summary.csv and run.json.
+        shown["environment"] = shown["environment"].map(_setting_names)
     return (f"<p>{len(table)} finished run(s) in {where}.</p>" + note
             + shown.to_html(index=False, escape=True, classes="table ctxn-batch", border=0, na_rep="—"))
