@@ -5,12 +5,14 @@ negative control are among them, what each finds against what was planted.
 
 from __future__ import annotations
 
+import inspect
+
 import pandas as pd
 import torch
 
 from ctxneurons.chapters import Result, Table
 from ctxneurons import toy
-from ctxneurons.method import stable_heads
+from ctxneurons.method import kernels, stable_heads
 from ctxneurons.studies import across
 from ctxneurons.toy import truth as planted_truth
 
@@ -29,6 +31,27 @@ TOY_COLUMNS = {
     "stable_heads": "the heads the stable-heads rule picked (slow kernel, stable denominator): the circuit's",
 }
 HEAD_COLUMNS = {"model": "the model's label", **stable_heads.TABLE_COLUMNS}
+
+
+def rule_table() -> pd.DataFrame:
+    """The stable-heads rule's conditions and thresholds, read from the code that applies them
+    (:func:`kernels.classify_heads`' defaults and :mod:`stable_heads`' constants), for the page."""
+    d = {k: v.default for k, v in inspect.signature(kernels.classify_heads).parameters.items()}
+    local, frac = d["local_max_window"], d["uniform_min_fraction"]
+    return pd.DataFrame([
+        {"condition": "a slowly decaying kernel",
+         "test": f"not local (effective window or mean distance at least {local:g} tokens) and not uniform "
+                 f"(effective window under {frac:.0%} of the n positions), read over positions 1..n"},
+        {"condition": "not a first-token head (a sink)",
+         "test": f"the kernel's largest weight is not on position 0, or is under {kernels.FIRST_TOKEN_MIN_RATIO:g} "
+                 "times a uniform kernel's share 1/(n+1) there"},
+        {"condition": "a stable denominator",
+         "test": f"the CV (std / mean) of D across the texts at most {stable_heads.CV_STABLE_MAX:g}, at n = n_ctx/2 - 12 "
+                 "with the query ' the'"},
+        {"condition": "(reported, not a condition) duplicate-token head",
+         "test": f"a key holding the query's own token scores at least {stable_heads.DUPLICATE_TOKEN_MIN:g} logits above "
+                 "another token; such a head fails through its unstable denominator"},
+    ])
 
 
 def _against_plant(studies: dict[str, across.Study]) -> tuple[pd.DataFrame, list[str]]:
@@ -81,8 +104,11 @@ def compute(run) -> Result:
     chapter's parameters): tables models, kernels, heads (each head's kind, content
     dependence, denominator stability and the stable-heads rule's verdict) and, where the toy or its control is
     among the models (by name or folder), toy_ground_truth; extra holds ``notes``, ``toy_notes`` and
-    ``control_notes`` for the narration. Models are loaded (layer 0 only) and released one
+    ``control_notes`` for the narration and ``rule`` (:func:`rule_table`). Models are loaded (layer 0 only) and released one
     at a time."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # building the control and loading each model: bars are noise on a page
     p = run.params
     names = across.default_models(p["model"]) if p["models"] == "auto" else p["models"]
     notes = ["models: " + ", ".join(names)]
@@ -111,5 +137,5 @@ def compute(run) -> Result:
         "scaled_rule": f"median(top) + {across.SCALED_N_MADS} x 1.4826 MAD(top)",
         "evaluated_on": "neurons of the model-scaled rule",
     }
-    extra = {"notes": notes, "toy_notes": toy_notes, "control_notes": _control_notes(models_df), "shown": models_df[SHOWN]}
+    extra = {"rule": rule_table(), "notes": notes, "toy_notes": toy_notes, "control_notes": _control_notes(models_df), "shown": models_df[SHOWN]}
     return Result(tables=tables, headline=headline, extra=extra)
