@@ -242,15 +242,16 @@ def scorecard(summaries: dict[str, dict], tables: str | os.PathLike | None = Non
         "head_attribution", lambda h, p: _fmt_shares(h.get("top_head_share")), "heads")
     add("  … median consistency: share of a neuron's top texts led by the same head", "Neo et al.: consistent across similar prompts",
         "head_attribution", lambda h, p: h.get("consistency_median"), "heads")
-    add("  … median r per circuit head, its true contribution vs its part of the approximation", "—",
+    add("  … median r per circuit head, its true contribution vs its part of the approximation",
+        "no number (the paper scores neurons, not heads)",
         "head_attribution", lambda h, p: _fmt_shares(h.get("per_head_median_r"), percent=False), "heads")
     add("  … toy: share of found neurons led by a planted slowly decaying head", "1 (planted)",
         "head_attribution", lambda h, p: h.get("toy_top_head_planted_share"), "heads")
     add("core-token homogeneity by activation segment, lowest → highest", "Pichat et al. 2025: rises at the highest activations",
         "core_tokens", lambda h, p: fmt_list(h.get("homogeneity_by_segment")), "core")
-    add("  … median Jaccard overlap, weights vs activation core tokens", "—",
+    add("  … median Jaccard overlap, weights vs activation core tokens", "no number (Pichat et al. use activations only)",
         "core_tokens", lambda h, p: h.get("weights_vs_activation_core_overlap_median"), "core")
-    add("  … toy: homogeneity by segment against the planted topics", "—",
+    add("  … toy: homogeneity by segment against the planted topics", "no number (a toy-only check)",
         "core_tokens", lambda h, p: fmt_list(h.get("toy_homogeneity_by_segment")), "core")
     add("domains where a domain-matched calibration text beats the book's (median FVU)",
         "domain analysis wants a domain calibration text", "calibration_choice", _domain_calibration_wins, "calibration")
@@ -264,7 +265,7 @@ def scorecard(summaries: dict[str, dict], tables: str | os.PathLike | None = Non
     add("  … layer 0: the book's circuit heads stable by the same rule",
         "0, 2, 6, 8, 9, 10 (stable denominators, Fig. 4)", "deeper_layers",
         lambda h, p: _fmt_heads(h.get("layer0_book_heads_stable")) if "layer0_book_heads_stable" in h else None, "deeper")
-    add("  … toy: planted stable heads by layer, found by the rule", "—", "deeper_layers",
+    add("  … toy: planted stable heads by layer, found by the rule", "no number (a toy-only check)", "deeper_layers",
         lambda h, p: None if h.get("toy_planted_stable_heads_by_layer") is None else
         ("all found" if all(set(v) <= set(h.get("stable_heads_by_layer", {}).get(L, []))
                             for L, v in h["toy_planted_stable_heads_by_layer"].items()) else "not all found"), "deeper")
@@ -299,6 +300,10 @@ def chapter_comparison_html(notebook: str, root: str | os.PathLike | None = None
         return f"<p>The scorecard has no row for {html.escape(notebook)}.</p>"
     shown = mine.drop(columns=["from"]).assign(quantity=lambda d: d["quantity"].str.strip().str.lstrip("… "))
     note = f"<p>Brackets: {html.escape(INTERVAL_METHOD)}.</p>" if shown["this build"].str.contains(r"\[").any() else ""
+    if TOY_COLUMN in shown and shown[TOY_COLUMN].nunique() == 1 and len(shown) > 1:
+        # One note for every row is said once, under the table, not repeated in a column.
+        note += f"<p><i>For every row above, {html.escape(TOY_COLUMN)}:</i> {html.escape(str(shown[TOY_COLUMN].iloc[0]))}</p>"
+        shown = shown.drop(columns=[TOY_COLUMN])
     return (shown.to_html(index=False, escape=True, classes="table ctxn-comparison", border=0, na_rep="—") + note)
 
 
