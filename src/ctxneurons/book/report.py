@@ -330,6 +330,7 @@ def scorecard_html(card: pd.DataFrame) -> str:
 HEADLINE_ROWS = [
     ("median TV, true vs decomposed pattern (circuit heads)", "median TV of the split (§1)"),
     ("slowly decaying heads", "slowly decaying heads (§2)"),
+    ("heads the stable-heads rule picks (slow kernel, not a sink, stable denominator)", "heads the stable-heads rule picks (§2-3)"),
     (f"neurons found at threshold {PAPER['threshold']}", f"neurons found at top[j] ≥ {PAPER['threshold']} (§5)"),
     ("median Pearson r, approximate vs true (neuron, text)", "median r, approximation vs truth (§5)"),
     ("median FVU, approximate vs true (neuron, text)", "median FVU (§5)"),
