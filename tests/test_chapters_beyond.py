@@ -84,7 +84,7 @@ def test_across_models_finds_the_planted_slow_heads_and_the_control_none(toy_cac
     heads = r.tables["heads"].frame.set_index(["model", "head"])
     assert heads.loc[toy_row["model"]]["picked"].tolist() == [h in truth["heads"]["slow"] for h in range(12)]
     assert not heads.loc[control["model"]]["picked"].any()
-    assert "premise fails" in r.extra["control_notes"][1]
+    assert "stable heads picked: none" in r.extra["control_notes"][0] and "premise fails" in r.extra["control_notes"][0]
 
 
 # ---------------------------------------------------------------- 07: head attribution

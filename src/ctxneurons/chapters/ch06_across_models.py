@@ -35,7 +35,7 @@ HEAD_COLUMNS = {"model": "the model's label", **stable_heads.TABLE_COLUMNS}
 
 def rule_table() -> pd.DataFrame:
     """The stable-heads rule's conditions and thresholds, read from the code that applies them
-    (:func:`kernels.classify_heads`' defaults and :mod:`stable_heads`' constants), for the page."""
+    (the defaults of ``kernels.classify_heads`` and the constants of ``method.stable_heads``), for the page."""
     d = {k: v.default for k, v in inspect.signature(kernels.classify_heads).parameters.items()}
     local, frac = d["local_max_window"], d["uniform_min_fraction"]
     return pd.DataFrame([
@@ -54,6 +54,10 @@ def rule_table() -> pd.DataFrame:
     ])
 
 
+def _heads(heads) -> str:
+    return ", ".join(map(str, heads)) if len(heads) else "none"
+
+
 def _against_plant(studies: dict[str, across.Study]) -> tuple[pd.DataFrame, list[str]]:
     """For each model of ``studies`` with a planted answer (the toy and its control, by name
     or folder): each discovery rule's precision and recall against the planted context
@@ -65,8 +69,8 @@ def _against_plant(studies: dict[str, across.Study]) -> tuple[pd.DataFrame, list
         if truth is None:
             continue
         row, planted_slow = study.row, truth["heads"]["slow"]
-        notes.append(f"{row['model']}: planted slow heads {planted_slow}, picked by the stable-heads rule {row['stable_heads']}: "
-                     + ("recovered" if sorted(planted_slow) == row["stable_heads"] else "NOT recovered"))
+        notes.append(f"{row['model']}: planted slow heads {_heads(planted_slow)}, picked by the stable-heads rule "
+                     f"{_heads(row['stable_heads'])}: " + ("recovered" if sorted(planted_slow) == row["stable_heads"] else "NOT recovered"))
         for rule, thr in (("paper's fixed threshold", row["threshold"]), ("model-scaled rule", row["scaled_threshold"])):
             pr = planted_truth.discovery_scores(truth, study.top, torch.tensor([thr])).iloc[0]
             rows.append({"model": row["model"], "rule": rule, "threshold": thr, "n_found": int(pr["n_found"]),
@@ -87,15 +91,14 @@ def _control_notes(models_df: pd.DataFrame) -> list[str]:
     for _, c in control_rows.iterrows():
         ref = reference.iloc[0]
         if not c["premise_holds"]:
-            notes += [f"{c['model']}: stable heads picked: none",
-                      f"  no head has a slowly decaying kernel and a stable denominator (kernel-slow heads: {c['slow_heads'] or 'none'}, "
-                      f"duplicate-token heads: {c['duplicate_token_heads'] or 'none'}): the circuit's premise fails, "
-                      "so no circuit is built and no neurons are reported"]
+            notes.append(f"{c['model']}: stable heads picked: none. No head has a slowly decaying kernel and a stable denominator "
+                         f"(kernel-slow heads: {c['slow_heads'] or 'none'}, duplicate-token heads: {c['duplicate_token_heads'] or 'none'}): "
+                         "the circuit's premise fails, so no circuit is built and no neurons are reported.")
             continue
-        notes += [f"{c['model']}: stable heads picked: {c['stable_heads']}",
-                  f"  against {ref['model']}: median r {c['median_r']:.3f} vs {ref['median_r']:.3f}, "
+        notes.append(f"{c['model']}: stable heads picked: {c['stable_heads']}; "
+                  f"against {ref['model']}: median r {c['median_r']:.3f} vs {ref['median_r']:.3f}, "
                   f"median FVU {c['median_fvu']:.3f} vs {ref['median_fvu']:.3f}, "
-                  f"denominator spread {c['denominator_cv']:.3f} vs {ref['denominator_cv']:.3f}"]
+                  f"denominator spread {c['denominator_cv']:.3f} vs {ref['denominator_cv']:.3f}")
     return notes
 
 
