@@ -14,7 +14,7 @@ from ctxneurons import chapters, toy
 from ctxneurons.book import experiment
 from ctxneurons.chapters import (ch01_positional_kernels, ch02_tv_distance, ch03_denominator_stability, ch04_contextual_circuit,
                                  ch05_context_neurons, ch06_across_models, ch07_head_attribution, ch08_core_tokens,
-                                 ch09_calibration_choice)
+                                 ch09_calibration_choice, ch10_deeper_layers)
 from ctxneurons.studies.calibration import CHOICES
 
 torch.set_grad_enabled(False)
@@ -84,7 +84,7 @@ def test_across_models_finds_the_planted_slow_heads_and_the_control_none(toy_cac
     heads = r.tables["heads"].frame.set_index(["model", "head"])
     assert heads.loc[toy_row["model"]]["picked"].tolist() == [h in truth["heads"]["slow"] for h in range(12)]
     assert not heads.loc[control["model"]]["picked"].any()
-    assert "premise fails" in r.extra["control_notes"][1]
+    assert "stable heads picked: none" in r.extra["control_notes"][0] and "premise fails" in r.extra["control_notes"][0]
 
 
 # ---------------------------------------------------------------- 07: head attribution
@@ -235,6 +235,7 @@ def test_save_writes_every_table_and_the_headline(tiny_cache, tmp_path):
     ("03_denominator_stability", ch03_denominator_stability), ("04_contextual_circuit", ch04_contextual_circuit),
     ("05_context_neurons", ch05_context_neurons), ("06_across_models", ch06_across_models), ("07_head_attribution", ch07_head_attribution),
     ("08_core_tokens", ch08_core_tokens), ("09_calibration_choice", ch09_calibration_choice),
+    ("10_deeper_layers", ch10_deeper_layers),
 ])
 def test_notebook_calls_its_chapter_and_shows_no_code(notebook, module):
     import nbformat

@@ -20,9 +20,30 @@ def test_scorecard_reads_the_summaries_and_marks_missing_chapters():
     assert by_q["median TV, true vs decomposed pattern (circuit heads)"] == "0.0312"
     assert by_q["median Pearson r, approximate vs true (neuron, text)"] == "0.91"
     assert set(card.loc[card["this build"] == "not run", "from"]) == {"positional_kernels", "context_neurons", "head_attribution",
-                                                                      "core_tokens", "calibration_choice"}
+                                                                      "core_tokens", "calibration_choice", "across_models",
+                                                                      "deeper_layers"}
     assert by_q["denominator spread across texts at n_ctx/2 (largest CV over circuit heads)"] == "0.05"  # head 4 is not in the circuit
     assert "tv_distance · model toy" in card.set_index("quantity").loc["median TV, true vs decomposed pattern (circuit heads)", "from"]
+
+
+def test_scorecard_sets_the_stable_heads_rule_and_each_model_against_the_paper():
+    models = [{"name": "toy", "stable_heads": [0, 2, 6, 8, 9, 10], "premise_holds": True, "median_r": 0.98, "median_fvu": 0.04,
+               "n_found": 43},
+              {"name": "toy-control", "stable_heads": [], "premise_holds": False, "median_r": None, "median_fvu": None, "n_found": 0}]
+    card = report.scorecard({
+        "positional_kernels": _summary("positional_kernels", stable_heads=[]),
+        "across_models": _summary("across_models", models=models),
+        "deeper_layers": _summary("deeper_layers", stable_heads_by_layer={"0": [0, 2], "1": [3]}, layer0_book_heads_stable=[0, 2],
+                                  toy_planted_stable_heads_by_layer={"0": [0, 2], "1": [3]}),
+    }, toy=True).set_index("quantity")
+    by_q = card["this build"]
+    assert by_q["heads the stable-heads rule picks (slow kernel, not a sink, stable denominator)"] == "none: the premise fails"
+    assert by_q["across models: heads the stable-heads rule picks, per model"] == "toy: 0, 2, 6, 8, 9, 10; toy-control: none: the premise fails"
+    assert "toy-control: no circuit" in by_q["  … median r / median FVU of each model's circuit (neurons of the model-scaled rule)"]
+    assert by_q["deeper layers: stable heads outside layer 0 (count; by the layer-0 rule on empirical kernels)"] == "1"
+    assert by_q["  … toy: planted stable heads by layer, found by the rule"] == "all found"
+    assert "distractor" in card.loc["heads the stable-heads rule picks (slow kernel, not a sink, stable denominator)",
+                                     "on the toy edition, this comparison shows"]
 
 
 def test_scorecard_counts_domains_where_the_domain_calibration_wins():

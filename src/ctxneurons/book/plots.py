@@ -348,16 +348,17 @@ def extreme_tokens_table_html(extreme_df: pd.DataFrame, rows: list[tuple[int, st
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def kernels_across_models(kernel_df: pd.DataFrame) -> go.Figure:
+def kernels_across_models(kernel_df: pd.DataFrame, kind_colours: dict[str, str] | None = None) -> go.Figure:
     """Every model's kernels side by side, one panel per model, against distance, log y, coloured
-    by kind. kernel_df: the ``kernels`` table of notebook 06 (model, head, kind, distance, weight)."""
+    by kind. kernel_df: the ``kernels`` table of notebook 06 (model, head, kind, distance, weight).
+    kind_colours: colours by kind over the defaults (local, slow, uniform), e.g. for first-token heads."""
     # Long labels break onto two lines so that neighbouring panel titles do not overlap.
     plot_df = kernel_df.assign(model=kernel_df["model"].map(lambda m: _wrap(escape_text(m).replace(" (", "\n(", 1), 34)),
                                head_name=[f"head {h}" for h in kernel_df["head"]])
     n_models = plot_df["model"].nunique()
     fig = px.line(plot_df, x="distance", y="weight", color="kind", line_group="head_name", facet_col="model",
                   facet_col_wrap=min(3, n_models), log_y=True, facet_row_spacing=0.12,
-                  color_discrete_map={"local": "#1f77b4", "slow": "#d62728", "uniform": "#7f7f7f"},
+                  color_discrete_map={"local": "#1f77b4", "slow": "#d62728", "uniform": "#7f7f7f", **(kind_colours or {})},
                   hover_data={"head_name": True, "distance": True, "weight": ":.3g", "kind": True},
                   labels={"distance": "distance n − i", "weight": "pos[n, i]", "head_name": "head"},
                   title="Layer-0 kernels by model (query ' the', n = n_ctx/2 − 12)",

@@ -113,6 +113,15 @@ TOY_CAN_SHOW = {
                "misses the weakest by design (hence a recall below 1). The count is set by how many were planted.",
     "r_fvu": "The toy's context neurons read the slow heads' output by construction, so a high r is expected: "
              "it tests the code and the approximation's error sources, not the paper's 0.9485 or 0.1426.",
+    "stable_heads": "Built to give 0, 2, 6, 8, 9, 10 beside three kinds of distractor the rule must reject: a broad-kernel "
+                    "duplicate-token head (1), a first-token head (5) and uniform heads (7, 11). A match checks the rule "
+                    "against a known answer, nothing about GPT-2.",
+    "across": "The models are the toy and its negative control (the toy's slow heads made local): the rule is built to "
+              "pick the six planted heads in the toy and none in the control, whose circuit's premise fails. The paper "
+              "measured GPT-2 Small only, so no row here is a comparison with another model's published number.",
+    "deeper": "Built with layer 0's six slow heads and one stable slowly decaying head in layer 1, plus a layer-1 head "
+              "with the same decay but a topic-dependent denominator that the rule must reject. The paper has no number "
+              "beyond layer 0: the rows check the rule recovers the plant.",
     "heads": "Only the planted slow heads write the topic directions, so they are built to lead.",
     "core": "Topics are planted word groups: homogeneity against the topics checks the clustering, not Pichat et al.'s claim.",
     "calibration": "The toy varies each document's function-word rate (0.34-0.5) to produce the paper's stop-word effect; "
@@ -199,6 +208,9 @@ def scorecard(summaries: dict[str, dict], tables: str | os.PathLike | None = Non
         lambda h, p: h.get("median_tv"), "tv")
     add("slowly decaying heads", ", ".join(map(str, PAPER["slow_heads"])), "positional_kernels",
         lambda h, p: ", ".join(map(str, h.get("heads_slow", []))), "slow_heads")
+    add("heads the stable-heads rule picks (slow kernel, not a sink, stable denominator)",
+        ", ".join(map(str, PAPER["slow_heads"])) + " (the paper's circuit heads)", "positional_kernels",
+        lambda h, p: _fmt_heads(h.get("stable_heads")) if "stable_heads" in h else None, "stable_heads")
     add("circuit heads all slowly decaying", "yes", "positional_kernels",
         lambda h, p: "yes" if h.get("circuit_heads_all_slow") else "no", "slow_heads")
     add("denominator spread across texts at n_ctx/2 (largest CV over circuit heads)", "nearly flat (Fig. 4)",
@@ -213,27 +225,66 @@ def scorecard(summaries: dict[str, dict], tables: str | os.PathLike | None = Non
         lambda h, p: h.get("median_r"), "r_fvu", "r")
     add("median FVU, approximate vs true (neuron, text)", PAPER["median_fvu"], "contextual_circuit",
         lambda h, p: h.get("median_fvu"), "r_fvu", "fvu")
-    # Beyond the paper: the neighbouring papers' questions (chapters 07 and 08).
+    # Beyond the paper: other models (chapter 06), the neighbouring papers' questions (07 and 08),
+    # the calibration text (09) and deeper layers (10).
+    add("across models: heads the stable-heads rule picks, per model",
+        "GPT-2 Small: 0, 2, 6, 8, 9, 10; other models: not measured (the paper names the check)", "across_models",
+        lambda h, p: _per_model(h, lambda r: _fmt_heads(r.get("stable_heads"))), "across")
+    add("  … median r / median FVU of each model's circuit (neurons of the model-scaled rule)",
+        f"GPT-2 Small: {PAPER['median_r']} / {PAPER['median_fvu']}; other models: no number", "across_models",
+        lambda h, p: _per_model(h, lambda r: "no circuit" if not r.get("premise_holds")
+                                else f"{_fmt(r.get('median_r'))} / {_fmt(r.get('median_fvu'))}"), "across")
+    add("  … neurons found at the paper's threshold, per model",
+        f"GPT-2 Small: ≈ {PAPER['n_found']} at {PAPER['threshold']}; other models: no number (top[j]'s units change with the model)",
+        "across_models", lambda h, p: _per_model(h, lambda r: "none reported" if not r.get("premise_holds") else _fmt(r.get("n_found"))),
+        "across")
     add("heads leading the found neurons at their peaks (share of neurons)", "Neo et al. 2024: early heads switch on context neurons",
         "head_attribution", lambda h, p: _fmt_shares(h.get("top_head_share")), "heads")
     add("  … median consistency: share of a neuron's top texts led by the same head", "Neo et al.: consistent across similar prompts",
         "head_attribution", lambda h, p: h.get("consistency_median"), "heads")
-    add("  … median r per circuit head, its true contribution vs its part of the approximation", "—",
+    add("  … median r per circuit head, its true contribution vs its part of the approximation",
+        "no number (the paper scores neurons, not heads)",
         "head_attribution", lambda h, p: _fmt_shares(h.get("per_head_median_r"), percent=False), "heads")
     add("  … toy: share of found neurons led by a planted slowly decaying head", "1 (planted)",
         "head_attribution", lambda h, p: h.get("toy_top_head_planted_share"), "heads")
     add("core-token homogeneity by activation segment, lowest → highest", "Pichat et al. 2025: rises at the highest activations",
         "core_tokens", lambda h, p: fmt_list(h.get("homogeneity_by_segment")), "core")
-    add("  … median Jaccard overlap, weights vs activation core tokens", "—",
+    add("  … median Jaccard overlap, weights vs activation core tokens", "no number (Pichat et al. use activations only)",
         "core_tokens", lambda h, p: h.get("weights_vs_activation_core_overlap_median"), "core")
-    add("  … toy: homogeneity by segment against the planted topics", "—",
+    add("  … toy: homogeneity by segment against the planted topics", "no number (a toy-only check)",
         "core_tokens", lambda h, p: fmt_list(h.get("toy_homogeneity_by_segment")), "core")
     add("domains where a domain-matched calibration text beats the book's (median FVU)",
         "domain analysis wants a domain calibration text", "calibration_choice", _domain_calibration_wins, "calibration")
     add("bias against stop-word density difference, test − calibration (slope, book's calibration)",
         "underestimates when densities differ", "calibration_choice", lambda h, p: h.get("bias_density_slope", {}).get("default"),
         "calibration")
+    add("deeper layers: stable heads outside layer 0 (count; by the layer-0 rule on empirical kernels)",
+        "open question, no number (the paper's first)", "deeper_layers",
+        lambda h, p: None if "stable_heads_by_layer" not in h else
+        sum(len(v) for k, v in h["stable_heads_by_layer"].items() if str(k) != "0"), "deeper")
+    add("  … layer 0: the book's circuit heads stable by the same rule",
+        "0, 2, 6, 8, 9, 10 (stable denominators, Fig. 4)", "deeper_layers",
+        lambda h, p: _fmt_heads(h.get("layer0_book_heads_stable")) if "layer0_book_heads_stable" in h else None, "deeper")
+    add("  … toy: planted stable heads by layer, found by the rule", "no number (a toy-only check)", "deeper_layers",
+        lambda h, p: None if h.get("toy_planted_stable_heads_by_layer") is None else
+        ("all found" if all(set(v) <= set(h.get("stable_heads_by_layer", {}).get(L, []))
+                            for L, v in h["toy_planted_stable_heads_by_layer"].items()) else "not all found"), "deeper")
     return pd.DataFrame(rows)
+
+
+def _fmt_heads(heads: list | None) -> str | None:
+    """A head list as '0, 2, 6'; an empty one as the premise failing (the rule picked none)."""
+    if heads is None:
+        return None
+    return ", ".join(map(str, heads)) if heads else "none: the premise fails"
+
+
+def _per_model(h: dict, value_of) -> str | None:
+    """'model: value; model: value' over chapter 06's headline models (short names)."""
+    models = h.get("models")
+    if not models:
+        return None
+    return "; ".join(f"{r.get('name', r.get('model'))}: {value_of(r)}" for r in models)
 
 
 def chapter_comparison_html(notebook: str, root: str | os.PathLike | None = None, toy: bool | None = None) -> str:
@@ -249,6 +300,10 @@ def chapter_comparison_html(notebook: str, root: str | os.PathLike | None = None
         return f"<p>The scorecard has no row for {html.escape(notebook)}.</p>"
     shown = mine.drop(columns=["from"]).assign(quantity=lambda d: d["quantity"].str.strip().str.lstrip("… "))
     note = f"<p>Brackets: {html.escape(INTERVAL_METHOD)}.</p>" if shown["this build"].str.contains(r"\[").any() else ""
+    if TOY_COLUMN in shown and shown[TOY_COLUMN].nunique() == 1 and len(shown) > 1:
+        # One note for every row is said once, under the table, not repeated in a column.
+        note += f"<p><i>For every row above, {html.escape(TOY_COLUMN)}:</i> {html.escape(str(shown[TOY_COLUMN].iloc[0]))}</p>"
+        shown = shown.drop(columns=[TOY_COLUMN])
     return (shown.to_html(index=False, escape=True, classes="table ctxn-comparison", border=0, na_rep="—") + note)
 
 
@@ -275,6 +330,7 @@ def scorecard_html(card: pd.DataFrame) -> str:
 HEADLINE_ROWS = [
     ("median TV, true vs decomposed pattern (circuit heads)", "median TV of the split (§1)"),
     ("slowly decaying heads", "slowly decaying heads (§2)"),
+    ("heads the stable-heads rule picks (slow kernel, not a sink, stable denominator)", "heads the stable-heads rule picks (§2-3)"),
     (f"neurons found at threshold {PAPER['threshold']}", f"neurons found at top[j] ≥ {PAPER['threshold']} (§5)"),
     ("median Pearson r, approximate vs true (neuron, text)", "median r, approximation vs truth (§5)"),
     ("median FVU, approximate vs true (neuron, text)", "median FVU (§5)"),

@@ -5,12 +5,14 @@ negative control are among them, what each finds against what was planted.
 
 from __future__ import annotations
 
+import inspect
+
 import pandas as pd
 import torch
 
 from ctxneurons.chapters import Result, Table
 from ctxneurons import toy
-from ctxneurons.method import stable_heads
+from ctxneurons.method import kernels, stable_heads
 from ctxneurons.studies import across
 from ctxneurons.toy import truth as planted_truth
 
@@ -31,6 +33,31 @@ TOY_COLUMNS = {
 HEAD_COLUMNS = {"model": "the model's label", **stable_heads.TABLE_COLUMNS}
 
 
+def rule_table() -> pd.DataFrame:
+    """The stable-heads rule's conditions and thresholds, read from the code that applies them
+    (the defaults of ``kernels.classify_heads`` and the constants of ``method.stable_heads``), for the page."""
+    d = {k: v.default for k, v in inspect.signature(kernels.classify_heads).parameters.items()}
+    local, frac = d["local_max_window"], d["uniform_min_fraction"]
+    return pd.DataFrame([
+        {"condition": "a slowly decaying kernel",
+         "test": f"not local (effective window or mean distance at least {local:g} tokens) and not uniform "
+                 f"(effective window under {frac:.0%} of the n positions), read over positions 1..n"},
+        {"condition": "not a first-token head (a sink)",
+         "test": f"the kernel's largest weight is not on position 0, or is under {kernels.FIRST_TOKEN_MIN_RATIO:g} "
+                 "times a uniform kernel's share 1/(n+1) there"},
+        {"condition": "a stable denominator",
+         "test": f"the CV (std / mean) of D across the texts at most {stable_heads.CV_STABLE_MAX:g}, at n = n_ctx/2 - 12 "
+                 "with the query ' the'"},
+        {"condition": "(reported, not a condition) duplicate-token head",
+         "test": f"a key holding the query's own token scores at least {stable_heads.DUPLICATE_TOKEN_MIN:g} logits above "
+                 "another token; such a head fails through its unstable denominator"},
+    ])
+
+
+def _heads(heads) -> str:
+    return ", ".join(map(str, heads)) if len(heads) else "none"
+
+
 def _against_plant(studies: dict[str, across.Study]) -> tuple[pd.DataFrame, list[str]]:
     """For each model of ``studies`` with a planted answer (the toy and its control, by name
     or folder): each discovery rule's precision and recall against the planted context
@@ -42,8 +69,8 @@ def _against_plant(studies: dict[str, across.Study]) -> tuple[pd.DataFrame, list
         if truth is None:
             continue
         row, planted_slow = study.row, truth["heads"]["slow"]
-        notes.append(f"{row['model']}: planted slow heads {planted_slow}, picked by the stable-heads rule {row['stable_heads']}: "
-                     + ("recovered" if sorted(planted_slow) == row["stable_heads"] else "NOT recovered"))
+        notes.append(f"{row['model']}: planted slow heads {_heads(planted_slow)}, picked by the stable-heads rule "
+                     f"{_heads(row['stable_heads'])}: " + ("recovered" if sorted(planted_slow) == row["stable_heads"] else "NOT recovered"))
         for rule, thr in (("paper's fixed threshold", row["threshold"]), ("model-scaled rule", row["scaled_threshold"])):
             pr = planted_truth.discovery_scores(truth, study.top, torch.tensor([thr])).iloc[0]
             rows.append({"model": row["model"], "rule": rule, "threshold": thr, "n_found": int(pr["n_found"]),
@@ -64,15 +91,14 @@ def _control_notes(models_df: pd.DataFrame) -> list[str]:
     for _, c in control_rows.iterrows():
         ref = reference.iloc[0]
         if not c["premise_holds"]:
-            notes += [f"{c['model']}: stable heads picked: none",
-                      f"  no head has a slowly decaying kernel and a stable denominator (kernel-slow heads: {c['slow_heads'] or 'none'}, "
-                      f"duplicate-token heads: {c['duplicate_token_heads'] or 'none'}): the circuit's premise fails, "
-                      "so no circuit is built and no neurons are reported"]
+            notes.append(f"{c['model']}: stable heads picked: none. No head has a slowly decaying kernel and a stable denominator "
+                         f"(kernel-slow heads: {c['slow_heads'] or 'none'}, duplicate-token heads: {c['duplicate_token_heads'] or 'none'}): "
+                         "the circuit's premise fails, so no circuit is built and no neurons are reported.")
             continue
-        notes += [f"{c['model']}: stable heads picked: {c['stable_heads']}",
-                  f"  against {ref['model']}: median r {c['median_r']:.3f} vs {ref['median_r']:.3f}, "
+        notes.append(f"{c['model']}: stable heads picked: {c['stable_heads']}; "
+                  f"against {ref['model']}: median r {c['median_r']:.3f} vs {ref['median_r']:.3f}, "
                   f"median FVU {c['median_fvu']:.3f} vs {ref['median_fvu']:.3f}, "
-                  f"denominator spread {c['denominator_cv']:.3f} vs {ref['denominator_cv']:.3f}"]
+                  f"denominator spread {c['denominator_cv']:.3f} vs {ref['denominator_cv']:.3f}")
     return notes
 
 
@@ -81,8 +107,11 @@ def compute(run) -> Result:
     chapter's parameters): tables models, kernels, heads (each head's kind, content
     dependence, denominator stability and the stable-heads rule's verdict) and, where the toy or its control is
     among the models (by name or folder), toy_ground_truth; extra holds ``notes``, ``toy_notes`` and
-    ``control_notes`` for the narration. Models are loaded (layer 0 only) and released one
+    ``control_notes`` for the narration and ``rule`` (:func:`rule_table`). Models are loaded (layer 0 only) and released one
     at a time."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # building the control and loading each model: bars are noise on a page
     p = run.params
     names = across.default_models(p["model"]) if p["models"] == "auto" else p["models"]
     notes = ["models: " + ", ".join(names)]
@@ -111,5 +140,5 @@ def compute(run) -> Result:
         "scaled_rule": f"median(top) + {across.SCALED_N_MADS} x 1.4826 MAD(top)",
         "evaluated_on": "neurons of the model-scaled rule",
     }
-    extra = {"notes": notes, "toy_notes": toy_notes, "control_notes": _control_notes(models_df), "shown": models_df[SHOWN]}
+    extra = {"rule": rule_table(), "notes": notes, "toy_notes": toy_notes, "control_notes": _control_notes(models_df), "shown": models_df[SHOWN]}
     return Result(tables=tables, headline=headline, extra=extra)

@@ -81,7 +81,9 @@ def compute(run) -> Result:
     notes = [d.message("attributing")]
     query_position = kernels.resolve_query_position(-1, w.n_ctx, run.n_tokens)
     kinds = {hc.head: hc.kind for hc in kernels.classify_heads(kernels.positional_kernel(w, run.the, query_position, run.C))}
-    notes.append(f"circuit heads {list(c.heads)}; head kinds from the kernels at n = {query_position}: {kinds}")
+    by_kind = {k: [h for h, kk in kinds.items() if kk == k] for k in kernels.HEAD_KINDS}
+    notes.append(f"circuit heads {', '.join(map(str, c.heads))}; head kinds from the kernels at n = {query_position}: "
+                 + "; ".join(f"{k} {', '.join(map(str, hs))}" for k, hs in by_kind.items() if hs))
 
     attr = head_attribution.attribute(w, c, iter_batches(run.texts.tokens, BATCH_SIZE), found, evaluation.FIRST_POSITION)
     top_texts = head_attribution.top_texts(attr.peak, p["top_quantile"])

@@ -55,7 +55,7 @@ def compute(run) -> Result:
         toy_ari = float(categories_df.loc[categories_df["core_set"] == "activation", "adjusted_rand"].median())
         topic_of = planted_truth.neuron_topics(truth, single_topic=True)
         top = tokens_df[(tokens_df["core_set"] == "activation") & (tokens_df["rank"] <= N_TOP) & tokens_df["neuron"].isin(list(topic_of))]
-        toy_notes = ["homogeneity by segment against the planted topics, lowest to highest: " + str([round(h, 3) for h in toy_homogeneity]),
+        toy_notes = ["homogeneity by segment against the planted topics, lowest to highest: " + " → ".join(f"{h:.2f}" for h in toy_homogeneity),
                      f"median adjusted Rand index, clustering vs planted topics: {toy_ari:.3f}"]
         if len(top):
             share = float((top["planted_category"] == top["neuron"].map(topic_of)).mean())

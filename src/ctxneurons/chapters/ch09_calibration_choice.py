@@ -33,7 +33,7 @@ def compute(run) -> Result:
     """Chapter 09 on ``run`` (an :class:`~ctxneurons.book.experiment.Run` with the
     chapter's parameters): tables candidates, calibration_denominators,
     by_domain_and_choice, by_text, bias_vs_density; extra holds the ``clusters``' explained
-    variance, ``medians`` (domain by choice), ``denominators_by_role`` and ``notes`` /
+    variance, ``medians`` (domain by choice), ``domains`` (a table: domain, corpus, revision, texts), ``denominators_by_role`` and ``notes`` /
     ``best_notes`` for the narration."""
     p, w = run.params, run.w
     domains = _domains(run)
@@ -48,7 +48,7 @@ def compute(run) -> Result:
     default = calibration.Calibration(
         run.calibration.name, c.log_denoms, c.ln2_scale,
         float(calibration.stop_word_density(run.calibration_tokens[None, 1:], stop_mask)))
-    notes = [f"{d.message('scoring')} Domains: {domains}. Book's calibration: {default.name}, stop-word density {default.density:.3f}."]
+    notes = [f"{d.message('scoring')} Book's calibration: {default.name}, stop-word density {default.density:.3f}."]
 
     # From each domain: an equal share of the test texts, its own calibration text, and an
     # equal share of the candidate pool.
@@ -93,7 +93,7 @@ def compute(run) -> Result:
         best = row.drop("oracle").idxmin()
         best_notes.append(f"{name}: best calibration {best} (median FVU {row[best]:.4f}); domain vs default {row['domain']:.4f} vs "
                           f"{row['default']:.4f}; oracle {row['oracle']:.4f}"
-                          + ("" if row["oracle"] <= row["default"] else "  <- oracle worse than default"))
+                          + ("" if row["oracle"] <= row["default"] else " (here the oracle is worse than the default)"))
 
     headline = {
         "by_domain_and_choice": summary_df[["domain", "choice", "median_r", "median_fvu", "median_bias"]].to_dict("records"),
@@ -115,6 +115,9 @@ def compute(run) -> Result:
         "bias_vs_density": Table(signature, calibration.SIGNATURE_COLUMNS),
     }
     extra = {
+        "domains": pd.DataFrame({"domain": list(domains), "corpus": list(domains.values()),
+                                 "revision": [tests[n].revision or "—" for n in domains],
+                                 "test texts scored": [len(tests[n]) for n in domains]}),
         "explained": tuple(clusters.explained), "notes": notes, "best_notes": best_notes,
         "denominators_by_role": den_df.pivot_table(index=["role", "domain"], columns="head", values="log_denom", aggfunc="mean"),
         "medians": summary_df.pivot(index="domain", columns="choice", values=["median_r", "median_fvu", "median_bias"])

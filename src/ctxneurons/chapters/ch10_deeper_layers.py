@@ -74,6 +74,9 @@ def compute(run) -> Result:
     (tables ``heads``, ``kernels``), the neurons the stable heads drive (``top_neurons``,
     ``top_windows``), the showcase head's calibrated output along the example texts
     (``trace``); headline numbers as the chapter's summary.json has them."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # building the toy's control and loading models: bars are noise on a page
     device = run.w.device
     model = dl.load_model(run.params["model"], device=str(device))
     specs = dl.layer_specs(model)
@@ -198,7 +201,7 @@ def heatmaps(heads_df: pd.DataFrame):
 
     L, H = int(heads_df["layer"].max()) + 1, int(heads_df["head"].max()) + 1
     fig = make_subplots(rows=2, cols=2, subplot_titles=[t for t, _ in HEATMAPS.values()],
-                        horizontal_spacing=0.12, vertical_spacing=0.14)
+                        horizontal_spacing=0.22, vertical_spacing=0.14)
     for k, (col, (title, log)) in enumerate(HEATMAPS.items()):
         grid = np.full((L, H), np.nan)
         for r in heads_df.itertuples():
@@ -210,13 +213,15 @@ def heatmaps(heads_df: pd.DataFrame):
         fig.add_trace(go.Heatmap(
             z=z, x=list(range(H)), y=list(range(L)), colorscale="Viridis", customdata=grid,
             hovertemplate=f"layer %{{y}}, head %{{x}}<br>{col}: %{{customdata:.4g}}<extra></extra>",
-            colorbar={"len": 0.4, "x": 0.44 + 0.56 * c, "y": 0.79 - 0.58 * row}), row=row + 1, col=c + 1)
+            # each colour bar just right of its own panel, clear of the next panel's axis title
+            colorbar={"len": 0.4, "thickness": 12, "x": 0.40 + 0.61 * c, "y": 0.79 - 0.58 * row}), row=row + 1, col=c + 1)
         st = heads_df[heads_df["stable"]]
         fig.add_trace(go.Scatter(x=st["head"], y=st["layer"], mode="markers", marker={"color": "red", "size": 6},
                                  name="stable", showlegend=k == 0, hoverinfo="skip"), row=row + 1, col=c + 1)
     fig.update_xaxes(title_text="head", dtick=1)
     fig.update_yaxes(title_text="layer", dtick=1, autorange="reversed")
-    fig.update_layout(height=760, title="Every head of every layer (red dots: stable by the rule)")
+    fig.update_layout(height=760, title="Every head of every layer (red dots: stable by the rule)",
+                      legend={"orientation": "h", "x": 1, "xanchor": "right", "y": 1.06, "yanchor": "bottom"})
     return fig
 
 

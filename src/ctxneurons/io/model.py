@@ -303,6 +303,7 @@ def _layer0_model(model_dir: Path, config: dict):
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the unused layers' "weights not used" warning is expected
+    hf_logging.disable_progress_bar()  # transformers' "Loading weights" bar is noise on an executed notebook's page
     try:
         return AutoModelForCausalLM.from_pretrained(
             str(model_dir), config=_one_layer_config(model_dir, config), dtype=torch.float32, attn_implementation="eager"
