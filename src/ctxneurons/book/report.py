@@ -105,9 +105,9 @@ def _fmt(x) -> str:
 TOY_CAN_SHOW = {
     "tv": "Built to be close, not exact: token norms spread about ±20% and overlap the positional subspace "
           "about as much as GPT-2's (mean |cos| ~0.04). Shows the code measures the split's error; the size is the toy's.",
-    "slow_heads": "Planted at 0, 2, 6, 8, 9, 10, where the paper found GPT-2's, beside a duplicate-token head (1) whose "
-                  "kernel is slow too: kernel shape alone finds seven by construction. It checks that the kernels and the "
-                  "classifier recover what was planted, nothing about GPT-2.",
+    "slow_heads": "Planted at 0, 2, 6, 8, 9, 10, where the paper found GPT-2's: a match is true by construction. The toy "
+                  "also plants a duplicate-token head (1) whose kernel is slow, so kernel shape alone finds seven. It checks "
+                  "that the kernels and the classifier recover what was planted, nothing about GPT-2.",
     "stable_heads": "Planted: six slow heads with stable denominators at 0, 2, 6, 8, 9, 10, and three distractors "
                     "(a broad-kernel duplicate-token head, a first-token head, uniform heads) the rule must reject. "
                     "A match shows the rule recovers the plant; on GPT-2 it is a test of the paper's definition.",
