@@ -1,7 +1,9 @@
 """Chapter 05: context-sensitive neurons found from the weights alone. How many neurons
 each threshold on top[j] finds, the found neurons' most positive and negative tokens,
-whether they fired on the calibration text, GPT-2 Small's neuron 300, and, on the toy
-model, precision and recall against the planted context neurons (METHOD.md §4, discovery;
+whether they fired on the calibration text, the strongest one on a text against the
+circuit heads' true contribution, GPT-2 Small's neuron 300 (on the toy, a planted neuron
+reading one topic up and another down in its place), and, on the toy model, precision and
+recall against the planted context neurons (METHOD.md §4, discovery;
 the paper's Figure 5).
 
 Shapes: V vocabulary, M neurons, J listed neurons, T thresholds, n positions.
