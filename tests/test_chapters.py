@@ -135,6 +135,8 @@ def test_ch05_finds_the_planted_context_neurons_including_those_silent_on_the_ca
     ex = r.extra["example"]
     assert len(ex["tokens"]) == len(ex["true"]) == len(ex["approx"]) and "pre" not in ex
     assert evaluation.pearson_r(ex["true"][1:].double(), ex["approx"][1:].double()) > 0.5
+    # The example text is one where the neuron responds: its planted topic is in it.
+    assert ex["neuron"] not in topic or ex["true"][ex["from_position"]:].max() > 0
     # The toy's counterpart of the Commonwealth-spelling neuron is a found planted neuron, and
     # every planted neuron's topic is there for the neuron tables.
     named = r.extra["topic_example"]

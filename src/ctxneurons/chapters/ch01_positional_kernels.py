@@ -17,7 +17,7 @@ from ctxneurons.method import kernels, stable_heads
 
 def compute(run) -> Result:
     """Tables kernels (:data:`kernels.KERNEL_COLUMNS`), head_classes
-    (:data:`kernels.CLASSES_COLUMNS`) and stable_heads (:data:`stable_heads.TABLE_COLUMNS`
+    (:data:`kernels.CLASSES_COLUMNS`) and stable_heads (``stable_heads.TABLE_COLUMNS``
     and in_reference: the run's heads); extra: ``classes`` (list of HeadClass, one per
     head), ``by_kind`` ({kind: [head]}) and ``pick`` (the :class:`stable_heads.HeadPick`,
     whose ``message`` says whether the circuit's premise holds)."""

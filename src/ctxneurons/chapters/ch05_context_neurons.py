@@ -31,8 +31,9 @@ def compute(run) -> Result:
     toy_precision_recall (columns beside the functions in :mod:`ctxneurons.method.neurons`
     that build them). extra: ``discovery`` (:class:`neurons.Discovery`), ``example``
     (the circuit's approximation and what it approximates, the circuit heads' true
-    contribution, [n] each, of the strongest neuron on text 0, with its tokens and
-    ``from_position``, where a window showing the context effect starts), ``named``
+    contribution, [n] each, of a strong found neuron on the text where it responds most, with
+    its rank, the text's index and tokens and ``from_position``, where a window showing the context
+    effect starts), ``named``
     (neuron 300's rank and extreme tokens, GPT-2 Small only), ``n_planted`` and, on the toy,
     ``planted_topics`` ({neuron: 'topic-KK: word, word, ...'} for the planted context
     neurons) and ``topic_example`` (a found planted neuron of a single topic, the toy's
@@ -76,18 +77,28 @@ def compute(run) -> Result:
     )
 
 
+EXAMPLE_TEXTS = 8  # test texts searched for the example of a neuron responding to its context
+EXAMPLE_NEURONS = 8  # the strongest found neurons searched for it
+
+
 def _example(run, c, d: neurons.Discovery) -> dict:
-    """The strongest listed neuron on the first test text, like with like: neuron, tokens [n]
-    (decoded), approx [n] (the circuit's approximation approx_j(n)) and true [n] (the circuit
-    heads' true summed contribution to the neuron's pre-activation, what approx_j estimates),
-    and from_position (:func:`ch04_contextual_circuit.example_start`)."""
-    tokens = run.texts.tokens[:1].to(run.w.device)
+    """A found neuron responding to its context, like with like: of the EXAMPLE_NEURONS
+    strongest found neurons and the first EXAMPLE_TEXTS texts, the (neuron, text) where the
+    circuit heads' true contribution peaks highest past ``from_position``
+    (:func:`ch04_contextual_circuit.example_start`). neuron, rank (its place among the found
+    neurons, 1 the strongest), text (its index), tokens [n] (decoded), approx [n] (the
+    circuit's approximation approx_j(n)), true [n] (the circuit heads' true summed
+    contribution to the neuron's pre-activation, what approx_j estimates) and from_position."""
+    tokens = run.texts.tokens[:EXAMPLE_TEXTS].to(run.w.device)
+    s = example_start(tokens.shape[1])
+    cand = d.found[:EXAMPLE_NEURONS]
     with torch.inference_mode():
-        approx = c.approximate(tokens, d.found[:1])[0, :, 0].cpu()
-        true = evaluation.true_contributions(run.w, tokens, tuple(c.heads), d.found[:1])[0, :, 0].cpu()
-    n = tokens.shape[1]
-    return {"neuron": int(d.found[0]), "tokens": run.token_str(run.texts.tokens[0]), "approx": approx, "true": true,
-            "from_position": example_start(n)}
+        true = evaluation.true_contributions(run.w, tokens, tuple(c.heads), cand).cpu()  # [B, n, J]
+        peak = true[:, s:, :].amax(dim=1)  # [B, J]
+        t, k = divmod(int(peak.flatten().argmax()), peak.shape[1])
+        approx = c.approximate(tokens[t:t + 1], cand[k:k + 1])[0, :, 0].cpu()
+    return {"neuron": int(cand[k]), "rank": k + 1, "text": t, "tokens": run.token_str(run.texts.tokens[t]), "approx": approx,
+            "true": true[t, :, k], "from_position": s}
 
 
 def _planted_topics(truth: dict) -> dict[int, str]:
