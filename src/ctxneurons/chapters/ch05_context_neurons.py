@@ -81,14 +81,17 @@ EXAMPLE_TEXTS = 8  # test texts searched for the example of a neuron responding 
 EXAMPLE_NEURONS = 8  # the strongest found neurons searched for it
 
 
-def _example(run, c, d: neurons.Discovery) -> dict:
+def _example(run, c, d: neurons.Discovery) -> dict | None:
     """A found neuron responding to its context, like with like: of the EXAMPLE_NEURONS
     strongest found neurons and the first EXAMPLE_TEXTS texts, the (neuron, text) where the
     circuit heads' true contribution peaks highest past ``from_position``
     (:func:`ch04_contextual_circuit.example_start`). neuron, rank (its place among the found
     neurons, 1 the strongest), text (its index), tokens [n] (decoded), approx [n] (the
     circuit's approximation approx_j(n)), true [n] (the circuit heads' true summed
-    contribution to the neuron's pre-activation, what approx_j estimates) and from_position."""
+    contribution to the neuron's pre-activation, what approx_j estimates) and from_position.
+    None when discovery listed no neuron."""
+    if len(d.found) == 0:
+        return None
     tokens = run.texts.tokens[:EXAMPLE_TEXTS].to(run.w.device)
     s = example_start(tokens.shape[1])
     cand = d.found[:EXAMPLE_NEURONS]
