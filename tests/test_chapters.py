@@ -130,3 +130,15 @@ def test_ch05_finds_the_planted_context_neurons_including_those_silent_on_the_ca
     for j in found[:5]:
         plus = ext[(ext["neuron"] == j) & (ext["sign"] == "+")]["token"].str.strip()
         assert len(plus) == ch05_context_neurons.EXTREME_K and plus.isin(truth["topics"][topic[j]]["words"]).mean() >= 0.8, j
+    # "A neuron on a text" compares like with like: the circuit heads' true contribution, which
+    # the approximation estimates, not the neuron's full pre-activation.
+    ex = r.extra["example"]
+    assert len(ex["tokens"]) == len(ex["true"]) == len(ex["approx"]) and "pre" not in ex
+    assert evaluation.pearson_r(ex["true"][1:].double(), ex["approx"][1:].double()) > 0.5
+    # The example text is one where the neuron responds: its planted topic is in it.
+    assert ex["neuron"] not in topic or ex["true"][ex["from_position"]:].max() > 0
+    # The toy's counterpart of the Commonwealth-spelling neuron is a found planted neuron, and
+    # every planted neuron's topic is there for the neuron tables.
+    named = r.extra["topic_example"]
+    assert named is not None and named["neuron"] in topic and named["found"]
+    assert set(r.extra["planted_topics"]) == set(topic)

@@ -105,8 +105,12 @@ def _fmt(x) -> str:
 TOY_CAN_SHOW = {
     "tv": "Built to be close, not exact: token norms spread about ±20% and overlap the positional subspace "
           "about as much as GPT-2's (mean |cos| ~0.04). Shows the code measures the split's error; the size is the toy's.",
-    "slow_heads": "Planted at 0, 2, 6, 8, 9, 10, where the paper found GPT-2's: a match is true by construction. "
-                  "It checks that the kernels and the classifier recover what was planted, nothing about GPT-2.",
+    "slow_heads": "Planted at 0, 2, 6, 8, 9, 10, where the paper found GPT-2's: a match is true by construction. The toy "
+                  "also plants a duplicate-token head (1) whose kernel is slow, so kernel shape alone finds seven. It checks "
+                  "that the kernels and the classifier recover what was planted, nothing about GPT-2.",
+    "stable_heads": "Planted: six slow heads with stable denominators at 0, 2, 6, 8, 9, 10, and three distractors "
+                    "(a broad-kernel duplicate-token head, a first-token head, uniform heads) the rule must reject. "
+                    "A match shows the rule recovers the plant; on GPT-2 it is a test of the paper's definition.",
     "denominators": "The toy's texts are i.i.d. words from 1-3 planted topics: shows slow heads' denominators "
                     "concentrate and local heads' do not; the sizes say nothing about OpenWebText.",
     "n_found": "Planted context neurons have designed top[j] log-uniform in [3.0, 16]: the paper's threshold 5.0 "
@@ -213,6 +217,9 @@ def scorecard(summaries: dict[str, dict], tables: str | os.PathLike | None = Non
         lambda h, p: _fmt_heads(h.get("stable_heads")) if "stable_heads" in h else None, "stable_heads")
     add("circuit heads all slowly decaying", "yes", "positional_kernels",
         lambda h, p: "yes" if h.get("circuit_heads_all_slow") else "no", "slow_heads")
+    add("heads the stable-heads rule picks (slow kernel, stable denominator)", ", ".join(map(str, PAPER["slow_heads"])),
+        "positional_kernels", lambda h, p: ", ".join(map(str, h["stable_heads"])) or "none" if "stable_heads" in h else None,
+        "stable_heads")
     add("denominator spread across texts at n_ctx/2 (largest CV over circuit heads)", "nearly flat (Fig. 4)",
         "denominator_stability",
         lambda h, p: max((v for k, v in h.get("cv_by_head", {}).items() if int(k) in p.get("heads", [])), default=None),

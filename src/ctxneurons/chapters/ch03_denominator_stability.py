@@ -31,7 +31,7 @@ def compute(run) -> Result:
     kind = {c.head: c.kind for c in classes}
     # The contrast comes from outside the circuit whenever there is an outside.
     local_head = kernels.most_local_head([c for c in classes if c.head not in heads] or classes)
-    note = (f"circuit heads {heads}; contrast head {local_head} (kind '{kind[local_head]}', "
+    note = (f"circuit heads {', '.join(map(str, heads))}; contrast head {local_head} (kind {kind[local_head]}, "
             f"the smallest mean distance at n = {mid} among the other heads)")
     if kind[local_head] != "local":
         note += f"; no head outside the circuit is classified local here, head {local_head} is the closest to it"

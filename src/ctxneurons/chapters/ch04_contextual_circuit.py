@@ -14,6 +14,16 @@ from ctxneurons.method.evaluation import BATCH_SIZE, FIRST_POSITION
 
 N_COMPARE = 32  # test texts scored under every calibration text: the truth for them is held in memory
 N_SHOWN = 4  # neurons whose example traces are kept (the strongest)
+# Examples of the context effect come from positions where the slow heads' kernels are full
+# (the method page's "why the start of a text looks different"): before ~100 tokens the
+# kernel's weight lies on few keys and one token dominates both truth and approximation. A
+# text shorter than 2 x this shows from position 1.
+FULL_KERNEL_FROM = 100
+
+
+def example_start(n_positions: int) -> int:
+    """Where a window showing the context effect starts in a text of n_positions tokens."""
+    return FULL_KERNEL_FROM if n_positions > 2 * FULL_KERNEL_FROM else 1
 
 
 def compute(run) -> Result:
