@@ -219,3 +219,23 @@ def test_two_processes_filling_the_cache_at_once_both_load(small_dir, cache_root
     refuse = "model._boot_layer0 = lambda *a: sys.exit('booted')\n"
     again = subprocess.run([sys.executable, "-c", code.replace("w = ", refuse + "w = ")], capture_output=True, text=True)
     assert again.returncode == 0 and again.stdout == outs[0][0], again.stderr[-2000:]
+
+
+@pytest.mark.parametrize("change", [
+    {"b_Q": 1e-3}, {"b_K": 1e-3}, {"b_V": 1e-3}, {"b_O": 1e-3},  # a bias fine-tune or an ablated copy
+    {"eps": 1e-6}, {"score_scale": 1.0}, {"act_fn": "relu"}, {"dtype": torch.float64},
+])
+def test_models_differing_only_in_biases_eps_scale_activation_or_dtype_share_no_cache_entry(tiny, change):
+    """Issue 22, bug 1: the fingerprint covered the weights only, so such models shared cached
+    kernels and circuits."""
+    from dataclasses import replace
+
+    (name, value), = change.items()
+    if name == "dtype":
+        other = tiny.to(dtype=value)
+    elif isinstance(getattr(tiny, name), torch.Tensor):
+        other = replace(tiny, **{name: getattr(tiny, name) + value})
+    else:
+        other = replace(tiny, **{name: value})
+    assert cache.model_fingerprint(other) != cache.model_fingerprint(tiny)
+    assert cache.model_fingerprint(replace(tiny)) == cache.model_fingerprint(tiny)
