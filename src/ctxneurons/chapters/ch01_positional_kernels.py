@@ -27,7 +27,7 @@ def compute(run) -> Result:
     classes = kernels.classify_heads(K)
     kind = {c.head: c.kind for c in classes}
     by_kind = {k: [c.head for c in classes if c.kind == k] for k in kernels.HEAD_KINDS}
-    pick = stable_heads.pick_heads(run.w, run.texts.tokens, run.the, run.C, run.params["query_position"])
+    pick = run.head_pick  # the rule heads="auto" uses too: measured once per run
     return Result(
         tables={"kernels": Table(kernels.kernel_frame(K, classes, run.heads), kernels.KERNEL_COLUMNS),
                 "head_classes": Table(kernels.classes_frame(classes, run.heads), kernels.CLASSES_COLUMNS),
