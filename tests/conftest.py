@@ -221,3 +221,26 @@ def copy_repo(dst: Path) -> Path:
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(repo / f, dst / f)
     return dst
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the test ids
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``bash ci/test.sh`` runs ``-n auto --dist loadgroup``) every test
+    that needs the local hub server runs on one worker, so that the server and the book built
+    through it (``gpt2_edition_book``, the suite's longest fixture) are set up once; those
+    tests go first, so that this worker's long queue starts while the others share the rest."""
+    on_hub = [item for item in items if "hub" in getattr(item, "fixturenames", ())]
+    for item in on_hub:
+        item.add_marker(pytest.mark.xdist_group("hub"))
+    rest = [item for item in items if "hub" not in getattr(item, "fixturenames", ())]
+    items[:] = on_hub + rest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread_per_worker():
+    """Parallel workers share the machine's cores: each takes its share of torch's threads
+    instead of all of them (oversubscribed threads make small matmuls slower, not faster)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    yield

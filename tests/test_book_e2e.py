@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 PAGES = ["book/intro", "book/method", "notebooks/01_positional_kernels", "notebooks/02_tv_distance", "notebooks/03_denominator_stability",
          "notebooks/04_contextual_circuit", "notebooks/05_context_neurons", "notebooks/06_across_models", "notebooks/07_head_attribution",
-         "notebooks/08_core_tokens", "notebooks/09_calibration_choice", "reports/scorecard", "reports/neuron_browser", "reports/try_a_neuron", "reports/toy_ground_truth",
+         "notebooks/08_core_tokens", "notebooks/09_calibration_choice", "notebooks/10_deeper_layers", "reports/scorecard", "reports/neuron_browser", "reports/try_a_neuron", "reports/toy_ground_truth",
          "reports/batch_runs", "book/reproduction_notes", "book/rerun", "book/references", "book/api/index",
          "book/api/method/circuit"]
 
@@ -38,40 +38,48 @@ def test_gpu_job_batch_ran_on_cpu(built_book):
     assert -1 <= summary.loc[0, "median_r"] <= 1 and summary.loc[0, "param.device"] == "cpu"
 
 
-def test_every_page_loads_clean_and_draws_its_figures(built_book):
+@pytest.fixture(scope="module")
+def every_page(built_book):
+    """Each page of PAGES opened once in Chromium, as a reader opens it, and what the tests
+    below check of it: {name: {figures in its HTML, (total, drawn) figures, its request and
+    console report, whether corpus HTML ran, its body text, its cell outputs' noise}}."""
+    seen = {}
     with serve(built_book["html"]) as base, launch() as browser:
         for name in PAGES:
             expected = figures_in_html((built_book["html"] / f"{name}.html").read_text())
-            if name.startswith("notebooks/"):
-                assert expected >= 1, f"{name}'s HTML holds no figure"
             page, report = open_page(browser, f"{base}/{name}.html")
             # Wait for the figures themselves (issue 22, bug 7): under load plotly draws late.
             total, drawn = wait_for_figures(page, expected)
-            assert (total, drawn) == (expected, expected), f"{name}: {drawn} of {total} figures drawn, {expected} in its HTML"
-            report.assert_clean()
-            assert page.evaluate("window.__xss") is None, f"{name}: corpus HTML executed"
-            if name == "book/intro":
-                screenshot(page, "book-front-page")
-                body = page.inner_text("body")
-                assert "This build" in body and "This build's numbers" in body and "0.9485" in body
-            if name == "notebooks/02_tv_distance":
-                screenshot(page, "book-tv-distance")
+            outputs, empty = page_outputs(page)
+            seen[name] = {"expected": expected, "drawn": (total, drawn), "report": report,
+                          "xss": page.evaluate("window.__xss"), "body": page.inner_text("body"),
+                          "noise": output_noise(outputs, built_book["inputs"]) + ([f"{empty} empty output box(es)"] if empty else [])}
+            if name in SCREENSHOTS:
+                screenshot(page, SCREENSHOTS[name])
             page.close()
+    return seen
 
 
-def test_no_page_shows_python_noise(built_book):
+SCREENSHOTS = {"book/intro": "book-front-page", "notebooks/02_tv_distance": "book-tv-distance"}
+
+
+def test_every_page_loads_clean_and_draws_its_figures(every_page):
+    for name, seen in every_page.items():
+        expected = seen["expected"]
+        if name.startswith("notebooks/"):
+            assert expected >= 1, f"{name}'s HTML holds no figure"
+        assert seen["drawn"] == (expected, expected), f"{name}: {seen['drawn'][1]} of {seen['drawn'][0]} figures drawn, {expected} in its HTML"
+        seen["report"].assert_clean()
+        assert seen["xss"] is None, f"{name}: corpus HTML executed"
+    body = every_page["book/intro"]["body"]
+    assert "This build" in body and "This build's numbers" in body and "0.9485" in body
+
+
+def test_no_page_shows_python_noise(every_page):
     """No log lines, progress bars, paths of the build machine, printed dicts or empty output
     boxes in any page's cell outputs (issue 24). The model and corpus come from the hub here,
     so no path of the build machine is an input the captions may name."""
-    problems = {}
-    with serve(built_book["html"]) as base, launch() as browser:
-        for name in PAGES:
-            page, _ = open_page(browser, f"{base}/{name}.html")
-            outputs, empty = page_outputs(page)
-            found = output_noise(outputs, built_book["inputs"]) + ([f"{empty} empty output box(es)"] if empty else [])
-            if found:
-                problems[name] = found
-            page.close()
+    problems = {name: seen["noise"] for name, seen in every_page.items() if seen["noise"]}
     assert not problems, "\n".join(f"{name}: {p}" for name, ps in problems.items() for p in ps)
 
 

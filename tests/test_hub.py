@@ -193,3 +193,11 @@ def test_gpu_job_builds_the_gpt2_edition_through_the_hub_then_reruns_from_the_ca
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
     rerun = json.loads(next((tmp_path / "runs-offline").rglob("summary.json")).read_text())
     assert rerun["model_revision"] == model_sha and rerun["corpus_revision"] == owt_sha
+
+
+def test_the_hub_tests_share_one_worker(hub, request):
+    """Under ``bash ci/test.sh`` (pytest-xdist, --dist loadgroup) every test of the hub runs on
+    one worker, or the server and the book built through it are set up once per worker: a
+    pytest that drops xdist's group silently (pytest-xdist issue #1386) fails here."""
+    if request.config.getvalue("dist") == "loadgroup" or getattr(request.config.option, "loadgroup", False):
+        assert request.node.nodeid.endswith("@hub"), request.node.nodeid
