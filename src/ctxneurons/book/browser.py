@@ -20,9 +20,11 @@ quantiles ``LEVELS`` (:func:`quantile_edges`, :func:`bin_index`), highest bin fi
 windows drawn at random from each. The quantiles are taken over every s-th pair (all pairs
 up to ``SAMPLE`` of them); the counts of each bin are exact.
 
-Two passes over the texts, each a layer-0 forward pass: the first finds each neuron's range
-and quantiles, the second counts the histogram and the bins and keeps the windows
-(:func:`scan`), so memory does not grow with the number of texts.
+Two passes over the texts (:func:`scan`): the first runs layer 0 and finds each neuron's
+range and quantiles, the second counts the histogram and the bins and keeps the windows. The
+first writes every text's activations to a temporary file (n x J x 4 bytes a text in float32:
+410 KB for GPT-2 and 100 neurons) and the second reads them back, so memory does not grow
+with the number of texts and layer 0 runs once.
 
 Shapes: N texts, n positions, n' = n - first_position, J neurons, K quantile bins, H histogram
 bars, S sampled values, m windows a section, W = BEFORE + 1 + AFTER window positions.
@@ -33,6 +35,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,10 +173,11 @@ def scan(w: Layer0, circuit: Circuit, tokens: torch.Tensor, neurons: torch.Tenso
          n_windows: int = 2, seed: int = 0, levels: Sequence[float] = LEVELS, n_bars: int = HIST_BINS,
          batch_size: int = BATCH_SIZE) -> Scan:
     """The activations of neurons [J] (the circuit heads' true contribution to each) over
-    tokens [N, n] from ``first_position`` on, in two passes (module docstring): their range,
-    histogram, quantile bins and counts, n_windows windows per section (the top peaks, one per
-    text; in each bin, pairs drawn at random with ``seed``, one per text), and r and FVU of the
-    circuit's approximation per text."""
+    tokens [N, n] from ``first_position`` on, in two passes, the second over a temporary file
+    of the first's activations (module docstring): their range, histogram, quantile bins and
+    counts, n_windows windows per section (the top peaks, one per text; in each bin, pairs
+    drawn at random with ``seed``, one per text), and r and FVU of the circuit's
+    approximation per text."""
     neurons = torch.as_tensor(neurons, dtype=torch.long, device=w.device)
     N, n = tokens.shape
     J, n_pairs_text = len(neurons), n - first_position
@@ -183,29 +187,35 @@ def scan(w: Layer0, circuit: Circuit, tokens: torch.Tensor, neurons: torch.Tenso
     selected = evaluation.neuron_columns(circuit, neurons)
     own = torch.arange(J, device=w.device)
 
-    def batches():
-        for start in range(0, N, batch_size):
-            tok = tokens[start:start + batch_size].to(w.device)
-            yield start, tok, evaluation.true_contributions(w, tok, circuit.heads, neurons)  # [B, n, J]
-
-    with torch.inference_mode():
+    with torch.inference_mode(), tempfile.TemporaryFile() as spill:
         low = torch.full((J,), float("inf"), device=w.device)
         high = torch.full((J,), float("-inf"), device=w.device)
-        sample = []
-        for start, tok, true in batches():
+        sample, dtype = [], None
+        for start in range(0, N, batch_size):
+            tok = tokens[start:start + batch_size].to(w.device)
+            true = evaluation.true_contributions(w, tok, circuit.heads, neurons)  # [B, n, J]
+            spill.write(true.cpu().contiguous().numpy().tobytes())
+            dtype = true.dtype
             v = true[:, first_position:]
             low, high = torch.minimum(low, v.amin((0, 1))), torch.maximum(high, v.amax((0, 1)))
             pair = (start + torch.arange(len(tok), device=w.device))[:, None] * n_pairs_text + torch.arange(n_pairs_text, device=w.device)
             sample.append(v[pair % stride == 0])  # [S_b, J]
         edges = quantile_edges(torch.cat(sample), high, levels)
         del sample
+        spill.seek(0)
+
+        def read_back():
+            for start in range(0, N, batch_size):
+                tok = tokens[start:start + batch_size].to(w.device)
+                size = len(tok) * n * J * dtype.itemsize
+                yield start, tok, torch.frombuffer(bytearray(spill.read(size)), dtype=dtype).view(len(tok), n, J).to(w.device)
 
         K = edges.shape[1] - 1
         keys = torch.rand(N, n_pairs_text, generator=torch.Generator().manual_seed(seed)).to(w.device)
         hist = torch.zeros(J, n_bars, dtype=torch.long, device=w.device)
         bin_counts = torch.zeros(J, K, dtype=torch.long, device=w.device)
         rs, fvus, top, bins = [], [], None, [None] * K
-        for start, tok, true in batches():
+        for start, tok, true in read_back():
             approx = selected.approximate(tok, own)  # [B, n, J]
             rs.append(evaluation.pearson_r(true[:, FIRST_POSITION:], approx[:, FIRST_POSITION:], dim=1).cpu())
             fvus.append(evaluation.fvu(true[:, FIRST_POSITION:], approx[:, FIRST_POSITION:], dim=1).cpu())
