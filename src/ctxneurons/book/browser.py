@@ -377,8 +377,25 @@ def compute(run) -> Result:
     )
 
 
-def _percentile(level: float) -> str:
-    return f"{100 * level:g}"
+def _side(df: pd.DataFrame, sign: str, value: str) -> list[tuple[str, float]]:
+    """(token, value) pairs of one side ('+' or '-') of an extreme_tokens-shaped table, in rank order."""
+    rows = df[df["sign"] == sign]
+    return list(zip(rows["token"], rows[value]))
+
+
+def _window(row: pd.Series, approx: bool) -> dict:
+    """A row of the windows table as :func:`report.neuron_card_html` takes a window."""
+    out = {"title": f"text {row['text']} (doc {row['doc_id']}): {row['value']:.3g} at position {row['position']}",
+           "tokens": json.loads(row["tokens"]), "true": json.loads(row["true"]), "first_position": int(row["first_position"])}
+    return out | ({"approx": json.loads(row["approx"])} if approx else {})
+
+
+def _bin_title(levels: Sequence[float], b: pd.Series, n_drawn: int) -> str:
+    """A quantile bin's section title, from its row of the activation_bins table."""
+    bounds = [0.0, *levels, 1.0]
+    k = int(b["bin"])
+    return (f"{100 * bounds[k]:g}th to {100 * bounds[k + 1]:g}th percentile of its positive activations "
+            f"({b['low']:.3g} to {b['high']:.3g}; {int(b['count']):,} pairs): {n_drawn} drawn at random")
 
 
 def page_html(result: Result, hint: str | None = None) -> str:
@@ -392,18 +409,14 @@ def page_html(result: Result, hint: str | None = None) -> str:
     if found is None or len(found) == 0:
         return "<p>No neuron to show: discovery listed none.</p>"
     t = {name: table.frame for name, table in result.tables.items()}
-    bounds = [0.0, *result.headline["quantile_levels"], 1.0]
     planted, heads, core = result.extra.get("planted", {}), result.extra.get("head_tables"), result.extra.get("core_tokens")
     by = {name: dict(tuple(df.groupby("neuron"))) for name, df in t.items() if name != "neurons"}
     cards = []
     for _, row in t["neurons"].iterrows():
         j = int(row["neuron"])
-        hist, bins = by["activation_histogram"][j], by["activation_bins"][j].sort_values("bin")
-        reads, writes = by["extreme_tokens"][j], by["promoted_tokens"][j]
-        side = lambda df, sign, col: list(zip(df.loc[df["sign"] == sign, "token"], df.loc[df["sign"] == sign, col]))  # noqa: E731
-        edges = [0.0, *bins["high"].tolist()]
-        svg = plots.activation_histogram_svg(hist["count"].tolist(), float(row["min"]), float(row["max"]), edges,
-                                             label=f"activation histogram of neuron {j}")
+        bins, reads, writes = by["activation_bins"][j].sort_values("bin"), by["extreme_tokens"][j], by["promoted_tokens"][j]
+        svg = plots.activation_histogram_svg(by["activation_histogram"][j]["count"].tolist(), float(row["min"]), float(row["max"]),
+                                             [0.0, *bins["high"].tolist()], label=f"activation histogram of neuron {j}")
         caption = (f'<div style="font-size:.8em;color:#555">activation over {int(row["n_pairs"]):,} (text, position) pairs '
                    f'(positions from {int(row["first_position"])}), {int(row["n_positive"]):,} above 0; bar heights log(1 + count); '
                    "red: above 0, darker the higher its quantile bin</div>")
@@ -418,24 +431,16 @@ def page_html(result: Result, hint: str | None = None) -> str:
         if core is not None:
             sections.append(("core-token categories (size: tokens by mean activation)", plots.core_categories_list_html(core, j, 3, 5)))
         windows = by["windows"].get(j, pd.DataFrame(columns=list(WINDOWS_COLUMNS)))
-
-        def window(w, approx: bool) -> dict:
-            out = {"title": f"text {w['text']} (doc {w['doc_id']}): {w['value']:.3g} at position {w['position']}",
-                   "tokens": json.loads(w["tokens"]), "true": json.loads(w["true"]), "first_position": int(w["first_position"])}
-            return out | ({"approx": json.loads(w["approx"])} if approx else {})
-
-        examples = [window(w, True) for _, w in windows[windows["section"] == "top"].iterrows()]
+        examples = [_window(w, True) for _, w in windows[windows["section"] == "top"].iterrows()]
         samples = []
-        for _, b in bins.sort_values("bin", ascending=False).iterrows():
-            drawn = [window(w, False) for _, w in windows[windows["section"] == b["label"]].iterrows()]
-            k = int(b["bin"])
-            samples.append((f"{_percentile(bounds[k])}th to {_percentile(bounds[k + 1])}th percentile of its positive activations "
-                            f"({b['low']:.3g} to {b['high']:.3g}; {int(b['count']):,} pairs): {len(drawn)} drawn at random", drawn))
+        for _, b in bins.iloc[::-1].iterrows():  # highest bin first
+            drawn = [_window(w, False) for _, w in windows[windows["section"] == b["label"]].iterrows()]
+            samples.append((_bin_title(result.headline["quantile_levels"], b, len(drawn)), drawn))
         stats = {"top[j]": float(row["top"]), "median r": float(row["median_r"]), "median FVU": float(row["median_fvu"])}
         cards.append(report.neuron_card_html(
-            j, stats, side(reads, "+", "contribution"), side(reads, "-", "contribution"), examples, sections,
+            j, stats, _side(reads, "+", "contribution"), _side(reads, "-", "contribution"), examples, sections,
             try_href=f"try_a_neuron.html#{report.neuron_anchor(j)}", histogram=svg + caption,
-            writes=(side(writes, "+", "logit_effect"), side(writes, "-", "logit_effect")), samples=samples))
+            writes=(_side(writes, "+", "logit_effect"), _side(writes, "-", "logit_effect")), samples=samples))
     if hint is None:
         hint = next(iter(planted.values()))["words"][0] if planted else "colour"
     return report.neuron_browser_html(cards, hint=hint)
