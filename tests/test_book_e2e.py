@@ -149,6 +149,10 @@ def test_each_neuron_has_a_linkable_card_and_a_way_into_try_a_neuron(built_book)
         page, report = open_page(browser, f"{base}/reports/neuron_browser.html#neuron-{j}")
         assert page.evaluate(f"() => document.getElementById('neuron-{j}').open")
         assert page.locator(f"#neuron-{j} .ctxn-heatmap-legend").count() >= 1  # approximation and truth on one scale
+        # Issue 24: what a neuron viewer shows, in every card.
+        for what in ("svg.ctxn-histogram", "details.ctxn-top-windows", "p.ctxn-writes"):
+            assert page.locator(f"details.ctxn-neuron {what}").count() >= len(ids), what
+        assert page.locator("details.ctxn-neuron details.ctxn-bin-windows").count() == 4 * len(ids)
         page.close()
         page, report = open_page(browser, f"{base}/reports/try_a_neuron.html#neuron-{j}")
         page.wait_for_function("() => Number(document.querySelector('.ctxn-live').dataset.renders) >= 1")

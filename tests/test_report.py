@@ -155,8 +155,8 @@ def test_neuron_card_is_linkable_links_try_a_neuron_and_compares_like_with_like(
         try_href="try_a_neuron.html#neuron-7")
     assert 'id="neuron-7"' in card and 'href="#neuron-7"' in card and 'href="try_a_neuron.html#neuron-7"' in card
     # One legend for the pair, one scale (the truth's 2.0 is full red, the approximation's 1.0 half).
-    assert card.count('class="ctxn-heatmap-legend"') == 1 and "rgba(214,39,40,1.000)" in card and "rgba(214,39,40,0.500)" in card
-    assert "circuit&#x27;s approximation" in card and "true contribution of the circuit heads" in card and "position 40, " in card
+    assert card.count('class="ctxn-heatmap-legend"') == 1 and 'class="ctxn-p20"' in card and 'class="ctxn-p10"' in card
+    assert "circuit&#x27;s approximation" in card and "true contribution of the circuit heads" in card and "position 40: " in card
     page = report.neuron_browser_html([card], hint="<zork>")
     assert "e.g. &lt;zork&gt;" in page and "neuron-' + m[1]" in page
 

@@ -45,5 +45,11 @@ class RunDisplay:
             tables = self._unshown or self._last_shown
         self._last_shown, self._unshown = list(tables), []
         figures.show(fig, name)
+        display(HTML(self.provenance_html(tables)))
+
+    def provenance_html(self, tables: list[str]) -> str:
+        """The line under a figure, or under a page's HTML: the run's caption and links to ``tables``."""
+        from ctxneurons.book import figures
+
         data = f" · {self.data_links(tables)}" if tables else ""
-        display(HTML(f'<p class="ctxn-provenance"><small>{figures.escape_text(self.caption)}{data}</small></p>'))
+        return f'<p class="ctxn-provenance"><small>{figures.escape_text(self.caption)}{data}</small></p>'

@@ -24,7 +24,8 @@ import re
 import sys
 from collections.abc import Sequence
 
-__all__ = ["show", "escape_text", "token_heatmap_html", "token_heatmaps_html", "heatmap_legend_html", "strongest_window", "show_html"]
+__all__ = ["show", "escape_text", "token_heatmap_html", "token_heatmaps_html", "heatmap_legend_html", "strongest_window", "show_html",
+           "shade_class", "shade_classes_css"]
 
 # Looked for by the book's plotly_static extension to decide which pages load plotly.js.
 FIGURE_CLASS = "ctxn-plotly-figure"
@@ -91,13 +92,41 @@ def escape_text(s: object) -> str:
     return html.escape(str(s), quote=True)
 
 
+def _alpha(value: float, vmax: float) -> float | None:
+    """How strongly a value is shaded on the scale ±vmax: |value| / vmax, at most 1; None when it is not shaded."""
+    if not math.isfinite(value) or vmax <= 0:
+        return None
+    return min(abs(value) / vmax, 1.0)
+
+
 def _shade(value: float, vmax: float, positive: tuple[int, int, int],
            negative: tuple[int, int, int]) -> str:
-    if not math.isfinite(value) or vmax <= 0:
+    alpha = _alpha(value, vmax)
+    if alpha is None:
         return "transparent"
-    alpha = min(abs(value) / vmax, 1.0)
     r, g, b = positive if value >= 0 else negative
     return f"rgba({r},{g},{b},{alpha:.3f})"
+
+
+#: Opacity steps of the shading classes (:func:`shade_class`): a page of many token windows
+#: names each token's shade by a class, defined once by :func:`shade_classes_css`, instead of
+#: writing an rgba() into every token.
+SHADE_STEPS = 20
+
+
+def shade_class(value: float, vmax: float) -> str:
+    """The class shading a token by value on the scale ±vmax: 'ctxn-p<k>' above 0, 'ctxn-n<k>'
+    below, k = 1..SHADE_STEPS the opacity in steps; '' where nothing is shaded."""
+    alpha = _alpha(value, vmax)
+    k = 0 if alpha is None else round(alpha * SHADE_STEPS)
+    return f"ctxn-{'p' if value >= 0 else 'n'}{k}" if k else ""
+
+
+def shade_classes_css(positive_rgb: tuple[int, int, int] = (214, 39, 40), negative_rgb: tuple[int, int, int] = (31, 119, 180)) -> str:
+    """The <style> defining :func:`shade_class`'s classes, once per page that uses them."""
+    rules = [f".ctxn-{sign}{k}{{background:rgba({r},{g},{b},{k / SHADE_STEPS:.2f})}}"
+             for sign, (r, g, b) in (("p", positive_rgb), ("n", negative_rgb)) for k in range(1, SHADE_STEPS + 1)]
+    return f"<style>{''.join(rules)}</style>"
 
 
 def strongest_window(values: Sequence[float], window: int, center: int | None = None) -> tuple[int, int]:
@@ -145,6 +174,7 @@ def token_heatmap_html(
     center: int | None = None,
     first_position: int = 0,
     legend: bool = False,
+    by_class: bool = False,
 ) -> str:
     """HTML for a token sequence, each token shaded by its value.
 
@@ -158,6 +188,9 @@ def token_heatmap_html(
     see :func:`strongest_window`) instead of a whole 1024-token text, with the span shown
     said under the title; ``vmax`` still comes from the whole sequence. first_position: the
     position of tokens[0] in its text (for the hover and the span). legend: add a colour bar.
+    by_class: shade by :func:`shade_class` (the page must hold :func:`shade_classes_css`; the
+    default colours only) and give only the position and value on hover: half the bytes, for
+    pages of many windows.
     """
     if len(tokens) != len(values):
         raise ValueError(f"{len(tokens)} tokens but {len(values)} values")
@@ -168,6 +201,12 @@ def token_heatmap_html(
     lo, hi = strongest_window(vals, window, center) if window else (0, len(vals))
     spans = []
     for pos, (tok, v) in enumerate(zip(tokens[lo:hi], vals[lo:hi]), start=first_position + lo):
+        if by_class:
+            shade = shade_class(v, vmax)
+            cls = f' class="{shade}"' if shade else ""
+            tip = escape_text(f"position {pos}: {value_format.format(v)}")
+            spans.append(f'<span{cls} title="{tip}">{escape_text(tok)}</span>')
+            continue
         tip = escape_text(f"position {pos}, {tok!r}: {value_format.format(v)}")
         spans.append(
             f'<span title="{tip}" style="background:{_shade(v, vmax, positive_rgb, negative_rgb)}">'

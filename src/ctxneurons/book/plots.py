@@ -546,3 +546,46 @@ def bias_vs_density(by_text: pd.DataFrame) -> go.Figure:
     fig.add_hline(y=0, line_dash="dot", line_color="grey")
     fig.add_vline(x=0, line_dash="dot", line_color="grey")
     return _legend_below(fig, len(fig.data))
+
+
+__all__ += ["activation_histogram_svg"]
+
+BIN_RGB = (214, 39, 40)  # the token heatmaps' red: the bars above 0 and the windows they lead to share it
+
+
+def activation_histogram_svg(counts: list[int], low: float, high: float, edges: list[float], *,
+                             width: int = 260, height: int = 56, label: str = "") -> str:
+    """One neuron's activation histogram as a small inline SVG (a page of a hundred cards
+    holds a hundred of them; plotly figures would weigh megabytes). counts: pairs per equal
+    bar over [low, high]; bar heights are log(1 + count), so that a tail of a few pairs stays
+    visible beside the mass near 0. A bar above 0 is red, the more opaque the higher the
+    quantile bin of ``edges`` (the K + 1 bin edges, from 0 to the max) its middle falls in; a
+    bar at or below 0 is grey. A line marks 0; low and high are written under the axis; each
+    bar's range and count show on hover. ``label`` (escaped) is the image's accessible name."""
+    n = len(counts)
+    inner = edges[1:-1]
+    top = max((math.log1p(c) for c in counts), default=0.0) or 1.0
+    bar_w, plot_h = width / max(n, 1), height - 14
+    span = (high - low) / max(n, 1)
+    rects = []
+    for i, c in enumerate(counts):
+        lo, hi = low + i * span, low + (i + 1) * span
+        mid = (lo + hi) / 2
+        if mid > 0:
+            k = sum(mid > e for e in inner)
+            fill = f'fill="rgb{BIN_RGB}" fill-opacity="{0.35 + 0.65 * (k + 1) / (len(inner) + 1):.2f}"'
+        else:
+            fill = 'fill="#999"'
+        h = plot_h * math.log1p(c) / top
+        rects.append(f'<rect x="{i * bar_w:.1f}" y="{plot_h - h:.1f}" width="{max(bar_w - 0.5, 0.5):.1f}" height="{h:.1f}" {fill}>'
+                     f"<title>{lo:.3g} to {hi:.3g}: {c:,} pairs</title></rect>")
+    marks = []
+    if low < 0 < high:
+        x = width * (0 - low) / (high - low)
+        marks.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="0" y2="{plot_h}" stroke="#333" stroke-dasharray="2,2"/>')
+        if 30 < x < width - 30:  # else it would overwrite low or high
+            marks.append(f'<text x="{x:.1f}" y="{height - 2}" text-anchor="middle">0</text>')
+    return (f'<svg class="ctxn-histogram" role="img" aria-label="{escape_text(label)}" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}" style="font-size:10px;font-family:sans-serif;overflow:visible">'
+            + "".join(rects) + f'<line x1="0" x2="{width}" y1="{plot_h}" y2="{plot_h}" stroke="#666"/>' + "".join(marks)
+            + f'<text x="0" y="{height - 2}">{low:.3g}</text><text x="{width}" y="{height - 2}" text-anchor="end">{high:.3g}</text></svg>')

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import os
 from pathlib import Path
 
@@ -402,35 +403,65 @@ def neuron_anchor(neuron: int) -> str:
 
 
 def neuron_card_html(neuron: int, stats: dict, top: list[tuple[str, float]], bottom: list[tuple[str, float]],
-                     examples: list[dict], sections: list[tuple[str, str]] = (), *, try_href: str | None = None) -> str:
-    """One neuron: its extreme tokens, r and FVU, further sections, and example texts shaded
-    by the circuit's approximation and by the true contribution it approximates, both on one
-    colour scale with a legend.
+                     examples: list[dict], sections: list[tuple[str, str]] = (), *, try_href: str | None = None,
+                     histogram: str = "", writes: tuple[list[tuple[str, float]], list[tuple[str, float]]] | None = None,
+                     samples: list[tuple[str, list[dict]]] = ()) -> str:
+    """One neuron: its activation histogram, the tokens it reads and writes, r and FVU, further
+    sections, and windows of text: its top activations, shaded by the true contribution of
+    the circuit heads and by the circuit's approximation of it, then windows drawn from each
+    quantile bin of its activation. Every window of the card is on one colour scale, with one
+    legend, shaded by class (the page needs the style :func:`neuron_browser_html` adds); the
+    windows are in collapsible sections, the top activations open.
 
     The card has the id :func:`neuron_anchor` and a link to itself, so that a neuron can be
     linked to (the browser's script opens the card the address names).
-    examples: dicts with 'title', 'tokens' (strings), 'approx' and 'true' (floats per token),
-    and optionally 'first_position' (the position of tokens[0] in its text).
+    top, bottom: the most positive and most negative tokens it reads, (token, contribution).
+    examples: the top activations, dicts with 'title', 'tokens' (strings), 'true' and 'approx'
+    (floats per token), and optionally 'first_position' (the position of tokens[0] in its text).
     sections: (title, HTML) pairs shown after the tokens; the HTML must already be escaped
     (e.g. from :func:`head_shares_html` or plots.core_categories_list_html), titles are escaped here.
     try_href: where *Try a neuron* opens on this neuron (e.g. ``try_a_neuron.html#neuron-7``), when it offers it.
+    histogram: HTML shown first (e.g. plots.activation_histogram_svg, with its caption).
+    writes: (most promoted, most suppressed) tokens of what it writes, (token, logit effect).
+    samples: (title, windows) sections after the top activations, titles escaped here; windows
+    like examples without 'approx'.
     """
     def token_list(items):
         return ", ".join(f"<code>{figures.escape_text(repr(t))}</code>&nbsp;{v:+.2f}" for t, v in items)
 
+    def rows(ex, series):
+        first = int(ex.get("first_position", 0))
+        heads = f'<div class="ctxn-heatmap-title"><b>{figures.escape_text(ex["title"])}</b></div>'
+        return '<div class="ctxn-window">' + heads + "".join(
+            figures.token_heatmap_html(ex["tokens"], ex[key], vmax=vmax, title=label, first_position=first, by_class=True)
+            for key, label in series) + "</div>"
+
     j = int(neuron)
     stat = " · ".join(f"{html.escape(k)} {_fmt(v)}" for k, v in stats.items())
     link = f' · <a class="ctxn-neuron-link" href="#{neuron_anchor(j)}" title="link to this neuron">#</a>'
-    parts = [f'<details class="ctxn-neuron" id="{neuron_anchor(j)}" data-neuron="{j}"><summary><b>neuron {j}</b> · {stat}{link}</summary>',
-             f"<p><b>most positive tokens:</b> {token_list(top)}</p>",
-             f"<p><b>most negative tokens:</b> {token_list(bottom)}</p>"]
+    parts = [f'<details class="ctxn-neuron" id="{neuron_anchor(j)}" data-neuron="{j}"><summary><b>neuron {j}</b> · {stat}{link}</summary>']
+    if histogram:
+        parts.append(f'<div class="ctxn-neuron-histogram">{histogram}</div>')
+    parts += [f"<p><b>reads, most positive tokens:</b> {token_list(top)}</p>",
+              f"<p><b>reads, most negative tokens:</b> {token_list(bottom)}</p>"]
+    if writes is not None:
+        parts += [f'<p class="ctxn-writes"><b>writes, most promoted tokens:</b> {token_list(writes[0])}</p>',
+                  f'<p class="ctxn-writes"><b>writes, most suppressed tokens:</b> {token_list(writes[1])}</p>']
     parts += [f"<p><b>{html.escape(title)}:</b> {body}</p>" for title, body in sections if body]
     if try_href:
         parts.append(f'<p><a class="ctxn-try-link" href="{html.escape(try_href, quote=True)}">Try neuron {j} on your own text</a></p>')
-    for ex in examples:
-        parts.append(figures.token_heatmaps_html(
-            ex["tokens"], [("circuit's approximation", ex["approx"]), ("true contribution of the circuit heads", ex["true"])],
-            title=ex["title"], window=None, first_position=int(ex.get("first_position", 0)), unit=f"input to neuron {j}"))
+    shown = [v for ex in examples for v in (*ex["true"], *ex["approx"])] + [v for _, exs in samples for ex in exs for v in ex["true"]]
+    vmax = max((abs(float(v)) for v in shown if math.isfinite(float(v))), default=0.0)
+    if examples or samples:
+        parts.append(figures.heatmap_legend_html(vmax, label=f"one scale for every window of this card: input to neuron {j}"))
+    if examples:
+        parts.append('<details class="ctxn-windows ctxn-top-windows" open><summary>top activations: where it peaks highest, '
+                     "the circuit's approximation under the truth</summary>"
+                     + "".join(rows(ex, [("true", "true contribution of the circuit heads"), ("approx", "circuit's approximation")])
+                               for ex in examples) + "</details>")
+    for title, exs in samples:
+        body = "".join(rows(ex, [("true", None)]) for ex in exs) or "<p>no position in this bin</p>"
+        parts.append(f'<details class="ctxn-windows ctxn-bin-windows"><summary>{html.escape(title)}</summary>{body}</details>')
     parts.append("</details>")
     return "\n".join(parts)
 
@@ -473,10 +504,10 @@ _SEARCH_SCRIPT = """
 
 
 def neuron_browser_html(cards: list[str], hint: str = "colour") -> str:
-    """A search box over the neuron cards (matching neuron ids and tokens) and the cards.
-    hint: an example token for the box's placeholder, one the reader's model knows (the toy
-    has its own words)."""
-    search = ('<p><input id="ctxn-neuron-search" type="search" '
+    """A search box over the neuron cards (matching neuron ids and tokens), the cards and the
+    style of their shaded tokens. hint: an example token for the box's placeholder, one the
+    reader's model knows (the toy has its own words)."""
+    search = figures.shade_classes_css() + ('<p><input id="ctxn-neuron-search" type="search" '
               f'placeholder="filter by neuron or token, e.g. {html.escape(hint, quote=True)}" '
               'style="width:100%;padding:4px"></p>')
     return search + "\n".join(cards) + _SEARCH_SCRIPT

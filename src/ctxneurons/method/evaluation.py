@@ -90,7 +90,7 @@ def evaluate(
         batches = batches.split(forward.auto_batch_size(w, batches.shape[-1], mlp=False))
     rs, fvus, traces, seen = [], [], [], 0
     with torch.inference_mode():
-        selected = _columns(circuit, neurons)
+        selected = neuron_columns(circuit, neurons)
         for tokens in batches:
             tokens = tokens.to(w.device)
             true = true_contributions(w, tokens, circuit.heads, neurons)[:, first_position:]
@@ -103,15 +103,16 @@ def evaluate(
     return Evaluation(neurons=neurons.cpu(), r=torch.cat(rs), fvu=torch.cat(fvus), traces=traces)
 
 
-def _columns(circuit: Circuit, neurons: torch.Tensor) -> Circuit:
-    """The circuit for neurons [J] only: a column gather from the [V, M] contribution matrix
-    reads all of it, so it is done once, not per batch."""
+def neuron_columns(circuit: Circuit, neurons: torch.Tensor) -> Circuit:
+    """The circuit for neurons [J] only, its neurons renumbered 0..J-1 (contribution [V, J],
+    offset [n, J]): a column gather from the [V, M] contribution matrix reads all of it, so a
+    pass over many batches does it once, not per batch."""
     return replace(circuit, contribution=circuit.contribution[:, neurons], offset=circuit.offset[:, neurons])
 
 
 def _scores(selected: Circuit, tokens: torch.Tensor, true: torch.Tensor, first_position: int):
     """(approx [B, n', J], r [B, J], fvu [B, J]), r and fvu on the CPU, of ``selected`` (from
-    :func:`_columns`) on tokens [B, n] against true [B, n', J] from first_position on."""
+    :func:`neuron_columns`) on tokens [B, n] against true [B, n', J] from first_position on."""
     own = torch.arange(selected.contribution.shape[1], device=tokens.device)
     approx = selected.approximate(tokens, own)[:, first_position:]
     return approx, pearson_r(true, approx, dim=1).cpu(), fvu(true, approx, dim=1).cpu()
@@ -215,7 +216,7 @@ def compare_calibrations(
             if circuit.heads != heads:  # the truth depends on the heads only: one layer-0 pass serves every calibration
                 heads = circuit.heads
                 truth = [true_contributions(w, b, heads, neurons)[:, first_position:] for b in batches]
-            selected = _columns(circuit, neurons)
+            selected = neuron_columns(circuit, neurons)
             rs, fvus = [], []
             for b, true in zip(batches, truth):
                 _, r, f = _scores(selected, b, true, first_position)
