@@ -46,6 +46,17 @@ def test_scorecard_sets_the_stable_heads_rule_and_each_model_against_the_paper()
                                      "on the toy edition, this comparison shows"]
 
 
+def test_scorecard_has_one_row_per_quantity_and_shows_a_missing_number_as_a_dash():
+    card = report.scorecard({"positional_kernels": _summary("positional_kernels", stable_heads=[0, 2]),
+                             "tv_distance": _summary("tv_distance", median_tv=None),
+                             "contextual_circuit": _summary("contextual_circuit", median_r=float("nan"), median_fvu=0.1)})
+    assert not card["quantity"].duplicated().any()
+    assert card["quantity"].str.startswith("heads the stable-heads rule picks").sum() == 1
+    by_q = card.set_index("quantity")["this build"]
+    assert by_q["median TV, true vs decomposed pattern (circuit heads)"] == "—"
+    assert by_q["median Pearson r, approximate vs true (neuron, text)"] == "—"
+
+
 def test_scorecard_counts_domains_where_the_domain_calibration_wins():
     rows = [{"domain": d, "choice": c, "median_r": 0.9, "median_fvu": f, "median_bias": 0.0}
             for d, fd, fdom in (("web", 0.10, 0.12), ("terse", 0.20, 0.11)) for c, f in (("default", fd), ("domain", fdom))]

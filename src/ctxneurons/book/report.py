@@ -95,8 +95,9 @@ def _source(summary: dict) -> str:
 
 
 def _fmt(x) -> str:
+    """A value as a table shows it; a missing number (None, NaN) as "—"."""
     if isinstance(x, float):
-        return f"{x:.4g}"
+        return f"{x:.4g}" if np.isfinite(x) else "—"
     return "—" if x is None else str(x)
 
 
@@ -108,9 +109,6 @@ TOY_CAN_SHOW = {
     "slow_heads": "Planted at 0, 2, 6, 8, 9, 10, where the paper found GPT-2's: a match is true by construction. The toy "
                   "also plants a duplicate-token head (1) whose kernel is slow, so kernel shape alone finds seven. It checks "
                   "that the kernels and the classifier recover what was planted, nothing about GPT-2.",
-    "stable_heads": "Planted: six slow heads with stable denominators at 0, 2, 6, 8, 9, 10, and three distractors "
-                    "(a broad-kernel duplicate-token head, a first-token head, uniform heads) the rule must reject. "
-                    "A match shows the rule recovers the plant; on GPT-2 it is a test of the paper's definition.",
     "denominators": "The toy's texts are i.i.d. words from 1-3 planted topics: shows slow heads' denominators "
                     "concentrate and local heads' do not; the sizes say nothing about OpenWebText.",
     "n_found": "Planted context neurons have designed top[j] log-uniform in [3.0, 16]: the paper's threshold 5.0 "
@@ -217,9 +215,6 @@ def scorecard(summaries: dict[str, dict], tables: str | os.PathLike | None = Non
         lambda h, p: _fmt_heads(h.get("stable_heads")) if "stable_heads" in h else None, "stable_heads")
     add("circuit heads all slowly decaying", "yes", "positional_kernels",
         lambda h, p: "yes" if h.get("circuit_heads_all_slow") else "no", "slow_heads")
-    add("heads the stable-heads rule picks (slow kernel, stable denominator)", ", ".join(map(str, PAPER["slow_heads"])),
-        "positional_kernels", lambda h, p: ", ".join(map(str, h["stable_heads"])) or "none" if "stable_heads" in h else None,
-        "stable_heads")
     add("denominator spread across texts at n_ctx/2 (largest CV over circuit heads)", "nearly flat (Fig. 4)",
         "denominator_stability",
         lambda h, p: max((v for k, v in h.get("cv_by_head", {}).items() if int(k) in p.get("heads", [])), default=None),
