@@ -24,7 +24,7 @@ import pandas as pd
 
 from ctxneurons.book import figures
 from ctxneurons.io.corpus import corpus_label
-from ctxneurons.book.experiment import project_root, resolve_model_choice, resolve_output_dir
+from ctxneurons.book.experiment import BOOK_OUTPUT_DIR, project_root, resolve_model_choice, resolve_output_dir
 from ctxneurons.io.model import resolve_model
 
 PAPER = {
@@ -39,8 +39,8 @@ PAPER = {
 
 def output_dir() -> Path:
     """Where the chapters wrote their outputs in this build: CTXN_OUTPUT_DIR, else outputs/
-    at the project root (the chapters' default)."""
-    return resolve_output_dir(os.environ.get("CTXN_OUTPUT_DIR", "outputs"))
+    at the project root (where a book build's chapters write by default)."""
+    return resolve_output_dir(os.environ.get("CTXN_OUTPUT_DIR", BOOK_OUTPUT_DIR))
 
 
 def read_summaries(root: str | os.PathLike | None = None) -> dict[str, dict]:
