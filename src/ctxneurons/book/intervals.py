@@ -1,7 +1,7 @@
 """Intervals for this build's numbers where they are set against the paper's.
 
 Every interval here is a 95% percentile bootstrap over the **test texts**: the texts are
-drawn again with replacement (as many as there were, :data:`N_BOOT` times), the statistic is
+drawn again with replacement (as many as there were, ``N_BOOT`` times), the statistic is
 recomputed on each resample from the chapter's saved table, and the 2.5% and 97.5% quantiles
 of the recomputed values are the interval. Texts, not (neuron, text) pairs or positions, are
 what is resampled: the scores of one text are not independent draws, and the interval is
@@ -11,7 +11,7 @@ One function per kind of statistic, each taking the saved table it reads (a chap
 so that the scorecard, which sees only the output folder, computes them as a chapter does;
 :func:`for_outputs` gathers the ones the scorecard shows. Numbers that do not depend on the
 texts (the neurons found at a threshold, a head's kernel class) get no interval: the
-scorecard says so in the row (:data:`FIXED`).
+scorecard says so in the row (``FIXED``).
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ FIXED = {
     "weights": "none: set by the weights alone (the kernels at one query position)",
     "calibration": "none: set by the weights and the calibration text, not by the test texts",
     "pick": "none: a yes/no pick per head (the CVs behind it are in the chapter's table)",
+    "pooled": ("none yet: the activation core tokens are means over every text's positions, and the chapter saves the "
+               "sets, not per-text sums, so the texts cannot be resampled from its tables"),
 }
 
 
@@ -106,11 +108,14 @@ def median_over_texts(df: pd.DataFrame, column: str, statistic: str, text: str =
     return Interval(float(np.median(v[np.isfinite(v)])), *bootstrap_median(v, df[text]), statistic)
 
 
-def largest_cv(at_mid: pd.DataFrame, heads: list[int], *, n_boot: int = N_BOOT, seed: int = 0) -> Interval | None:
+def largest_cv(at_mid: pd.DataFrame, heads: list[int], *, n_boot: int = N_BOOT, seed: int = 0,
+               statistic: str = "the CV of each head's denominator at n_ctx/2 over the resampled texts, the largest over the heads",
+               ) -> Interval | None:
     """The largest over ``heads`` of the CV (std / mean, n - 1 in the std, as in
     :func:`ctxneurons.method.denominators.concentration`) of each head's denominator across
     the texts, from chapter 03's ``denominators_at_mid`` table (text, head, denom_over_c),
-    each resample of the texts recomputing every head's CV. None when a head is missing."""
+    each resample of the texts recomputing every head's CV; ``statistic`` says so in the
+    scorecard. None when a head is missing."""
     if not heads or not {"text", "head", "denom_over_c"} <= set(at_mid.columns):
         return None
     wide = at_mid.pivot(index="text", columns="head", values="denom_over_c")
@@ -127,8 +132,7 @@ def largest_cv(at_mid: pd.DataFrame, heads: list[int], *, n_boot: int = N_BOOT, 
         return float((np.sqrt(var) / mean).max())
 
     value = largest(np.ones(len(x)))
-    what = "the CV of each head's denominator at n_ctx/2 over the resampled texts, the largest over the heads"
-    return Interval(value, *_quantiles([largest(w) for w in resamples(len(x), n_boot, seed)], LEVEL), what)
+    return Interval(value, *_quantiles([largest(w) for w in resamples(len(x), n_boot, seed)], LEVEL), statistic)
 
 
 def lead_consistency_median(leads: pd.DataFrame, *, n_boot: int = N_BOOT, seed: int = 0) -> Interval | None:
@@ -206,7 +210,8 @@ def for_outputs(root: str | os.PathLike | None, summaries: dict[str, dict], note
         circuit = [int(h) for h in s.get("parameters", {}).get("heads", []) if isinstance(h, int) or str(h).isdigit()]
         out["cv_circuit"] = largest_cv(at_mid, circuit)
         if (local := s.get("headline", {}).get("local_head")) is not None:
-            out["cv_local"] = largest_cv(at_mid, [int(local)])
+            out["cv_local"] = largest_cv(at_mid, [int(local)],
+                                         statistic="the CV of that head's denominator at n_ctx/2 over the resampled texts")
     if (scores := _csv("contextual_circuit", "scores")) is not None:
         out["r"] = median_over_texts(scores, "r", "the median over every (neuron, text) pair of the resampled texts")
         out["fvu"] = median_over_texts(scores, "fvu", "the median over every (neuron, text) pair of the resampled texts")

@@ -78,7 +78,7 @@ BOOK_OUTPUT_DIR = "outputs"
 
 def default_output_dir(notebook: str, root: Path, now: _dt.datetime | None = None) -> str:
     """Where a notebook whose ``output_dir`` is None writes, relative to the book's ``root``:
-    :data:`BOOK_OUTPUT_DIR` in a book build (CTXN_BOOK_BUILD, set by the build for the
+    ``BOOK_OUTPUT_DIR`` in a book build (CTXN_BOOK_BUILD, set by the build for the
     kernels it starts), else a new folder ``runs/<notebook>-<UTC time>/outputs``, so that a
     rerun never overwrites the book's results (a second rerun within the same second gets
     a ``-2`` suffix, and so on)."""

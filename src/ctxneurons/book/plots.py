@@ -169,9 +169,9 @@ def stable_heads_cv(stable_df: pd.DataFrame, cv_max: float) -> go.Figure:
     keep = positive if log else finite
     df = stable_df[keep].assign(label=lambda d: [_head_label(h, k, p, ", picked") for h, k, p in zip(d["head"], d["kind"], d["picked"])])
     left_out = sorted(set(stable_df["head"]) - set(df["head"]))
-    title = "Denominator spread per head: measured across texts against predicted for i.i.d. tokens"
+    title = "Denominator CV per head: measured across texts vs predicted for i.i.d. tokens"
     if left_out:
-        title += f"<br><sup>not drawn (no positive CV on a log axis): head {', '.join(map(str, left_out))}</sup>"
+        title += f"<br><sup>not drawn (no positive CV for a log axis): head {', '.join(map(str, left_out))}</sup>"
     fig = px.scatter(
         df, x="cv_iid", y="cv_measured", color="label", symbol="kind", color_discrete_map=head_colour_map(df["label"]),
         log_x=log, log_y=log, hover_data={"head": True, "kind": True, "picked": True, "cv_iid": ":.3g", "cv_measured": ":.3g", "label": False},
@@ -185,10 +185,10 @@ def stable_heads_cv(stable_df: pd.DataFrame, cv_max: float) -> go.Figure:
                              name="y = x (measured = predicted)", hoverinfo="skip"))
     fig.add_trace(go.Scatter(x=[lo, hi], y=[cv_max, cv_max], mode="lines", line={"dash": "dash", "color": OTHER_COLOUR},
                              name=f"CV_max = {cv_max:g} (stable at or below)", hoverinfo="skip"))
-    if log:
-        fig.update_xaxes(**LOG_AXIS)
-        fig.update_yaxes(**LOG_AXIS)
-    return _legend_below(fig.update_layout(legend_title_text="head (kind)"), len(df) + 2)
+    if log:  # powers of ten only: plotly's 2 and 5 between them crowd a short axis
+        fig.update_xaxes(**LOG_AXIS, dtick=1)
+        fig.update_yaxes(**LOG_AXIS, dtick=1)
+    return _legend_below(fig.update_layout(legend_title_text="head (kind)", title_font_size=15), len(df) + 2)
 
 
 def tv_one_text(example_df: pd.DataFrame, doc_id) -> go.Figure:

@@ -224,9 +224,9 @@ def scorecard(summaries: dict[str, dict], tables: str | os.PathLike | None = Non
     add("  … toy: share of found neurons led by a planted slowly decaying head", "1 (planted)",
         "head_attribution", lambda h, p: h.get("toy_top_head_planted_share"), "heads")
     add("core-token homogeneity by activation segment, lowest → highest", "Pichat et al. 2025: rises at the highest activations",
-        "core_tokens", lambda h, p: fmt_list(h.get("homogeneity_by_segment")), "core")
+        "core_tokens", lambda h, p: fmt_list(h.get("homogeneity_by_segment")), "core", fixed="pooled")
     add("  … median Jaccard overlap, weights vs activation core tokens", "no number (Pichat et al. use activations only)",
-        "core_tokens", lambda h, p: h.get("weights_vs_activation_core_overlap_median"), "core")
+        "core_tokens", lambda h, p: h.get("weights_vs_activation_core_overlap_median"), "core", fixed="pooled")
     add("  … toy: homogeneity by segment against the planted topics", "no number (a toy-only check)",
         "core_tokens", lambda h, p: fmt_list(h.get("toy_homogeneity_by_segment")), "core")
     add("domains where a domain-matched calibration text beats the book's (median FVU)",
