@@ -234,6 +234,19 @@ def page_outputs(page) -> tuple[list[str], int]:
     ))
 
 
+def wide_outputs(page) -> list[str]:
+    """The start of every cell output on the page whose text runs past its own box or the
+    article's column (a long line the page clips), at the page's current width."""
+    return page.evaluate(
+        """() => {
+            const column = (document.querySelector('article') || document.querySelector('main') || document.body).getBoundingClientRect();
+            return [...document.querySelectorAll('.cell_output pre')]
+                .filter(o => o.scrollWidth > o.clientWidth + 1 || o.getBoundingClientRect().right > column.right + 1)
+                .map(o => o.innerText.slice(0, 60));
+        }"""
+    )
+
+
 def screenshot(page, name: str) -> Path:
     """Full-page PNG in test-artifacts/ (gitignored), for a person to look at."""
     ARTIFACTS.mkdir(exist_ok=True)

@@ -54,3 +54,28 @@ def test_two_writers_of_one_file_use_their_own_temporary_names(tmp_path, monkeyp
         atomic.atomic_write_text(tmp_path / "manifest.json", text)
     assert len(set(seen)) == 2 and all(name.startswith(".manifest.json.") for name in seen)
     assert (tmp_path / "manifest.json").read_text() == "b"
+
+
+def test_a_summary_with_a_missing_number_is_valid_json_with_null(tmp_path):
+    """summary.json is read by browsers and other languages: NaN is not JSON, a missing number is null."""
+    import json
+
+    import numpy as np
+
+    from ctxneurons.book.outputs import RunOutputs
+
+    class Outputs(RunOutputs):
+        provenance = {"notebook": "ch"}
+
+        def __init__(self, output_dir):
+            self.output_dir, self.tables = output_dir, {}
+
+    out = Outputs(tmp_path / "ch")
+    out.staging.mkdir()
+    path = out.save_summary(median_r=float("nan"), by_head={"0": np.float32("inf"), "2": 0.5}, values=[1.0, float("-inf")])
+
+    def reject(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    summary = json.loads(path.read_text(), parse_constant=reject)
+    assert summary["headline"] == {"median_r": None, "by_head": {"0": None, "2": 0.5}, "values": [1.0, None]}

@@ -13,7 +13,7 @@ import pytest
 from conftest import HOSTILE
 
 from browser import (figures_in_html, launch, open_page, output_noise, page_outputs, require_browser, screenshot, serve,
-                     wait_for_figures)
+                     wait_for_figures, wide_outputs)
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -81,6 +81,20 @@ def test_no_page_shows_python_noise(every_page):
     so no path of the build machine is an input the captions may name."""
     problems = {name: seen["noise"] for name, seen in every_page.items() if seen["noise"]}
     assert not problems, "\n".join(f"{name}: {p}" for name, ps in problems.items() for p in ps)
+
+
+def test_no_cell_output_is_wider_than_the_column(built_book):
+    """Each chapter's setup cell prints its provenance as one long line: it must wrap in the
+    column (book/_static/ctxneurons.css), not run off the page where it is clipped."""
+    wide = {}
+    with serve(built_book["html"]) as base, launch() as browser:
+        for name in PAGES:
+            page, _ = open_page(browser, f"{base}/{name}.html")
+            page.set_viewport_size({"width": 1280, "height": 900})
+            if found := wide_outputs(page):
+                wide[name] = found
+            page.close()
+    assert not wide, wide
 
 
 def test_method_page_typesets_its_maths_from_the_site(built_book):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -85,6 +86,9 @@ def test_across_models_finds_the_planted_slow_heads_and_the_control_none(toy_cac
     assert heads.loc[toy_row["model"]]["picked"].tolist() == [h in truth["heads"]["slow"] for h in range(12)]
     assert not heads.loc[control["model"]]["picked"].any()
     assert "stable heads picked: none" in r.extra["control_notes"][0] and "premise fails" in r.extra["control_notes"][0]
+    # Each model's (neuron, text) scores, for the scorecard's interval over texts: the control has no circuit, so none.
+    scores = r.tables["scores"].frame
+    assert set(scores["model"]) == {toy_row["model"]} and len(scores) == 4 * scores["neuron"].nunique()
 
 
 # ---------------------------------------------------------------- 07: head attribution
@@ -115,6 +119,11 @@ def test_head_attribution_names_the_planted_slow_heads(heads_toy, truth):
     # the kinds recovered from the kernels (the duplicate-token head's kernel is slow too)
     assert set(heads.loc[heads["kind"] == "slow", "head"]) == set(truth["kernel_kinds"]["slow"])
     assert set(r.extra["ranking"].iloc[:len(slow)]["head"]) == slow  # zeroing a slow head hurts most
+    # The votes behind each neuron's consistency, one row per (neuron, top text), for the interval over texts.
+    leads, neurons_df = r.tables["top_text_leads"].frame, r.tables["neurons"].frame.set_index("neuron")
+    assert leads.groupby("neuron").size().to_dict() == neurons_df["n_top_texts"].to_dict()
+    shares = leads.groupby("neuron")["lead_head"].agg(lambda h: h.value_counts(normalize=True).max())
+    assert np.allclose(shares.sort_index(), neurons_df["consistency"].sort_index())
 
 
 def test_head_attribution_on_a_model_with_no_planted_answer(tiny_cache):

@@ -185,6 +185,32 @@ def test_relative_output_dir_is_taken_from_the_book_root(tmp_path, monkeypatch):
     assert experiment.resolve_output_dir("/abs/out") == Path("/abs/out")
 
 
+def test_a_rerun_by_default_writes_its_own_folder_and_only_the_build_writes_the_books(tiny_dir, corpus_file, tmp_path,
+                                                                                         monkeypatch, capsys):
+    """output_dir = None, the notebooks' default: outputs/ (what the book's pages read) only in
+    a book build; any other run gets a new runs/<notebook>-<time>/outputs, named as a relative path."""
+    from ctxneurons.book.figures import BOOK_BUILD_ENV
+
+    (tmp_path / "_toc.yml").write_text("root: x\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CTXN_CACHE", str(tmp_path / "cache"))
+    for var in ("CTXN_OUTPUT_DIR", BOOK_BUILD_ENV):
+        monkeypatch.delenv(var, raising=False)
+    run = experiment.start("demo", _params(tiny_dir, corpus_file, tmp_path, output_dir=None))
+    books = tmp_path / "outputs"
+    assert run.output_dir.parent != books and run.output_dir.is_relative_to(tmp_path / "runs")
+    assert run.params["output_dir"] == run.output_dir.parent.relative_to(tmp_path).as_posix()
+    said = capsys.readouterr().out
+    assert f"{run.params['output_dir']}/demo/" in said and str(tmp_path) not in said
+    again = experiment.start("demo", _params(tiny_dir, corpus_file, tmp_path, output_dir="auto"))
+    assert again.output_dir != run.output_dir  # a second rerun, even within the same second
+    capsys.readouterr()
+
+    monkeypatch.setenv(BOOK_BUILD_ENV, "1")
+    built = experiment.start("demo", _params(tiny_dir, corpus_file, tmp_path, output_dir=None))
+    assert built.output_dir == books / "demo" and capsys.readouterr().out == ""
+
+
 def test_the_record_names_environment_overrides_version_and_code(tiny_dir, corpus_file, tmp_path, monkeypatch):
     monkeypatch.setenv("CTXN_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("CTXN_N_TEXTS", "2")

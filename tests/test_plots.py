@@ -155,3 +155,24 @@ def test_circuit_scatter_has_the_diagonal_in_every_panel_on_one_shared_range():
     own = plots.circuit_scatter(traces, shared=False)
     assert tuple(own.layout.xaxis.range) != tuple(own.layout.xaxis2.range)
     assert tuple(own.layout.xaxis.range) == tuple(own.layout.yaxis.range)
+
+
+def test_stable_heads_cv_draws_each_head_in_its_colour_with_the_diagonal_and_the_threshold():
+    df = pd.DataFrame({"head": [0, 1, 5, 7], "kind": ["slow", "slow", "first-token", "uniform"], "picked": [True, False, False, False],
+                       "cv_iid": [0.01, 0.02, 0.0, 0.001], "cv_measured": [0.03, 0.9, 2.0, 0.002]})
+    fig = plots.stable_heads_cv(df, 0.25)
+    heads = {t.name: t for t in fig.data if t.name.startswith("head")}
+    assert set(heads) == {"head 0 (slow, picked)", "head 1 (slow)", "head 7 (uniform)"}  # head 5: no positive CV on log axes
+    assert all(t.marker.color == plots.head_colour(int(name.split()[1])) for name, t in heads.items())
+    assert "head 5" in fig.layout.title.text
+    assert fig.layout.xaxis.type == "log" and fig.layout.yaxis.type == "log"  # 0.001 .. 2: a span of 2000
+    diagonal = next(t for t in fig.data if t.name.startswith("y = x"))
+    threshold = next(t for t in fig.data if t.name.startswith("CV_max"))
+    assert list(diagonal.x) == list(diagonal.y) and set(threshold.y) == {0.25}
+    assert "kind" in heads["head 1 (slow)"].hovertemplate and "head" in heads["head 1 (slow)"].hovertemplate
+    narrow = plots.stable_heads_cv(df.assign(cv_iid=[0.1, 0.2, 0.3, 0.2], cv_measured=[0.1, 0.5, 1.0, 0.3]), 0.25)
+    assert narrow.layout.xaxis.type != "log" and len([t for t in narrow.data if t.name.startswith("head")]) == 4
+
+
+def test_a_signed_value_that_rounds_to_zero_shows_as_zero():
+    assert [plots.signed(v) for v in (-0.004, 0.004, 0.0, -0.0, 1.234, -1.236)] == ["0.00", "0.00", "0.00", "0.00", "+1.23", "-1.24"]

@@ -14,7 +14,7 @@ def test_scorecard_reads_the_summaries_and_marks_missing_chapters():
         "contextual_circuit": _summary("contextual_circuit", median_r=0.91, median_fvu=0.2),
         "denominator_stability": _summary("denominator_stability", cv_by_head={"0": 0.03, "2": 0.05, "4": 0.4}, local_head_cv=0.4),
     })
-    assert isinstance(card, pd.DataFrame) and list(card.columns) == ["quantity", "paper", "this build", "from",
+    assert isinstance(card, pd.DataFrame) and list(card.columns) == ["quantity", "paper", "this build", "interval", "from",
                                                                      "on the toy edition, this comparison shows"]
     by_q = card.set_index("quantity")["this build"]
     assert by_q["median TV, true vs decomposed pattern (circuit heads)"] == "0.0312"
@@ -44,6 +44,17 @@ def test_scorecard_sets_the_stable_heads_rule_and_each_model_against_the_paper()
     assert by_q["  … toy: planted stable heads by layer, found by the rule"] == "all found"
     assert "distractor" in card.loc["heads the stable-heads rule picks (slow kernel, not a sink, stable denominator)",
                                      "on the toy edition, this comparison shows"]
+
+
+def test_scorecard_has_one_row_per_quantity_and_shows_a_missing_number_as_a_dash():
+    card = report.scorecard({"positional_kernels": _summary("positional_kernels", stable_heads=[0, 2]),
+                             "tv_distance": _summary("tv_distance", median_tv=None),
+                             "contextual_circuit": _summary("contextual_circuit", median_r=float("nan"), median_fvu=0.1)})
+    assert not card["quantity"].duplicated().any()
+    assert card["quantity"].str.startswith("heads the stable-heads rule picks").sum() == 1
+    by_q = card.set_index("quantity")["this build"]
+    assert by_q["median TV, true vs decomposed pattern (circuit heads)"] == "—"
+    assert by_q["median Pearson r, approximate vs true (neuron, text)"] == "—"
 
 
 def test_scorecard_counts_domains_where_the_domain_calibration_wins():
@@ -97,27 +108,6 @@ def test_neuron_cards_show_head_shares_and_escaped_sections():
     assert report.head_shares_html(heads, lead, 8) == ""
     card = report.neuron_card_html(7, {}, [], [], [], sections=[("heads <b>", text), ("empty", "")])
     assert "heads &lt;b&gt;:" in card and "head 2 80%" in card and "empty" not in card
-
-
-def test_bootstrap_median_resamples_texts_and_matches_the_expanded_sample():
-    import numpy as np
-
-    rng = np.random.default_rng(1)
-    texts = np.repeat(np.arange(30), 5)
-    values = rng.normal(size=texts.size) + texts * 0.1
-    lo, hi = report.bootstrap_median(values, texts, n_boot=400, seed=3)
-    assert lo < np.median(values) < hi
-    # The same resamples by brute force: expand each resampled text's rows and take np.median.
-    gen = np.random.default_rng(3)
-    meds = []
-    for _ in range(400):
-        pick = gen.integers(0, 30, 30)
-        meds.append(np.median(np.concatenate([values[texts == t] for t in pick])))
-    np.testing.assert_allclose([lo, hi], np.quantile(meds, [0.025, 0.975]))
-    # One text repeated is no evidence: the interval collapses to that text's median.
-    assert report.bootstrap_median([1.0, 2.0, 3.0], [0, 0, 0]) == (2.0, 2.0)
-    # Non-finite values (a constant truth gives FVU = inf) are left out.
-    assert report.bootstrap_median([1.0, float("inf"), float("nan")], [0, 1, 2]) == (1.0, 1.0)
 
 
 def test_scorecard_gives_intervals_from_the_tables_and_says_what_the_toy_can_show(tmp_path):

@@ -33,7 +33,7 @@ from ctxneurons.book.display import DATA_DIR, RunDisplay  # noqa: F401  (DATA_DI
 from ctxneurons.book.edition import model_label, resolve_model_choice
 from ctxneurons.book.outputs import RunOutputs, project_root, resolve_output_dir  # noqa: F401
 from ctxneurons.book.params import (  # noqa: F401  (the notebooks' and tests' names)
-    PARAMETERS, ParameterError, env_overrides, recorded_environment, require, validate,
+    BOOK_OUTPUT_DIR, PARAMETERS, ParameterError, default_output_dir, env_overrides, recorded_environment, require, validate,
 )
 from ctxneurons.book.texts import CALIBRATION_SEED_OFFSET, OTHER_CALIBRATIONS_SEED_OFFSET, RunTexts  # noqa: F401
 from ctxneurons.method.weights import Layer0
@@ -111,8 +111,14 @@ def start(name: str, namespace: dict) -> Run:
     raw, applied = env_overrides(_notebook_parameters(namespace))
     params = validate(raw)
     require(params, ("model", "n_texts", "seed", "device", "output_dir"), f"notebook {name}")
+    chosen = params["output_dir"] is None
+    if chosen:
+        params["output_dir"] = default_output_dir(name, project_root())
     check_writable_dir(resolve_output_dir(params["output_dir"]), "parameter output_dir")
     run = open_run(name, params, applied)
     shutil.rmtree(run.staging, ignore_errors=True)  # what an interrupted run left
     run.staging.mkdir(parents=True)
+    if chosen and params["output_dir"] != BOOK_OUTPUT_DIR:
+        print(f"This run's tables and summary go to {params['output_dir']}/{name}/ (from the book's root); "
+              f"the book's results in {BOOK_OUTPUT_DIR}/ are left as they are. Pass output_dir to choose the folder.")
     return run

@@ -15,11 +15,13 @@ so ``ctxneurons --help`` stays instant.
 from __future__ import annotations
 
 import ast
+import datetime as _dt
 import math
 import os
 from pathlib import Path
 from typing import Any
 
+from ctxneurons.book.figures import BOOK_BUILD_ENV
 from ctxneurons.errors import InputError
 from ctxneurons.io.paths import CORPUS_SUFFIXES, looks_like_path
 
@@ -63,6 +65,30 @@ def _as_str(name: str, v: Any) -> str:
 
 def _as_opt_str(name: str, v: Any) -> str | None:
     return None if v is None or (isinstance(v, str) and v.strip() in ("", "None", "none")) else _as_str(name, v)
+
+
+def _as_output_dir(name: str, v: Any) -> str | None:
+    """A folder, or None (also 'auto' or 'None' from papermill's -p): :func:`default_output_dir` chooses."""
+    return None if v is None or isinstance(v, str) and v.strip() in ("auto", "None") else _as_str(name, v)
+
+
+# The folder the book's summary pages (scorecard, neuron browser, front page) read.
+BOOK_OUTPUT_DIR = "outputs"
+
+
+def default_output_dir(notebook: str, root: Path, now: _dt.datetime | None = None) -> str:
+    """Where a notebook whose ``output_dir`` is None writes, relative to the book's ``root``:
+    ``BOOK_OUTPUT_DIR`` in a book build (CTXN_BOOK_BUILD, set by the build for the
+    kernels it starts), else a new folder ``runs/<notebook>-<UTC time>/outputs``, so that a
+    rerun never overwrites the book's results (a second rerun within the same second gets
+    a ``-2`` suffix, and so on)."""
+    if os.environ.get(BOOK_BUILD_ENV):
+        return BOOK_OUTPUT_DIR
+    stamp = (now or _dt.datetime.now(_dt.timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    base, k = f"runs/{notebook}-{stamp}", 1
+    while (root / (folder := base if k == 1 else f"{base}-{k}")).exists():
+        k += 1
+    return f"{folder}/outputs"
 
 
 def _literal(name: str, text: str, hint: str):
@@ -161,7 +187,8 @@ PARAMETERS: dict[str, tuple] = {
               "the contextual circuit's heads, or 'auto': the stable-heads rule's pick (slow kernel, not a first-token sink, stable denominator)"),
     "device": (_as_str, "'auto', 'cpu' or 'cuda'"),
     "seed": (_as_int, "chooses the texts"),
-    "output_dir": (_as_str, "where tables and summaries go (a subfolder per notebook); a relative path is taken from the book's root"),
+    "output_dir": (_as_output_dir, "where tables and summaries go (a subfolder per notebook); a relative path is taken from the book's root; "
+                                   "None: outputs/ in a book build, else a new runs/<notebook>-<UTC time>/outputs per run"),
     "C": (_as_float, "the constant C of the key decomposition"),
     "C_values": (_as_float_list, "values of C for the sensitivity sweep"),
     "query_position": (_as_int, "the query position n of the kernels; -1: n_ctx/2 - 12 (500 for GPT-2)"),

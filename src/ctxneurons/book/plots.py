@@ -20,6 +20,7 @@ from ctxneurons.book.figures import escape_text
 __all__ = [
     "HEAD_PALETTE", "head_colour", "head_colour_map",
     "kernels_by_distance", "head_classes", "tv_one_text", "tv_per_text_box", "tv_cdf", "tv_vs_C",
+    "stable_heads_cv", "signed",
     "denominators_along_sequence", "denominators_at_mid", "denominators_cv",
     "r_histogram", "fvu_histogram", "circuit_scatter", "circuit_trace", "r_by_calibration",
     "neurons_by_threshold", "toy_precision_recall", "extreme_tokens_table_html", "kernels_across_models",
@@ -140,6 +141,54 @@ def head_classes(class_df: pd.DataFrame, n: int) -> go.Figure:
     fig.for_each_trace(lambda t: t.update(name=t.name.rsplit(", ", 1)[0]))  # px appends the kind, which the label says
     fig.update_traces(marker={"size": 11})
     return fig.update_layout(legend_title_text="head (kind)")
+
+
+def signed(value: float, digits: int = 2) -> str:
+    """``value`` with its sign ("+0.42", "-1.30"), for a table's format; one that rounds to
+    zero at ``digits`` shows as "0.00", never "-0.00" or "+0.00"."""
+    if not math.isfinite(value):
+        return "—"
+    return f"{0.0:.{digits}f}" if round(value, digits) == 0 else f"{value:+.{digits}f}"
+
+
+# A ratio of largest to smallest value above which a figure's axes are logarithmic.
+LOG_SPAN = 30.0
+
+
+def stable_heads_cv(stable_df: pd.DataFrame, cv_max: float) -> go.Figure:
+    """Each head's denominator CV measured across the texts against the CV predicted for
+    i.i.d. key tokens, with the line y = x (the prediction exact) and the rule's threshold
+    ``cv_max`` on the measured CV; one colour per head (:func:`head_colour`), one symbol per
+    kind, the head and its kind on hover. Log axes when the CVs span more than LOG_SPAN;
+    there, a head without a positive CV cannot be drawn and is named in the title.
+    stable_df: chapter 01's ``stable_heads`` table (head, kind, picked, cv_measured, cv_iid)."""
+    cv = stable_df[["cv_iid", "cv_measured"]].astype(float)
+    finite = np.isfinite(cv).all(axis=1)
+    positive = finite & (cv > 0).all(axis=1)
+    log = bool(positive.any()) and float(cv[positive].to_numpy().max() / cv[positive].to_numpy().min()) > LOG_SPAN
+    keep = positive if log else finite
+    df = stable_df[keep].assign(label=lambda d: [_head_label(h, k, p, ", picked") for h, k, p in zip(d["head"], d["kind"], d["picked"])])
+    left_out = sorted(set(stable_df["head"]) - set(df["head"]))
+    title = "Denominator CV per head: measured across texts vs predicted for i.i.d. tokens"
+    if left_out:
+        title += f"<br><sup>not drawn (no positive CV for a log axis): head {', '.join(map(str, left_out))}</sup>"
+    fig = px.scatter(
+        df, x="cv_iid", y="cv_measured", color="label", symbol="kind", color_discrete_map=head_colour_map(df["label"]),
+        log_x=log, log_y=log, hover_data={"head": True, "kind": True, "picked": True, "cv_iid": ":.3g", "cv_measured": ":.3g", "label": False},
+        labels={"cv_iid": "CV predicted for i.i.d. key tokens", "cv_measured": "CV measured across texts"}, title=title,
+    )
+    fig.for_each_trace(lambda t: t.update(name=t.name.rsplit(", ", 1)[0]))  # px appends the kind, which the label says
+    fig.update_traces(marker={"size": 11})
+    values = df[["cv_iid", "cv_measured"]].to_numpy().ravel().tolist() + [cv_max]
+    lo, hi = min(values), max(values)
+    fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line={"dash": "dot", "color": "grey"},
+                             name="y = x (measured = predicted)", hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=[lo, hi], y=[cv_max, cv_max], mode="lines", line={"dash": "dash", "color": OTHER_COLOUR},
+                             name=f"CV_max = {cv_max:g} (stable at or below)", hoverinfo="skip"))
+    if log:  # powers of ten only: plotly's 2 and 5 between them crowd a short axis
+        fig.update_xaxes(**LOG_AXIS, dtick=1)
+        fig.update_yaxes(**LOG_AXIS, dtick=1)
+    return _legend_below(fig.update_layout(legend_title_text="head (kind)", title_font_size=15), len(df) + 2)
 
 
 def tv_one_text(example_df: pd.DataFrame, doc_id) -> go.Figure:

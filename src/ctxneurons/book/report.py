@@ -3,7 +3,7 @@
 - :func:`edition` / :func:`edition_banner`: which model, corpus and calibration text this
   build uses, resolved exactly as the chapters resolve them;
 - :func:`scorecard`: the paper's numbers next to this build's, with where each came from, an
-  interval where the tables allow one (:func:`bootstrap_median`) and, on the toy edition,
+  interval where the tables allow one (:mod:`ctxneurons.book.intervals`) and, on the toy edition,
   what each comparison can and cannot show (``TOY_CAN_SHOW``);
 - :func:`headline_html`: this build's headline numbers for the front page;
 - :func:`neuron_browser_html`: one searchable page of discovered neurons, every piece of
@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ctxneurons.book import figures
+from ctxneurons.book import figures, intervals
 from ctxneurons.io.corpus import corpus_label
-from ctxneurons.book.experiment import project_root, resolve_model_choice, resolve_output_dir
+from ctxneurons.book.experiment import BOOK_OUTPUT_DIR, project_root, resolve_model_choice, resolve_output_dir
 from ctxneurons.io.model import resolve_model
 
 PAPER = {
@@ -40,8 +40,8 @@ PAPER = {
 
 def output_dir() -> Path:
     """Where the chapters wrote their outputs in this build: CTXN_OUTPUT_DIR, else outputs/
-    at the project root (the chapters' default)."""
-    return resolve_output_dir(os.environ.get("CTXN_OUTPUT_DIR", "outputs"))
+    at the project root (where a book build's chapters write by default)."""
+    return resolve_output_dir(os.environ.get("CTXN_OUTPUT_DIR", BOOK_OUTPUT_DIR))
 
 
 def read_summaries(root: str | os.PathLike | None = None) -> dict[str, dict]:
@@ -96,8 +96,9 @@ def _source(summary: dict) -> str:
 
 
 def _fmt(x) -> str:
+    """A value as a table shows it; a missing number (None, NaN) as "—"."""
     if isinstance(x, float):
-        return f"{x:.4g}"
+        return f"{x:.4g}" if np.isfinite(x) else "—"
     return "—" if x is None else str(x)
 
 
@@ -109,9 +110,6 @@ TOY_CAN_SHOW = {
     "slow_heads": "Planted at 0, 2, 6, 8, 9, 10, where the paper found GPT-2's: a match is true by construction. The toy "
                   "also plants a duplicate-token head (1) whose kernel is slow, so kernel shape alone finds seven. It checks "
                   "that the kernels and the classifier recover what was planted, nothing about GPT-2.",
-    "stable_heads": "Planted: six slow heads with stable denominators at 0, 2, 6, 8, 9, 10, and three distractors "
-                    "(a broad-kernel duplicate-token head, a first-token head, uniform heads) the rule must reject. "
-                    "A match shows the rule recovers the plant; on GPT-2 it is a test of the paper's definition.",
     "denominators": "The toy's texts are i.i.d. words from 1-3 planted topics: shows slow heads' denominators "
                     "concentrate and local heads' do not; the sizes say nothing about OpenWebText.",
     "n_found": "Planted context neurons have designed top[j] log-uniform in [3.0, 16]: the paper's threshold 5.0 "
@@ -134,101 +132,71 @@ TOY_CAN_SHOW = {
 }
 
 
-def bootstrap_median(values, groups, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """A percentile bootstrap interval for the median of ``values``, resampling whole
-    ``groups`` (e.g. the texts of (neuron, text) scores) with replacement, so that the
-    interval reflects how many texts there are, not how many pairs. Non-finite values are
-    left out. Returns (low, high); (nan, nan) when nothing is left."""
-    v = np.asarray(values, dtype=float)
-    codes = np.asarray(pd.factorize(pd.Series(list(groups)))[0])
-    keep = np.isfinite(v)
-    v, codes = v[keep], codes[keep]
-    if v.size == 0:
-        return float("nan"), float("nan")
-    order = np.argsort(v, kind="stable")
-    v, codes = v[order], codes[order]
-    uniq, codes = np.unique(codes, return_inverse=True)
-    G = len(uniq)
-    rng = np.random.default_rng(seed)
-    meds = np.empty(n_boot)
-    for b in range(n_boot):
-        weight = np.bincount(rng.integers(0, G, G), minlength=G)[codes]
-        cum = np.cumsum(weight)
-        total = int(cum[-1])
-        if total == 0:
-            meds[b] = np.nan
-            continue
-        # The median of the resampled values: the mean of the ranks (total+1)//2 and total//2+1 (1-based).
-        lo_i, hi_i = np.searchsorted(cum, [(total + 1) // 2, total // 2 + 1], side="left")
-        meds[b] = 0.5 * (v[lo_i] + v[hi_i])
-    meds = meds[np.isfinite(meds)]
-    lo, hi = np.quantile(meds, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
-
-
-def _intervals(tables: Path | None) -> dict[str, tuple[float, float]]:
-    """95% bootstrap intervals (over texts) of the headline medians whose per-pair tables exist under ``tables``."""
-    out = {}
-    scores = None if tables is None else Path(tables) / "contextual_circuit" / "scores.csv"
-    if scores is not None and scores.is_file():
-        df = pd.read_csv(scores)
-        for col in ("r", "fvu"):
-            if col in df and "text" in df:
-                out[col] = bootstrap_median(df[col], df["text"])
-    return out
-
-
-INTERVAL_METHOD = ("95% percentile bootstrap over texts (1000 resamples of the test texts with replacement, "
-                   "median over every (neuron, text) pair of the resample)")
-
-
 def _is_toy(summaries: dict[str, dict]) -> bool:
     return any(str(s.get("model", "")).startswith("toy") for s in summaries.values())
 
 
-def scorecard(summaries: dict[str, dict], tables: str | os.PathLike | None = None, toy: bool | None = None) -> pd.DataFrame:
+def scorecard(summaries: dict[str, dict], tables: str | os.PathLike | None = None, toy: bool | None = None,
+              notebooks: set[str] | None = None) -> pd.DataFrame:
     """The paper's numbers and this build's, side by side. A missing chapter shows as 'not run'.
 
-    tables: the chapters' output folder (e.g. :func:`output_dir`); where a chapter's per-pair
-    table is there, its headline median gets a bootstrap interval (``INTERVAL_METHOD``).
+    tables: the chapters' output folder (e.g. :func:`output_dir`); where a chapter's table
+    allows it, this build's number gets a bootstrap interval over texts in brackets
+    (:mod:`ctxneurons.book.intervals`), and the ``interval`` column says what each resample
+    recomputes, or why a number has none.
     toy: whether this is the toy edition (default: any summary's model is the toy); the toy
     edition adds a column saying what each comparison can and cannot show there.
+    notebooks: compute intervals for these chapters only (a chapter's closing table needs its own).
     """
     toy = _is_toy(summaries) if toy is None else toy
-    ci = _intervals(None if tables is None else Path(tables))
+    ci = intervals.for_outputs(tables, summaries, notebooks)
     rows = []
 
-    def add(quantity, paper, notebook, value_of, can_show=None, interval=None):
+    def add(quantity, paper, notebook, value_of, can_show=None, interval=None, fixed=None):
+        """interval: the key of this row's :func:`intervals.for_outputs` interval; fixed: the
+        key of intervals.FIXED saying why the row has none."""
         s = summaries.get(notebook)
         value = value_of(s["headline"], s.get("parameters", {})) if s else None
         shown = _fmt(value) if s else "not run"
-        if s and interval in ci and all(map(np.isfinite, ci[interval])):
-            shown += f" [{ci[interval][0]:.4g}, {ci[interval][1]:.4g}]"
-        row = {"quantity": quantity, "paper": paper, "this build": shown, "from": _source(s) if s else notebook}
+        how = "—"
+        if s and interval in ci and value is not None:
+            shown += f" [{ci[interval].low:.4g}, {ci[interval].high:.4g}]"
+            how = f"bootstrap: {ci[interval].statistic}"
+        elif s and fixed:
+            how = intervals.FIXED.get(fixed, fixed)
+        row = {"quantity": quantity, "paper": paper, "this build": shown, INTERVAL_COLUMN: how,
+               "from": _source(s) if s else notebook}
         if toy:
             row[TOY_COLUMN] = TOY_CAN_SHOW.get(can_show, "—")
         rows.append(row)
 
+    def per_model_interval(r: dict, col: str) -> str:
+        i = ci.get(f"across_{col}:{r.get('model')}")
+        return _fmt(r.get(f"median_{col}")) + (f" [{i.low:.4g}, {i.high:.4g}]" if i else "")
+
+    across_ci = any(k.startswith("across_") for k in ci)
+
     add("median TV, true vs decomposed pattern (circuit heads)", f"≈ {PAPER['median_tv']}", "tv_distance",
-        lambda h, p: h.get("median_tv"), "tv")
+        lambda h, p: h.get("median_tv"), "tv",
+        fixed="none here: this median pools every (text, position) pair, and the chapter saves per-text medians; "
+              "the next row resamples those")
+    add("  … median over (text, head) of each text's median TV", f"≈ {PAPER['median_tv']} (typical, every head)", "tv_distance",
+        lambda h, p: ci["tv_per_text"].value if "tv_per_text" in ci else None, "tv", "tv_per_text")
     add("slowly decaying heads", ", ".join(map(str, PAPER["slow_heads"])), "positional_kernels",
-        lambda h, p: ", ".join(map(str, h.get("heads_slow", []))), "slow_heads")
+        lambda h, p: ", ".join(map(str, h.get("heads_slow", []))), "slow_heads", fixed="weights")
     add("heads the stable-heads rule picks (slow kernel, not a sink, stable denominator)",
         ", ".join(map(str, PAPER["slow_heads"])) + " (the paper's circuit heads)", "positional_kernels",
-        lambda h, p: _fmt_heads(h.get("stable_heads")) if "stable_heads" in h else None, "stable_heads")
+        lambda h, p: _fmt_heads(h.get("stable_heads")) if "stable_heads" in h else None, "stable_heads", fixed="pick")
     add("circuit heads all slowly decaying", "yes", "positional_kernels",
-        lambda h, p: "yes" if h.get("circuit_heads_all_slow") else "no", "slow_heads")
-    add("heads the stable-heads rule picks (slow kernel, stable denominator)", ", ".join(map(str, PAPER["slow_heads"])),
-        "positional_kernels", lambda h, p: ", ".join(map(str, h["stable_heads"])) or "none" if "stable_heads" in h else None,
-        "stable_heads")
+        lambda h, p: "yes" if h.get("circuit_heads_all_slow") else "no", "slow_heads", fixed="weights")
     add("denominator spread across texts at n_ctx/2 (largest CV over circuit heads)", "nearly flat (Fig. 4)",
         "denominator_stability",
         lambda h, p: max((v for k, v in h.get("cv_by_head", {}).items() if int(k) in p.get("heads", [])), default=None),
-        "denominators")
+        "denominators", "cv_circuit")
     add("  … the same for the most local head, for contrast", "large", "denominator_stability",
-        lambda h, p: h.get("local_head_cv"), "denominators")
+        lambda h, p: h.get("local_head_cv"), "denominators", "cv_local")
     add(f"neurons found at threshold {PAPER['threshold']}", f"≈ {PAPER['n_found']}", "context_neurons",
-        lambda h, p: h.get("n_found"), "n_found")
+        lambda h, p: h.get("n_found"), "n_found", fixed="calibration")
     add("median Pearson r, approximate vs true (neuron, text)", PAPER["median_r"], "contextual_circuit",
         lambda h, p: h.get("median_r"), "r_fvu", "r")
     add("median FVU, approximate vs true (neuron, text)", PAPER["median_fvu"], "contextual_circuit",
@@ -237,42 +205,44 @@ def scorecard(summaries: dict[str, dict], tables: str | os.PathLike | None = Non
     # the calibration text (09) and deeper layers (10).
     add("across models: heads the stable-heads rule picks, per model",
         "GPT-2 Small: 0, 2, 6, 8, 9, 10; other models: not measured (the paper names the check)", "across_models",
-        lambda h, p: _per_model(h, lambda r: _fmt_heads(r.get("stable_heads"))), "across")
+        lambda h, p: _per_model(h, lambda r: _fmt_heads(r.get("stable_heads"))), "across", fixed="pick")
     add("  … median r / median FVU of each model's circuit (neurons of the model-scaled rule)",
         f"GPT-2 Small: {PAPER['median_r']} / {PAPER['median_fvu']}; other models: no number", "across_models",
         lambda h, p: _per_model(h, lambda r: "no circuit" if not r.get("premise_holds")
-                                else f"{_fmt(r.get('median_r'))} / {_fmt(r.get('median_fvu'))}"), "across")
+                                else f"{per_model_interval(r, 'r')} / {per_model_interval(r, 'fvu')}"), "across",
+        fixed=("bootstrap: each model's median over every (neuron, text) pair of the resampled texts" if across_ci else None))
     add("  … neurons found at the paper's threshold, per model",
         f"GPT-2 Small: ≈ {PAPER['n_found']} at {PAPER['threshold']}; other models: no number (top[j]'s units change with the model)",
         "across_models", lambda h, p: _per_model(h, lambda r: "none reported" if not r.get("premise_holds") else _fmt(r.get("n_found"))),
-        "across")
+        "across", fixed="calibration")
     add("heads leading the found neurons at their peaks (share of neurons)", "Neo et al. 2024: early heads switch on context neurons",
         "head_attribution", lambda h, p: _fmt_shares(h.get("top_head_share")), "heads")
     add("  … median consistency: share of a neuron's top texts led by the same head", "Neo et al.: consistent across similar prompts",
-        "head_attribution", lambda h, p: h.get("consistency_median"), "heads")
+        "head_attribution", lambda h, p: h.get("consistency_median"), "heads", "consistency")
     add("  … median r per circuit head, its true contribution vs its part of the approximation",
         "no number (the paper scores neurons, not heads)",
         "head_attribution", lambda h, p: _fmt_shares(h.get("per_head_median_r"), percent=False), "heads")
     add("  … toy: share of found neurons led by a planted slowly decaying head", "1 (planted)",
         "head_attribution", lambda h, p: h.get("toy_top_head_planted_share"), "heads")
     add("core-token homogeneity by activation segment, lowest → highest", "Pichat et al. 2025: rises at the highest activations",
-        "core_tokens", lambda h, p: fmt_list(h.get("homogeneity_by_segment")), "core")
+        "core_tokens", lambda h, p: fmt_list(h.get("homogeneity_by_segment")), "core", fixed="pooled")
     add("  … median Jaccard overlap, weights vs activation core tokens", "no number (Pichat et al. use activations only)",
-        "core_tokens", lambda h, p: h.get("weights_vs_activation_core_overlap_median"), "core")
+        "core_tokens", lambda h, p: h.get("weights_vs_activation_core_overlap_median"), "core", fixed="pooled")
     add("  … toy: homogeneity by segment against the planted topics", "no number (a toy-only check)",
         "core_tokens", lambda h, p: fmt_list(h.get("toy_homogeneity_by_segment")), "core")
     add("domains where a domain-matched calibration text beats the book's (median FVU)",
         "domain analysis wants a domain calibration text", "calibration_choice", _domain_calibration_wins, "calibration")
     add("bias against stop-word density difference, test − calibration (slope, book's calibration)",
         "underestimates when densities differ", "calibration_choice", lambda h, p: h.get("bias_density_slope", {}).get("default"),
-        "calibration")
+        "calibration", "density_slope")
     add("deeper layers: stable heads outside layer 0 (count; by the layer-0 rule on empirical kernels)",
         "open question, no number (the paper's first)", "deeper_layers",
         lambda h, p: None if "stable_heads_by_layer" not in h else
-        sum(len(v) for k, v in h["stable_heads_by_layer"].items() if str(k) != "0"), "deeper")
+        sum(len(v) for k, v in h["stable_heads_by_layer"].items() if str(k) != "0"), "deeper", fixed="pick")
     add("  … layer 0: the book's circuit heads stable by the same rule",
         "0, 2, 6, 8, 9, 10 (stable denominators, Fig. 4)", "deeper_layers",
-        lambda h, p: _fmt_heads(h.get("layer0_book_heads_stable")) if "layer0_book_heads_stable" in h else None, "deeper")
+        lambda h, p: _fmt_heads(h.get("layer0_book_heads_stable")) if "layer0_book_heads_stable" in h else None, "deeper",
+        fixed="pick")
     add("  … toy: planted stable heads by layer, found by the rule", "no number (a toy-only check)", "deeper_layers",
         lambda h, p: None if h.get("toy_planted_stable_heads_by_layer") is None else
         ("all found" if all(set(v) <= set(h.get("stable_heads_by_layer", {}).get(L, []))
@@ -302,12 +272,12 @@ def chapter_comparison_html(notebook: str, root: str | os.PathLike | None = None
     summaries under ``root`` (default :func:`output_dir`), so a chapter calls it after saving
     its own. Every value is escaped."""
     root = output_dir() if root is None else Path(root)
-    card = scorecard(read_summaries(root), root, toy=toy)
+    card = scorecard(read_summaries(root), root, toy=toy, notebooks={notebook})
     mine = card[(card["from"] == notebook) | card["from"].str.startswith(f"{notebook} ·")]
     if mine.empty:
         return f"<p>The scorecard has no row for {html.escape(notebook)}.</p>"
     shown = mine.drop(columns=["from"]).assign(quantity=lambda d: d["quantity"].str.strip().str.lstrip("… "))
-    note = f"<p>Brackets: {html.escape(INTERVAL_METHOD)}.</p>" if shown["this build"].str.contains(r"\[").any() else ""
+    note = _brackets_note(shown["this build"])
     if TOY_COLUMN in shown and shown[TOY_COLUMN].nunique() == 1 and len(shown) > 1:
         # One note for every row is said once, under the table, not repeated in a column.
         note += f"<p><i>For every row above, {html.escape(TOY_COLUMN)}:</i> {html.escape(str(shown[TOY_COLUMN].iloc[0]))}</p>"
@@ -316,6 +286,15 @@ def chapter_comparison_html(notebook: str, root: str | os.PathLike | None = None
 
 
 TOY_COLUMN = "on the toy edition, this comparison shows"
+INTERVAL_COLUMN = "interval"
+
+
+def _brackets_note(values: pd.Series) -> str:
+    """The paragraph under a table whose values carry bootstrap brackets (none when none do)."""
+    if not values.astype(str).str.contains(r"\[").any():
+        return ""
+    return (f"<p>Brackets: {html.escape(intervals.METHOD)}; the <i>{INTERVAL_COLUMN}</i> column says what each resample "
+            "recomputes, or why a number has no interval.</p>")
 
 
 def scorecard_html(card: pd.DataFrame) -> str:
@@ -326,7 +305,7 @@ def scorecard_html(card: pd.DataFrame) -> str:
     rows = []
     for _, r in card.iterrows():
         rows.append(f'<tr class="ctxn-row"><td>{e(r["quantity"])}</td><td>{e(r["paper"])}</td><td>{e(r["this build"])}</td></tr>')
-        detail = f"from: {e(r['from'])}"
+        detail = f"from: {e(r['from'])}<br>interval: {e(r[INTERVAL_COLUMN])}"
         if TOY_COLUMN in card.columns:
             detail += f"<br>on the toy edition: {e(r[TOY_COLUMN])}"
         rows.append(f'<tr class="ctxn-detail"><td colspan="3" style="font-size:.8em;color:#555;padding-top:0">{detail}</td></tr>')
@@ -368,8 +347,9 @@ def headline_html(summaries: dict[str, dict] | None = None, tables: str | os.Pat
     note = ("On the toy edition these show that the code recovers what was planted; the "
             '<a href="../reports/scorecard.html">scorecard</a> says what each comparison can and cannot show.') if toy else (
             'Every comparison, with where each number came from, is on the <a href="../reports/scorecard.html">scorecard</a>.')
-    interval = "" if not any("[" in str(v) for v in card["this build"]) else (
-        f"<p>Brackets: {html.escape(INTERVAL_METHOD)}.</p>")
+    shown = card.loc[[q for q, _ in HEADLINE_ROWS if q in card.index]]
+    interval = "" if not shown["this build"].str.contains(r"\[").any() else (
+        f"<p>Brackets: {html.escape(intervals.METHOD)}; the scorecard says what each resample recomputes.</p>")
     return (f'<div class="admonition {"warning" if toy else "note"} ctxn-headline"><p class="admonition-title">{html.escape(title)}</p>'
             '<table class="table ctxn-headline-table"><thead><tr><th>quantity</th><th>paper (GPT-2 Small)</th>'
             f"<th>this build</th></tr></thead><tbody>{body}</tbody></table>"

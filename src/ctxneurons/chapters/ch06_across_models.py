@@ -105,7 +105,8 @@ def _control_notes(models_df: pd.DataFrame) -> list[str]:
 def compute(run) -> Result:
     """Chapter 06 on ``run`` (an :class:`~ctxneurons.book.experiment.Run` with the
     chapter's parameters): tables models, kernels, heads (each head's kind, content
-    dependence, denominator stability and the stable-heads rule's verdict) and, where the toy or its control is
+    dependence, denominator stability and the stable-heads rule's verdict), scores (each
+    model's (neuron, text) r and FVU) and, where the toy or its control is
     among the models (by name or folder), toy_ground_truth; extra holds ``notes``, ``toy_notes`` and
     ``control_notes`` for the narration and ``rule`` (:func:`rule_table`). Models are loaded (layer 0 only) and released one
     at a time."""
@@ -127,8 +128,10 @@ def compute(run) -> Result:
     models_df = across.table([s.row for s in studies.values()])
     kernels_df = pd.concat([s.kernels for s in studies.values()], ignore_index=True)
     heads_df = pd.concat([s.heads for s in studies.values()], ignore_index=True)
+    scores_df = pd.concat([s.scores for s in studies.values() if len(s.scores)], ignore_index=True) if any(
+        len(s.scores) for s in studies.values()) else pd.DataFrame(columns=list(across.SCORES_COLUMNS))
     tables = {"models": Table(models_df, across.COLUMNS), "kernels": Table(kernels_df, across.KERNEL_COLUMNS),
-              "heads": Table(heads_df, HEAD_COLUMNS)}
+              "heads": Table(heads_df, HEAD_COLUMNS), "scores": Table(scores_df, across.SCORES_COLUMNS)}
     truth_df, toy_notes = _against_plant(studies)
     if len(truth_df):
         tables["toy_ground_truth"] = Table(truth_df, TOY_COLUMNS)

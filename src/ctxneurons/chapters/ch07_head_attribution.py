@@ -67,7 +67,7 @@ def _against_plant(truth: dict, neuron_df: pd.DataFrame, effects: torch.Tensor, 
 
 def compute(run) -> Result:
     """Chapter 07 on ``run`` (an :class:`~ctxneurons.book.experiment.Run` with the
-    chapter's parameters): tables head_by_neuron, neurons, promoted_tokens and, on the toy,
+    chapter's parameters): tables head_by_neuron, neurons, top_text_leads, promoted_tokens and, on the toy,
     toy_planted_vs_recovered (a model with a planted answer: the toy, by name or folder); extra holds the circuit ``c``, the neurons ``found`` [J], the
     heads' ``kinds``, ``per_head_r``, the ``ranking`` of :func:`head_attribution.ablation_ranking`,
     ``reads`` (each neuron's largest contributions) and ``notes`` for the narration."""
@@ -100,6 +100,7 @@ def compute(run) -> Result:
     tables = {
         "head_by_neuron": Table(head_df, head_attribution.HEAD_COLUMNS),
         "neurons": Table(neuron_df, head_attribution.NEURON_COLUMNS),
+        "top_text_leads": Table(head_attribution.top_text_leads(attr.at_peak, top_texts, found), head_attribution.TOP_TEXT_LEADS_COLUMNS),
         "promoted_tokens": Table(promoted_df, unembedding.PROMOTED_COLUMNS),
     }
 

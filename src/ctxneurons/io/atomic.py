@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -21,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 
@@ -47,9 +49,24 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def finite_or_null(obj):
+    """``obj`` with every NaN or infinite float (numpy scalars included) inside dicts,
+    lists and tuples replaced by None: JSON has no NaN, and a file holding one is
+    rejected by strict parsers (browsers, jq, other languages)."""
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    return None if isinstance(obj, float) and not math.isfinite(obj) else obj
+
+
 def atomic_write_json(path: str | os.PathLike, obj) -> Path:
-    """:func:`atomic_write_text` of ``obj`` as indented JSON with sorted keys."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    """:func:`atomic_write_text` of ``obj`` as indented JSON with sorted keys; a missing
+    number (NaN, inf) is written as null (:func:`finite_or_null`)."""
+    text = json.dumps(finite_or_null(obj), indent=2, sort_keys=True, default=str, allow_nan=False)
+    return atomic_write_text(path, text + "\n")
 
 
 def atomic_write_csv(path: str | os.PathLike, df: pd.DataFrame) -> Path:

@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ctxneurons.method import decomposition, kernels, neurons, stable_heads
+from ctxneurons.method import decomposition, evaluation, kernels, neurons, stable_heads
 
 from ctxneurons import toy
 from ctxneurons.method.weights import Layer0
@@ -105,13 +105,16 @@ def denominator_cv(log_at: torch.Tensor) -> torch.Tensor:
 @dataclass
 class Study:
     """One model's row (see :func:`study`), its kernels as a tidy table, top[j] [M] (-inf
-    for every neuron when the model has no circuit) and its heads as the rule sees them
-    (``stable_heads.TABLE_COLUMNS``, with the model's label first)."""
+    for every neuron when the model has no circuit), its heads as the rule sees them
+    (``stable_heads.TABLE_COLUMNS``, with the model's label first) and its circuit's
+    (neuron, text) scores (SCORES_COLUMNS; empty without a circuit), from which the
+    scorecard bootstraps the row's median r and FVU over texts."""
 
     row: dict
     kernels: pd.DataFrame
     top: torch.Tensor
     heads: pd.DataFrame | None = None
+    scores: pd.DataFrame | None = None
 
 
 def study(run, reference_heads: list[int], threshold: float = PAPER_THRESHOLD, n_mads: float = SCALED_N_MADS,
@@ -169,6 +172,7 @@ def study(run, reference_heads: list[int], threshold: float = PAPER_THRESHOLD, n
         scaled = scaled_threshold(top, n_mads)
         found, n_scaled = neurons.select_capped(top, scaled, max_neurons)
         ev = run.evaluate(c, found, first_position, batch_size)
+        scores = evaluation.scores_frame(ev, top, run.texts.doc_ids)[["neuron", "text", "r", "fvu"]]
         med = top.median()
         row.update({
             "median_tv": median_tv,
@@ -182,6 +186,7 @@ def study(run, reference_heads: list[int], threshold: float = PAPER_THRESHOLD, n
         })
     else:  # the premise fails: no circuit, so no neuron is found through it
         top = torch.full((w.d_mlp,), -math.inf)
+        scores = pd.DataFrame(columns=["neuron", "text", "r", "fvu"])
         row.update({"median_tv": math.nan, "n_found": 0, "scaled_threshold": math.nan, "n_found_scaled": 0,
                     "paper_threshold_in_mads": math.nan, "n_evaluated": 0, "median_r": math.nan, "median_fvu": math.nan})
     row.update({"n_texts": int(tokens.shape[0]), "n_tokens": int(tokens.shape[1])})
@@ -189,7 +194,8 @@ def study(run, reference_heads: list[int], threshold: float = PAPER_THRESHOLD, n
     frame.insert(0, "model", run.model_label)
     head_table = t.copy()
     head_table.insert(0, "model", run.model_label)
-    return Study(row=row, kernels=frame, top=top, heads=head_table)
+    scores.insert(0, "model", run.model_label)
+    return Study(row=row, kernels=frame, top=top, heads=head_table, scores=scores)
 
 
 HEAD_LISTS = ("slow_heads", "first_token_heads", "duplicate_token_heads", "stable_heads", "circuit_heads", "reference_heads")
@@ -240,6 +246,14 @@ COLUMNS = {
 
 
 #: The columns of chapter 06's kernels.csv: :func:`kernels.kernel_frame` of each model, with its label.
+SCORES_COLUMNS = {
+    "model": "the model's label",
+    "neuron": "layer-0 MLP neuron j (of the model-scaled rule)",
+    "text": "index of the test text",
+    "r": "Pearson r between true and approximate contributions over positions >= 1",
+    "fvu": "fraction of variance unexplained, sum (true - approx)^2 / sum (true - mean true)^2",
+}
+
 KERNEL_COLUMNS = {
     "model": "the model's label",
     "head": "layer-0 attention head",

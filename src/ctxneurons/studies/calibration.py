@@ -389,15 +389,23 @@ SIGNATURE_COLUMNS = {
 }
 
 
+def bias_slope(x: np.ndarray, y: np.ndarray) -> float:
+    """The least-squares slope of y [P] (median bias) on x [P] (density difference); NaN
+    unless both vary over at least two points."""
+    if not (len(x) > 1 and x.std() > 0 and y.std() > 0):
+        return float("nan")
+    return float(np.polyfit(x, y, 1)[0])
+
+
 def density_signature(by_text: pd.DataFrame) -> pd.DataFrame:
     """Per calibration choice but the oracle: the least-squares slope of median bias on the
-    stop-word density difference, their correlation and the number of points, from the
-    ``by_text`` table (:func:`by_text_frame`): choice, slope, correlation, n."""
+    stop-word density difference (:func:`bias_slope`), their correlation and the number of
+    points, from the ``by_text`` table (:func:`by_text_frame`): choice, slope, correlation, n."""
     rows = []
     for choice in [c for c in CHOICES if c != "oracle"]:
         d = by_text[(by_text["choice"] == choice)].dropna(subset=["median_bias"])
         x, y = d["density_difference"].to_numpy(), d["median_bias"].to_numpy()
-        varies = len(x) > 1 and x.std() > 0 and y.std() > 0
-        rows.append({"choice": choice, "slope": float(np.polyfit(x, y, 1)[0]) if varies else float("nan"),
-                     "correlation": float(np.corrcoef(x, y)[0, 1]) if varies else float("nan"), "n": len(x)})
+        slope = bias_slope(x, y)
+        rows.append({"choice": choice, "slope": slope,
+                     "correlation": float(np.corrcoef(x, y)[0, 1]) if np.isfinite(slope) else float("nan"), "n": len(x)})
     return pd.DataFrame(rows)

@@ -174,6 +174,23 @@ def lead_heads(at_peak: torch.Tensor, top: torch.Tensor, n_heads: int) -> tuple[
     return lead, lead_share.gather(0, lead[None])[0], lead_share
 
 
+#: The columns of :func:`top_text_leads` (chapter 07's top_text_leads.csv).
+TOP_TEXT_LEADS_COLUMNS = {
+    "neuron": "layer-0 MLP neuron j",
+    "text": "index of one of the neuron's top texts (chosen on all the test texts)",
+    "lead_head": "the head making the largest true contribution at that text's peak",
+}
+
+
+def top_text_leads(at_peak: torch.Tensor, top: torch.Tensor, neurons: torch.Tensor) -> pd.DataFrame:
+    """The head leading at each top text's peak, one row per (neuron, top text): at_peak
+    [T, H, J], top [T, J] (:func:`top_texts`), neurons [J] -> neuron, text, lead_head. The
+    votes behind :func:`lead_heads`, kept so that its consistency can be recomputed on
+    resampled texts."""
+    t, k = top.nonzero(as_tuple=True)
+    return pd.DataFrame({"neuron": neurons.cpu()[k].tolist(), "text": t.tolist(), "lead_head": at_peak.argmax(1)[t, k].tolist()})
+
+
 #: The columns of :func:`head_table` (chapter 07's head_by_neuron.csv).
 HEAD_COLUMNS = {
     "neuron": "layer-0 MLP neuron j",
