@@ -59,6 +59,7 @@ def compute(run) -> Result:
         },
         headline={
             "position": mid,
+            "circuit_heads": heads,
             "cv_by_head": {str(c.head): c.cv_empirical for c in conc if c.head in shown},
             "cv_iid_by_head": {str(c.head): c.cv_iid for c in conc if c.head in shown},
             "median_abs_dev_from_1": median_abs_dev_circuit,
