@@ -138,3 +138,10 @@ def test_a_page_on_the_control_shows_the_verdict_instead_of_a_traceback(notebook
     assert summary["headline"]["premise_holds"] is False
     if "contextual_circuit" in notebook:
         assert report.PREMISE_FAILS in html  # the closing "Paper vs this build" table still renders
+
+
+def test_a_build_on_the_control_names_it_and_its_toy_corpus(monkeypatch):
+    monkeypatch.setenv("CTXN_MODEL", "toy-control")
+    monkeypatch.delenv("CTXN_CORPUS", raising=False)
+    e = report.edition()
+    assert e["model"] == "toy-control" and e["corpus"] == "toy"  # not the build machine's path to it, nor OpenWebText

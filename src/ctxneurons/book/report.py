@@ -25,7 +25,7 @@ import pandas as pd
 from ctxneurons.book import figures
 from ctxneurons.io.corpus import corpus_label
 from ctxneurons.book.experiment import project_root, resolve_model_choice, resolve_output_dir
-from ctxneurons.io.model import resolve_model
+from ctxneurons.io.model import is_toy, resolve_model
 
 PAPER = {
     "median_tv": 0.05,
@@ -53,9 +53,12 @@ def edition() -> dict:
     """The model and corpus a build with the current environment uses, and whether that is the offline fallback."""
     model, fallback = resolve_model_choice(os.environ.get("CTXN_MODEL", "auto"))
     corpus = os.environ.get("CTXN_CORPUS", "auto")
+    toy = is_toy(model)  # the toy or its negative control, by name or folder: the toy's corpus, and no hub commit
     if corpus == "auto":
-        corpus = "toy" if model == "toy" else "openwebtext"
-    if model != "toy":  # name the weights and texts by their hub commits, as every caption does
+        corpus = "toy" if toy else "openwebtext"
+    if toy:
+        model = Path(model).name  # 'toy', 'toy-control', or a toy's folder without the build machine's path
+    else:  # name the weights and texts by their hub commits, as every caption does
         model = resolve_model(model).label
         corpus = corpus_label(corpus)
     calibration = os.environ.get("CTXN_CALIBRATION_TEXT") or (
