@@ -197,6 +197,13 @@ def test_heads_auto_is_the_rule_and_never_a_fixed_list():
         stable_heads.resolve("slow", pick_of([1]))
 
 
+def test_the_message_lists_the_heads_as_a_reader_writes_them():
+    import pandas as pd
+
+    pick = stable_heads.HeadPick(heads=[0, 2, 6], table=pd.DataFrame(), position=10, n_texts=2, model="m")
+    assert pick.message.startswith("m: heads 0, 2, 6 have a slowly decaying kernel")  # not Python's [0, 2, 6]
+
+
 def test_the_pick_is_shown_against_a_reference_list(toy_pick):
     t = stable_heads.with_reference(toy_pick, [0, 1, 2])
     assert list(t.columns).index("in_reference") == list(t.columns).index("picked") + 1

@@ -207,7 +207,9 @@ def for_outputs(root: str | os.PathLike | None, summaries: dict[str, dict], note
             tv, "median_tv", "the median over (text, head) of each resampled text's median TV")
     if (at_mid := _csv("denominator_stability", "denominators_at_mid")) is not None:
         s = summaries.get("denominator_stability", {})
-        circuit = [int(h) for h in s.get("parameters", {}).get("heads", []) if isinstance(h, int) or str(h).isdigit()]
+        # The circuit's heads as the chapter resolved them (the heads parameter may be 'auto').
+        heads = s.get("headline", {}).get("circuit_heads", s.get("parameters", {}).get("heads", []))
+        circuit = [int(h) for h in heads if isinstance(h, int) or str(h).isdigit()]
         out["cv_circuit"] = largest_cv(at_mid, circuit)
         if (local := s.get("headline", {}).get("local_head")) is not None:
             out["cv_local"] = largest_cv(at_mid, [int(local)],

@@ -26,7 +26,7 @@ import pandas as pd
 from ctxneurons.book import figures, intervals
 from ctxneurons.io.corpus import corpus_label
 from ctxneurons.book.experiment import BOOK_OUTPUT_DIR, project_root, resolve_model_choice, resolve_output_dir
-from ctxneurons.io.model import resolve_model
+from ctxneurons.io.model import is_toy, resolve_model
 
 PAPER = {
     "median_tv": 0.05,
@@ -54,9 +54,12 @@ def edition() -> dict:
     """The model and corpus a build with the current environment uses, and whether that is the offline fallback."""
     model, fallback = resolve_model_choice(os.environ.get("CTXN_MODEL", "auto"))
     corpus = os.environ.get("CTXN_CORPUS", "auto")
+    toy = is_toy(model)  # the toy or its negative control, by name or folder: the toy's corpus, and no hub commit
     if corpus == "auto":
-        corpus = "toy" if model == "toy" else "openwebtext"
-    if model != "toy":  # name the weights and texts by their hub commits, as every caption does
+        corpus = "toy" if toy else "openwebtext"
+    if toy:
+        model = Path(model).name  # 'toy', 'toy-control', or a toy's folder without the build machine's path
+    else:  # name the weights and texts by their hub commits, as every caption does
         model = resolve_model(model).label
         corpus = corpus_label(corpus)
     calibration = os.environ.get("CTXN_CALIBRATION_TEXT") or (
@@ -156,8 +159,9 @@ def scorecard(summaries: dict[str, dict], tables: str | os.PathLike | None = Non
         """interval: the key of this row's :func:`intervals.for_outputs` interval; fixed: the
         key of intervals.FIXED saying why the row has none."""
         s = summaries.get(notebook)
-        value = value_of(s["headline"], s.get("parameters", {})) if s else None
-        shown = _fmt(value) if s else "not run"
+        premise_fails = bool(s) and s["headline"].get("premise_holds") is False  # the chapter ran and found no circuit
+        value = None if premise_fails or not s else value_of(s["headline"], s.get("parameters", {}))
+        shown = PREMISE_FAILS if premise_fails else _fmt(value) if s else "not run"
         how = "—"
         if s and interval in ci and value is not None:
             shown += f" [{ci[interval].low:.4g}, {ci[interval].high:.4g}]"
@@ -188,10 +192,13 @@ def scorecard(summaries: dict[str, dict], tables: str | os.PathLike | None = Non
         ", ".join(map(str, PAPER["slow_heads"])) + " (the paper's circuit heads)", "positional_kernels",
         lambda h, p: _fmt_heads(h.get("stable_heads")) if "stable_heads" in h else None, "stable_heads", fixed="pick")
     add("circuit heads all slowly decaying", "yes", "positional_kernels",
-        lambda h, p: "yes" if h.get("circuit_heads_all_slow") else "no", "slow_heads", fixed="weights")
+        lambda h, p: PREMISE_FAILS if h.get("circuit_heads") == [] else "yes" if h.get("circuit_heads_all_slow") else "no",
+        "slow_heads", fixed="weights")
     add("denominator spread across texts at n_ctx/2 (largest CV over circuit heads)", "nearly flat (Fig. 4)",
         "denominator_stability",
-        lambda h, p: max((v for k, v in h.get("cv_by_head", {}).items() if int(k) in p.get("heads", [])), default=None),
+        # The circuit's heads as the chapter resolved them (the heads parameter may be 'auto').
+        lambda h, p: max((v for k, v in h.get("cv_by_head", {}).items() if int(k) in h.get("circuit_heads", p.get("heads", []))),
+                         default=None),
         "denominators", "cv_circuit")
     add("  … the same for the most local head, for contrast", "large", "denominator_stability",
         lambda h, p: h.get("local_head_cv"), "denominators", "cv_local")
@@ -250,11 +257,59 @@ def scorecard(summaries: dict[str, dict], tables: str | os.PathLike | None = Non
     return pd.DataFrame(rows)
 
 
+PREMISE_FAILS = "none: the premise fails"  # a scorecard value where the rule picked no head, so no circuit exists
+
+
 def _fmt_heads(heads: list | None) -> str | None:
     """A head list as '0, 2, 6'; an empty one as the premise failing (the rule picked none)."""
     if heads is None:
         return None
-    return ", ".join(map(str, heads)) if heads else "none: the premise fails"
+    return ", ".join(map(str, heads)) if heads else PREMISE_FAILS
+
+
+NO_FIGURES = ("This chapter's figures are not drawn: they show the contextual circuit, and for this model there is none. "
+              "Chapter 01 shows every head's kernel and denominator; chapter 06 sets the model beside others.")
+
+# Chapter 01's consequence: its figures are how the rule decides, so they are drawn.
+NO_CIRCUIT_HERE = ("The kernels and the rule's verdict below are drawn all the same: they are how the rule decides. "
+                   "The chapters that need the circuit (02-05 and 07-09) draw none of their figures for this model.")
+
+
+def premise_fails_html(pick, consequence: str = NO_FIGURES) -> str:
+    """The box a page shows where the circuit's premise fails (heads='auto' and the stable-heads
+    rule picks no head): the rule's verdict, every head with its kernel, its denominator's CV
+    and why the rule rejects it (``pick``, a :class:`~ctxneurons.method.stable_heads.HeadPick`),
+    and ``consequence``, what the page leaves out. Every value is escaped."""
+    e = figures.escape_text
+    cv = lambda v: f"{v:.3f}" if np.isfinite(v) else "—"  # noqa: E731
+    rows = "".join(f"<tr><td>{int(r.head)}</td><td>{e(r.kind)}</td><td>{cv(float(r.cv_measured))}</td><td>{e(r.reason)}</td></tr>"
+                   for r in pick.table.itertuples())
+    return (f'<div class="admonition warning ctxn-premise"><p class="admonition-title">No circuit: the premise fails for '
+            f"{e(pick.model)}</p><p>{e(pick.message)}.</p><p>{e(consequence)}</p>"
+            '<table class="table"><thead><tr><th>head</th><th>kernel</th><th>denominator CV</th>'
+            f"<th>the rule's verdict</th></tr></thead><tbody>{rows}</tbody></table></div>")
+
+
+def skip_remaining_cells() -> None:
+    """Make every later cell of the running notebook run nothing, for a page whose premise
+    fails and that has said so: its cells would need the circuit (the reports keep no
+    ``if`` around each). It holds for the kernel's life: restart the kernel to run again."""
+    from IPython import get_ipython
+
+    get_ipython().input_transformers_post.append(lambda lines: [])
+
+
+def stop_unless_premise_holds(run, consequence: str) -> None:
+    """On a report page whose run has no circuit (``run.premise_holds`` False): save the
+    :func:`ctxneurons.chapters.premise_fails` summary, show :func:`premise_fails_html` with
+    ``consequence`` and :func:`skip_remaining_cells`. Nothing otherwise."""
+    from ctxneurons import chapters
+
+    if run.premise_holds:
+        return
+    chapters.save(run, chapters.premise_fails(run))
+    figures.show_html(premise_fails_html(run.head_pick, consequence))
+    skip_remaining_cells()
 
 
 def _per_model(h: dict, value_of) -> str | None:

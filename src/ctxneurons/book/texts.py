@@ -116,6 +116,12 @@ class RunTexts:
         return stable_heads.resolve(self.params.get("heads", PAPER_HEADS), lambda: self.head_pick)
 
     @property
+    def premise_holds(self) -> bool:
+        """Whether the run has circuit heads: False only when the ``heads`` parameter is 'auto'
+        and the stable-heads rule picks none (a list of heads is taken as given, unchecked)."""
+        return self.params.get("heads", PAPER_HEADS) != stable_heads.AUTO or self.head_pick.premise_holds
+
+    @property
     def C(self) -> float:
         return self.params.get("C", decomposition.DEFAULT_C)
 

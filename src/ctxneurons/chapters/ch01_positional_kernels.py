@@ -28,10 +28,13 @@ def compute(run) -> Result:
     kind = {c.head: c.kind for c in classes}
     by_kind = {k: [c.head for c in classes if c.kind == k] for k in kernels.HEAD_KINDS}
     pick = run.head_pick  # the rule heads="auto" uses too: measured once per run
+    # Where the rule picks no head (heads="auto") there is no circuit; the kernels and the
+    # rule's verdict, which this chapter shows, are still what a reader needs to see why.
+    heads = list(run.heads) if run.premise_holds else []
     return Result(
-        tables={"kernels": Table(kernels.kernel_frame(K, classes, run.heads), kernels.KERNEL_COLUMNS),
-                "head_classes": Table(kernels.classes_frame(classes, run.heads), kernels.CLASSES_COLUMNS),
-                "stable_heads": Table(stable_heads.with_reference(pick, run.heads),
+        tables={"kernels": Table(kernels.kernel_frame(K, classes, heads), kernels.KERNEL_COLUMNS),
+                "head_classes": Table(kernels.classes_frame(classes, heads), kernels.CLASSES_COLUMNS),
+                "stable_heads": Table(stable_heads.with_reference(pick, heads),
                                       {**stable_heads.TABLE_COLUMNS, **stable_heads.REFERENCE_COLUMN})},
         headline={
             "query_position": n,
@@ -39,10 +42,10 @@ def compute(run) -> Result:
             "heads_local": by_kind["local"],
             "heads_uniform": by_kind["uniform"],
             "heads_first_token": by_kind["first-token"],
-            "circuit_heads": list(run.heads),
-            "circuit_heads_all_slow": all(kind[h] == "slow" for h in run.heads),
+            "circuit_heads": heads,
+            "circuit_heads_all_slow": all(kind[h] == "slow" for h in heads) if heads else None,
             **pick.headline(),
-            "stable_heads_vs_circuit_heads": stable_heads.paper_agreement(pick, list(run.heads)),
+            "stable_heads_vs_circuit_heads": stable_heads.paper_agreement(pick, heads),
         },
         extra={"classes": classes, "by_kind": by_kind, "pick": pick},
     )

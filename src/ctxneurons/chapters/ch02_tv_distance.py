@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ctxneurons.chapters import Result, Table
+from ctxneurons.chapters import Result, Table, needs_circuit
 from ctxneurons.method import decomposition, stats
 from ctxneurons.method.evaluation import BATCH_SIZE, FIRST_POSITION
 
 N_SWEEP = 16  # texts of the C sweep: it recomputes the decomposition once per C
 
 
+@needs_circuit
 def compute(run) -> Result:
     """Tables tv_example_text, tv_by_text, tv_histogram and tv_by_C (columns beside the
     functions in :mod:`ctxneurons.method.decomposition` that build them); extra ``by_head``:

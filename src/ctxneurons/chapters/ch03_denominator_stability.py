@@ -11,12 +11,13 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from ctxneurons.chapters import Result, Table
+from ctxneurons.chapters import Result, Table, needs_circuit
 from ctxneurons.io.corpus import iter_batches
 from ctxneurons.method import denominators, kernels, stats
 from ctxneurons.method.evaluation import BATCH_SIZE, FIRST_POSITION
 
 
+@needs_circuit
 def compute(run) -> Result:
     """Tables denominators_examples, denominators_at_mid and concentration (columns beside
     the functions in :mod:`ctxneurons.method.denominators` that build them); extra:
@@ -58,6 +59,7 @@ def compute(run) -> Result:
         },
         headline={
             "position": mid,
+            "circuit_heads": heads,
             "cv_by_head": {str(c.head): c.cv_empirical for c in conc if c.head in shown},
             "cv_iid_by_head": {str(c.head): c.cv_iid for c in conc if c.head in shown},
             "median_abs_dev_from_1": median_abs_dev_circuit,

@@ -8,7 +8,7 @@ Shapes: N texts, J evaluated neurons.
 
 from __future__ import annotations
 
-from ctxneurons.chapters import Result, Table
+from ctxneurons.chapters import Result, Table, needs_circuit
 from ctxneurons.method import evaluation, neurons
 from ctxneurons.method.evaluation import BATCH_SIZE, FIRST_POSITION
 
@@ -26,6 +26,7 @@ def example_start(n_positions: int) -> int:
     return FULL_KERNEL_FROM if n_positions > 2 * FULL_KERNEL_FROM else 1
 
 
+@needs_circuit
 def compute(run) -> Result:
     """Tables scores, scores_by_neuron, traces, by_calibration and calibration_denominators
     (columns beside the functions in :mod:`ctxneurons.method.evaluation` that build them);

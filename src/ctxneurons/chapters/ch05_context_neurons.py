@@ -16,7 +16,7 @@ import math
 import pandas as pd
 import torch
 
-from ctxneurons.chapters import Result, Table
+from ctxneurons.chapters import Result, Table, needs_circuit
 from ctxneurons.chapters.ch04_contextual_circuit import example_start
 from ctxneurons.method import evaluation, neurons
 from ctxneurons.toy import truth as planted_truth
@@ -26,6 +26,7 @@ NAMED_NEURON = 300  # GPT-2 Small's Commonwealth-vs-American-English spelling ne
 NAMED_K = 15  # tokens shown on each side for it
 
 
+@needs_circuit
 def compute(run) -> Result:
     """Tables counts_by_threshold, extreme_tokens, calibration_firing and, on the toy,
     toy_precision_recall (columns beside the functions in :mod:`ctxneurons.method.neurons`

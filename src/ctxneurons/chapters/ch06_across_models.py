@@ -89,12 +89,15 @@ def _control_notes(models_df: pd.DataFrame) -> list[str]:
         return ["No control among the models (add 'toy-control' to models to include it)."]
     notes = []
     for _, c in control_rows.iterrows():
-        ref = reference.iloc[0]
         if not c["premise_holds"]:
             notes.append(f"{c['model']}: stable heads picked: none. No head has a slowly decaying kernel and a stable denominator "
                          f"(kernel-slow heads: {c['slow_heads'] or 'none'}, duplicate-token heads: {c['duplicate_token_heads'] or 'none'}): "
                          "the circuit's premise fails, so no circuit is built and no neurons are reported.")
             continue
+        if reference.empty:  # e.g. model='toy-control' with models='auto': the control alone
+            notes.append(f"{c['model']}: stable heads picked: {c['stable_heads']}; no other model to set it against")
+            continue
+        ref = reference.iloc[0]
         notes.append(f"{c['model']}: stable heads picked: {c['stable_heads']}; "
                   f"against {ref['model']}: median r {c['median_r']:.3f} vs {ref['median_r']:.3f}, "
                   f"median FVU {c['median_fvu']:.3f} vs {ref['median_fvu']:.3f}, "
@@ -115,12 +118,13 @@ def compute(run) -> Result:
     hf_logging.disable_progress_bar()  # building the control and loading each model: bars are noise on a page
     p = run.params
     names = across.default_models(p["model"]) if p["models"] == "auto" else p["models"]
+    reference = None if p["heads"] == stable_heads.AUTO else list(p["heads"])  # 'auto': each model's pick, nothing to compare
     notes = ["models: " + ", ".join(names)]
     studies = {}
     for name in names:
         w = run.w if name == p["model"] else across.load(name, device=str(run.w.device))
         other = run.for_model(name, w, across.label(name))
-        studies[name] = across.study(other, list(p["heads"]), threshold=p["threshold"], max_neurons=p["max_neurons"])
+        studies[name] = across.study(other, reference, threshold=p["threshold"], max_neurons=p["max_neurons"])
         row = studies[name].row
         notes.append(f"{row['model']}: stable heads {row['stable_heads']}, median r {row['median_r']:.3f}, median FVU {row['median_fvu']:.3f}"
                      if row["premise_holds"] else f"{row['model']}: no stable head: the circuit's premise fails, no neurons reported")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from ctxneurons.chapters import Result, Table
+from ctxneurons.chapters import Result, Table, needs_circuit
 from ctxneurons.io.corpus import iter_batches
 from ctxneurons.io.model import resolve_model_dir
 from ctxneurons.method import circuit, evaluation, kernels, neurons
@@ -65,6 +65,7 @@ def _against_plant(truth: dict, neuron_df: pd.DataFrame, effects: torch.Tensor, 
     return toy_df, share, notes
 
 
+@needs_circuit
 def compute(run) -> Result:
     """Chapter 07 on ``run`` (an :class:`~ctxneurons.book.experiment.Run` with the
     chapter's parameters): tables head_by_neuron, neurons, top_text_leads, promoted_tokens and, on the toy,

@@ -6,7 +6,7 @@ On the toy, the planted topics are a second labelling beside the clustering.
 
 from __future__ import annotations
 
-from ctxneurons.chapters import Result, Table
+from ctxneurons.chapters import Result, Table, needs_circuit
 from ctxneurons.io.corpus import iter_batches
 from ctxneurons.method import evaluation, neurons
 from ctxneurons.studies import core_tokens
@@ -15,6 +15,7 @@ from ctxneurons.toy import truth as planted_truth
 N_TOP = 10  # the highest activation core tokens checked against a planted neuron's topic
 
 
+@needs_circuit
 def compute(run) -> Result:
     """Chapter 08 on ``run`` (an :class:`~ctxneurons.book.experiment.Run` with the
     chapter's parameters): tables core_overlap, core_tokens, homogeneity, categories;

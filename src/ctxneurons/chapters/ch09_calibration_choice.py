@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 
 from ctxneurons.book.experiment import ParameterError
-from ctxneurons.chapters import Result, Table
+from ctxneurons.chapters import Result, Table, needs_circuit
 from ctxneurons.method import evaluation, neurons
 from ctxneurons.studies import calibration
 
@@ -29,6 +29,7 @@ def _domains(run) -> dict[str, str]:
     return domains
 
 
+@needs_circuit
 def compute(run) -> Result:
     """Chapter 09 on ``run`` (an :class:`~ctxneurons.book.experiment.Run` with the
     chapter's parameters): tables candidates, calibration_denominators,

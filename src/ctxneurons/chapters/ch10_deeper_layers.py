@@ -102,7 +102,7 @@ def compute(run) -> Result:
     trace_df = _trace(run, ex.get("trace"), tokens[:n_ex], show)
 
     layer0 = heads_df[heads_df["layer"] == 0]
-    book_heads = list(run.heads)
+    book_heads = list(run.heads) if run.premise_holds else []  # heads="auto" on a model whose premise fails: none
     headline = {
         "denominator_cv_by_layer_head": dl.by_layer_head(summaries, "denominator_cv"),
         "calibrated_fvu_by_layer_head": dl.by_layer_head(summaries, "calibrated_fvu"),
@@ -120,7 +120,7 @@ def compute(run) -> Result:
         "showcase_head": list(show) if show else None,
         "showcase_reason": why,
         "layer0_book_heads": book_heads,
-        "layer0_book_heads_median_cv": float(layer0[layer0["head"].isin(book_heads)]["denominator_cv"].median()),
+        "layer0_book_heads_median_cv": float(layer0[layer0["head"].isin(book_heads)]["denominator_cv"].median()) if book_heads else None,
         "layer0_book_heads_stable": sorted(set(stable.get("0", [])) & set(book_heads)),
         "n_layers": len(specs),
         "n_texts": int(stats.n_texts),

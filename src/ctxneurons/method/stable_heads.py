@@ -144,7 +144,7 @@ class HeadPick:
     def message(self) -> str:
         """One sentence on the result, for the chapters to print."""
         if self.heads:
-            return f"{self.model}: heads {self.heads} have a slowly decaying kernel and a stable denominator"
+            return f"{self.model}: heads {', '.join(map(str, self.heads))} have a slowly decaying kernel and a stable denominator"
         return (f"{self.model}: no head has both a slowly decaying kernel and a stable denominator "
                 f"(CV <= {CV_STABLE_MAX} at position {self.position}): the circuit's premise fails for this model, "
                 "and no neurons are reported through it")

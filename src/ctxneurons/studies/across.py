@@ -117,7 +117,7 @@ class Study:
     scores: pd.DataFrame | None = None
 
 
-def study(run, reference_heads: list[int], threshold: float = PAPER_THRESHOLD, n_mads: float = SCALED_N_MADS,
+def study(run, reference_heads: list[int] | None, threshold: float = PAPER_THRESHOLD, n_mads: float = SCALED_N_MADS,
           max_neurons: int = 100, batch_size: int = 8, first_position: int = 1) -> Study:
     """Run the method on ``run``'s model (an :class:`experiment.Run`; its ``heads``
     parameter is set to the circuit's heads here) and summarise it in one row.
@@ -125,7 +125,7 @@ def study(run, reference_heads: list[int], threshold: float = PAPER_THRESHOLD, n
     The circuit's heads are the stable-heads rule's pick (:func:`stable_heads.pick_heads`:
     a slowly decaying kernel and a stable denominator), found from the model's weights and
     the run's texts; ``reference_heads`` (the heads parameter, the paper's six by default)
-    is only compared with it. A model where the rule finds no head has no circuit: its
+    is only compared with it (None, for heads='auto': nothing to compare with). A model where the rule finds no head has no circuit: its
     premise fails, and the row says so instead of reporting neurons (NaN for every number
     that needs a circuit, nothing found)."""
     w = run.w
@@ -157,8 +157,8 @@ def study(run, reference_heads: list[int], threshold: float = PAPER_THRESHOLD, n
         "stable_heads": heads,
         "circuit_heads": heads,
         "premise_holds": pick.premise_holds,
-        "agrees_with_reference": sorted(heads) == sorted(h for h in reference_heads if h < w.n_heads),
-        "reference_heads": [h for h in reference_heads if h < w.n_heads],
+        "agrees_with_reference": None if reference_heads is None else sorted(heads) == sorted(h for h in reference_heads if h < w.n_heads),
+        "reference_heads": [h for h in reference_heads or [] if h < w.n_heads],
         "denominator_cv": float(t.loc[heads, "cv_measured"].median()) if heads else math.nan,
         "denominator_position": n,
         "threshold": threshold,
@@ -227,7 +227,7 @@ COLUMNS = {
     "stable_heads": f"the rule's pick: a slow kernel and a denominator CV at most {stable_heads.CV_STABLE_MAX}",
     "circuit_heads": "heads the circuit uses: the rule's pick (none: the model has no circuit)",
     "premise_holds": "whether any head qualifies; when none does, the circuit's premise fails and no neurons are reported",
-    "agrees_with_reference": "whether the rule's pick equals reference_heads",
+    "agrees_with_reference": "whether the rule's pick equals reference_heads (empty with heads='auto': no reference)",
     "reference_heads": "the heads parameter (the paper's six by default), only compared with the pick",
     "median_tv": "median TV distance between true and decomposed patterns over circuit heads, texts and positions >= 1",
     "denominator_cv": "median over circuit heads of std/mean across texts of the denominator at denominator_position (query ' the')",
@@ -277,6 +277,6 @@ def summary_rows(df: pd.DataFrame) -> list[dict]:
                 continue
             r[col] = [int(h) for h in str(r[col]).split()]
         for col in ("premise_holds", "agrees_with_reference"):
-            r[col] = bool(r[col])
+            r[col] = None if r[col] is None else bool(r[col])
         r.update({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
     return rows
