@@ -43,7 +43,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ctxneurons.chapters import Result, Table
+from ctxneurons.chapters import Result, Table, needs_circuit
 from ctxneurons.chapters.ch04_contextual_circuit import example_start
 from ctxneurons.io.model import resolve_model_dir
 from ctxneurons.method import evaluation, neurons
@@ -314,6 +314,7 @@ def _read_table(path: Path, **kw) -> pd.DataFrame | None:
     return pd.read_csv(path, **kw) if path.is_file() else None
 
 
+@needs_circuit
 def compute(run) -> Result:
     """The browser on ``run`` (parameters threshold, max_neurons, n_examples: windows per
     section): discovery as in chapter 05, then :func:`scan` over every test text. Tables

@@ -290,26 +290,16 @@ def premise_fails_html(pick, consequence: str = NO_FIGURES) -> str:
             f"<th>the rule's verdict</th></tr></thead><tbody>{rows}</tbody></table></div>")
 
 
-def skip_remaining_cells() -> None:
-    """Make every later cell of the running notebook run nothing, for a page whose premise
-    fails and that has said so: its cells would need the circuit (the reports keep no
-    ``if`` around each). It holds for the kernel's life: restart the kernel to run again."""
-    from IPython import get_ipython
-
-    get_ipython().input_transformers_post.append(lambda lines: [])
-
-
-def stop_unless_premise_holds(run, consequence: str) -> None:
+def say_if_premise_fails(run, consequence: str) -> bool:
     """On a report page whose run has no circuit (``run.premise_holds`` False): save the
-    :func:`ctxneurons.chapters.premise_fails` summary, show :func:`premise_fails_html` with
-    ``consequence`` and :func:`skip_remaining_cells`. Nothing otherwise."""
+    :func:`ctxneurons.chapters.premise_fails` summary and show :func:`premise_fails_html` with
+    ``consequence``. Returns ``run.premise_holds``, for the page's cells to test."""
     from ctxneurons import chapters
 
-    if run.premise_holds:
-        return
-    chapters.save(run, chapters.premise_fails(run))
-    figures.show_html(premise_fails_html(run.head_pick, consequence))
-    skip_remaining_cells()
+    if not run.premise_holds:
+        chapters.save(run, chapters.premise_fails(run))
+        figures.show_html(premise_fails_html(run.head_pick, consequence))
+    return run.premise_holds
 
 
 def _per_model(h: dict, value_of) -> str | None:
