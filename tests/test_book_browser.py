@@ -42,8 +42,8 @@ figures.show_html(figures.token_heatmap_html(tokens, [0.1, 5.0, -0.2, 2.0, 0.0, 
 
 def _write_book(root: Path) -> None:
     shutil.copy(REPO / "_config.yml", root / "_config.yml")
-    shutil.copytree(REPO / "book" / "_ext", root / "book" / "_ext",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("_ext", "_static"):
+        shutil.copytree(REPO / "book" / folder, root / "book" / folder, ignore=shutil.ignore_patterns("__pycache__"))
     (root / "_toc.yml").write_text("format: jb-book\nroot: index\nchapters:\n  - file: demo\n")
     (root / "index.md").write_text("# Throwaway book\n\nA page without figures, with math: $q_n \\cdot k_i$.\n")
     nb = nbformat.v4.new_notebook(

@@ -42,7 +42,8 @@ def test_gpu_job_batch_ran_on_cpu(built_book):
 def every_page(built_book):
     """Each page of PAGES opened once in Chromium, as a reader opens it, and what the tests
     below check of it: {name: {figures in its HTML, (total, drawn) figures, its request and
-    console report, whether corpus HTML ran, its body text, its cell outputs' noise}}."""
+    console report, whether corpus HTML ran, its body text, its cell outputs' noise, the
+    outputs wider than the column (at open_page's 1280 px viewport)}}."""
     seen = {}
     with serve(built_book["html"]) as base, launch() as browser:
         for name in PAGES:
@@ -53,7 +54,8 @@ def every_page(built_book):
             outputs, empty = page_outputs(page)
             seen[name] = {"expected": expected, "drawn": (total, drawn), "report": report,
                           "xss": page.evaluate("window.__xss"), "body": page.inner_text("body"),
-                          "noise": output_noise(outputs, built_book["inputs"]) + ([f"{empty} empty output box(es)"] if empty else [])}
+                          "noise": output_noise(outputs, built_book["inputs"]) + ([f"{empty} empty output box(es)"] if empty else []),
+                          "wide": wide_outputs(page)}
             if name in SCREENSHOTS:
                 screenshot(page, SCREENSHOTS[name])
             page.close()
@@ -83,17 +85,10 @@ def test_no_page_shows_python_noise(every_page):
     assert not problems, "\n".join(f"{name}: {p}" for name, ps in problems.items() for p in ps)
 
 
-def test_no_cell_output_is_wider_than_the_column(built_book):
+def test_no_cell_output_is_wider_than_the_column(every_page):
     """Each chapter's setup cell prints its provenance as one long line: it must wrap in the
     column (book/_static/ctxneurons.css), not run off the page where it is clipped."""
-    wide = {}
-    with serve(built_book["html"]) as base, launch() as browser:
-        for name in PAGES:
-            page, _ = open_page(browser, f"{base}/{name}.html")
-            page.set_viewport_size({"width": 1280, "height": 900})
-            if found := wide_outputs(page):
-                wide[name] = found
-            page.close()
+    wide = {name: seen["wide"] for name, seen in every_page.items() if seen["wide"]}
     assert not wide, wide
 
 

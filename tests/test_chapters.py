@@ -102,10 +102,11 @@ def test_ch04_evaluates_planted_neurons_and_agrees_with_itself(toy_run, truth):
     # Each trace's r, recomputed from its positions, is the score table's.
     traces, scores = r.tables["traces"].frame, r.tables["scores"].frame.set_index(["text", "neuron"])
     assert traces["position"].min() == 1
+    decoded = {t: run.token_str(run.texts.tokens[t]) for t in traces["text"].unique()}  # once a text: it decodes every token
     for (text, neuron), g in traces.groupby(["text", "neuron"]):
         r_trace = evaluation.pearson_r(torch.tensor(g["true"].values), torch.tensor(g["approx"].values))
         assert float(r_trace) == pytest.approx(scores.loc[(text, neuron), "r"], abs=1e-5)
-        assert g["token"].tolist() == [run.token_str(run.texts.tokens[text])[p] for p in g["position"]]
+        assert g["token"].tolist() == [decoded[text][p] for p in g["position"]]
 
 
 def test_ch05_finds_the_planted_context_neurons_including_those_silent_on_the_calibration_text(toy_run, truth):

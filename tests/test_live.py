@@ -330,7 +330,7 @@ def toy_book(toy_dir, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("toy-book")
     shutil.copy(REPO / "_config.yml", root / "_config.yml")
-    for folder in ("book/_ext", "book/js"):
+    for folder in ("book/_ext", "book/_static", "book/js"):
         shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
     (root / "reports").mkdir()
     shutil.copy(REPO / "reports" / f"{live.NOTEBOOK}.ipynb", root / "reports")
