@@ -226,14 +226,17 @@ def copy_repo(dst: Path) -> Path:
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the test ids
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (``bash ci/test.sh`` runs ``-n auto --dist loadgroup``) every test
-    that needs the local hub server runs on one worker, so that the server and the book built
-    through it (``gpt2_edition_book``, the suite's longest fixture) are set up once; those
-    tests go first, so that this worker's long queue starts while the others share the rest."""
-    on_hub = [item for item in items if "hub" in getattr(item, "fixturenames", ())]
-    for item in on_hub:
-        item.add_marker(pytest.mark.xdist_group("hub"))
-    rest = [item for item in items if "hub" not in getattr(item, "fixturenames", ())]
-    items[:] = on_hub + rest
+    that reads the book built through the local hub (``gpt2_edition_book``, the suite's longest
+    fixture) runs on one worker, so that the book is built once; those tests go first, so that
+    this worker's long queue starts while the others share the rest. (The hub server itself
+    starts in a few seconds: each worker that needs it starts its own.)"""
+    on_book = [item for item in items if BOOK_FIXTURE in getattr(item, "fixturenames", ())]
+    for item in on_book:
+        item.add_marker(pytest.mark.xdist_group(BOOK_GROUP))
+    items[:] = on_book + [item for item in items if BOOK_FIXTURE not in getattr(item, "fixturenames", ())]
+
+
+BOOK_FIXTURE, BOOK_GROUP = "gpt2_edition_book", "gpt2-edition-book"
 
 
 @pytest.fixture(scope="session", autouse=True)

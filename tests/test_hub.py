@@ -195,9 +195,11 @@ def test_gpu_job_builds_the_gpt2_edition_through_the_hub_then_reruns_from_the_ca
     assert rerun["model_revision"] == model_sha and rerun["corpus_revision"] == owt_sha
 
 
-def test_the_hub_tests_share_one_worker(hub, request):
-    """Under ``bash ci/test.sh`` (pytest-xdist, --dist loadgroup) every test of the hub runs on
-    one worker, or the server and the book built through it are set up once per worker: a
-    pytest that drops xdist's group silently (pytest-xdist issue #1386) fails here."""
-    if request.config.getvalue("dist") == "loadgroup" or getattr(request.config.option, "loadgroup", False):
-        assert request.node.nodeid.endswith("@hub"), request.node.nodeid
+def test_the_book_built_through_the_hub_is_built_once(gpt2_edition_book, request):
+    """Under ``bash ci/test.sh`` (pytest-xdist, --dist loadgroup) every test that reads the book
+    built through the hub runs on one worker, or each worker builds it again (two minutes
+    each): a pytest that drops xdist's groups silently (pytest-xdist issue #1386) fails here."""
+    from conftest import BOOK_GROUP
+
+    if getattr(request.config.option, "loadgroup", False) or request.config.getvalue("dist") == "loadgroup":
+        assert request.node.nodeid.endswith(f"@{BOOK_GROUP}"), request.node.nodeid

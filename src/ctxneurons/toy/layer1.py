@@ -188,7 +188,7 @@ def layer1_gain(path: str | Path, n_docs: int = 4, n_tokens: int = 512) -> float
 
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
     tok = tokenizer()
-    ids = [tok.encode(t)[: n_tokens] for t in documents(n_docs, seed=12345)]
+    ids = [tok.encode(t, verbose=False)[: n_tokens] for t in documents(n_docs, seed=12345)]  # longer than n_ctx by design: no warning
     tokens = torch.tensor([i[:n_tokens] for i in ids if len(i) >= n_tokens])
     seen = {}
     hook = model.transformer.ln_f.register_forward_pre_hook(lambda m, a: seen.__setitem__("x", a[0]))

@@ -86,7 +86,9 @@ def build_model(path: Path, seed: int = 0, control: bool = False, layers: int = 
       which writes them). ``layers=1`` leaves layer 1 out (layer 0 is the same either way).
     """
     from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # the first page that needs the toy builds it: bars would be noise there
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tok = tokenizer()
