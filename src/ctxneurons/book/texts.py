@@ -8,6 +8,7 @@ drawn from it, read off the draws rather than stored as a side effect of them.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -17,6 +18,8 @@ from ctxneurons.io import corpus
 from ctxneurons.io.model import is_toy
 from ctxneurons.method import decomposition, stable_heads
 from ctxneurons.method.circuit import PAPER_HEADS, other_calibrations
+
+log = logging.getLogger(__name__)
 
 CALIBRATION_SEED_OFFSET = 7919  # the default calibration text is drawn with seed + this, apart from the test texts
 OTHER_CALIBRATIONS_SEED_OFFSET = 101  # chapter 04's other calibration texts: seed + this
@@ -82,8 +85,13 @@ class RunTexts:
 
     @cached_property
     def calibration_tokens(self) -> torch.Tensor:
-        """Tokens 0..calibration_position of the calibration text: [n_cal + 1]."""
-        return corpus.calibration_tokens(self.calibration, self.w.tokenizer, self.calibration_position).to(self.w.device)
+        """Tokens 0..calibration_position of the calibration text: [n_cal + 1]. Logs a warning
+        when much of the text is unknown to the model's tokenizer (an English text on the toy)."""
+        tokens = corpus.calibration_tokens(self.calibration, self.w.tokenizer, self.calibration_position)
+        share = corpus.unknown_share(tokens[1:], self.w.tokenizer)
+        if note := corpus.unknown_warning(share, f"calibration text {self.calibration.name!r}", self.w.name):
+            log.warning(note)
+        return tokens.to(self.w.device)
 
     @cached_property
     def texts(self) -> corpus.TokenBatch:

@@ -455,6 +455,30 @@ def _prefix_ids(text: str, tokenizer, n: int) -> list[int]:
         size *= 4
 
 
+UNKNOWN_WARN = 0.05  # above this share of placeholder tokens a text says little about the model
+
+
+def unknown_share(ids: torch.Tensor, tokenizer) -> float:
+    """The share of ``ids`` [n] (a text's tokens, no BOS) that are the tokenizer's placeholder
+    for what it cannot read (``unk_token_id``): 0 for byte-level tokenizers such as GPT-2's,
+    often most of an English text under the toy's word-level one."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None or ids.numel() == 0:
+        return 0.0
+    return float((ids == unk).float().mean())
+
+
+def unknown_warning(share: float, what: str, model: str) -> str | None:
+    """What to tell a reader whose text is ``share`` placeholders under ``model``'s tokenizer
+    (None below :data:`UNKNOWN_WARN`): how much, and what to do."""
+    if share <= UNKNOWN_WARN:
+        return None
+    return (f"{share:.0%} of the tokens of {what} are unknown to {model}'s tokenizer: each became one placeholder "
+            "token, so the results say little about this text. Use a text in the model's vocabulary (for the offline "
+            "toy model, a text of its own corpus such as ctxneurons.toy.calibration_text()), or an English model "
+            "such as gpt2 for English text.")
+
+
 def calibration_tokens(cal: CalibrationText, tokenizer, position: int, bos: bool = True) -> torch.Tensor:
     """Tokens 0..position of the calibration text: LongTensor [position + 1], BOS first when ``bos``."""
     if position < 0:
