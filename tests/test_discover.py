@@ -106,3 +106,21 @@ def test_help_explains_each_option_in_the_papers_words(capsys):
     for phrase in ("calibration text", "slowly decaying", "shared (median) kernel", "top[j]", "about 5.0, giving about 100 neurons",
                    "never fired on the calibration text", "softmax denominators", "--model", "--device", "--out"):
         assert phrase in text, phrase
+
+
+@pytest.mark.parametrize("model, status", [("toy", 0), ("toy-control", 3)])
+def test_discover_with_the_stable_heads_rule_finds_the_toys_heads_and_says_no_on_the_control(model, status, toy_dir, truth, capsys,
+                                                                                           monkeypatch):
+    """`--heads auto` measures the rule's denominators on several texts (one text cannot give a
+    spread); on the control it picks no head and says the premise fails, with its own status."""
+    for k, v in _env(toy_dir.parent).items():
+        if k.startswith("CTXN_"):
+            monkeypatch.setenv(k, v)
+    for var in [v for v in os.environ if v.startswith("CTXN_") and v not in _env(toy_dir.parent)]:
+        monkeypatch.delenv(var)
+    assert cli.main(["discover", "--model", model, "--heads", "auto", "--device", "cpu", "--max-neurons", "3"]) == status
+    out, err = capsys.readouterr()
+    if status == 0:
+        assert f"heads {truth['heads']['slow']}" in out, out  # the planted slow heads
+    else:
+        assert "premise fails" in err and "unexpected error" not in err, err

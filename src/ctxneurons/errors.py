@@ -5,3 +5,9 @@ input, what was wrong and the fix; anything else is a bug and says so."""
 
 class InputError(Exception):
     """Something the user gave cannot be used; the message names it and says what to do."""
+
+
+class PremiseFails(ValueError):
+    """No head of the model has a slowly decaying kernel and a stable denominator: the
+    contextual circuit's premise does not hold, and neurons found through it mean nothing.
+    Not an input error and not a bug: the method's answer for this model."""

@@ -25,10 +25,12 @@ from pathlib import Path
 from ctxneurons.book import batch
 from ctxneurons.book.edition import resolve_model_choice
 from ctxneurons.book.params import PARAMETERS, ParameterError, check_output_file, check_writable_dir, validate
-from ctxneurons.errors import InputError
+from ctxneurons.errors import InputError, PremiseFails
 
 DEBUG_ENV = "CTXN_DEBUG"
 
+
+RULE_TEXTS = 64  # texts over which `discover --heads auto` measures each head's denominator
 
 def _split_assignment(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
@@ -93,7 +95,9 @@ def discover_main(argv: list[str]) -> int:
                         "of that domain. Default: the book's choice (a corpus text drawn with --seed; toy: its own)")
     d.add_argument("--heads", default="0,2,6,8,9,10",
                    help="the contextual circuit's heads: the slowly decaying layer-0 heads whose kernels are replaced "
-                        "by their shared (median) kernel. The paper: 0,2,6,8,9,10 of GPT-2 Small (default)")
+                        "by their shared (median) kernel. The paper: 0,2,6,8,9,10 of GPT-2 Small (default). 'auto': "
+                        f"the stable-heads rule's pick, its denominators measured on {RULE_TEXTS} corpus texts (exit "
+                        "status 3 when it picks none: the circuit's premise fails for the model)")
     d.add_argument("--threshold", default="5.0",
                    help="a neuron is found when top[j], its largest contribution over non-glitch tokens, reaches this. "
                         "The paper: about 5.0, giving about 100 neurons; lower finds more, with more false positives")
@@ -114,6 +118,8 @@ def discover_main(argv: list[str]) -> int:
     raw = {"model": args.model, "corpus": args.corpus, "calibration_text": args.calibration_text, "heads": args.heads,
            "threshold": args.threshold, "device": args.device, "max_neurons": args.max_neurons, "seed": args.seed, "n_texts": 1}
     params = validate(raw)  # every input checked before the model loads
+    if params["heads"] == "auto":  # the rule measures each head's denominator across texts
+        params = validate({**raw, "n_texts": RULE_TEXTS})
     bar = tqdm(total=4, file=sys.stderr, bar_format="{n_fmt}/{total_fmt} {desc} [{elapsed}]", leave=False, disable=None)
     start = time.time()
 
@@ -275,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     """The ``ctxneurons`` command (argv: its arguments, default sys.argv[1:]); returns the exit status.
 
     Every failure ends in one message on stderr and a non-zero status: 2 for an input
-    that cannot be used (the message names it and the fix), 130 for Ctrl-C, 1 for
+    that cannot be used (the message names it and the fix), 3 when the stable-heads rule
+    picks no head (the circuit's premise fails for the model), 130 for Ctrl-C, 1 for
     anything else. ``--debug`` (anywhere) or CTXN_DEBUG=1 shows the traceback instead."""
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
@@ -296,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(err, InputError):
             print(f"{prog.strip()}: {_one_line(err)}", file=sys.stderr)
             return 2
+        if isinstance(err, PremiseFails):  # the method's answer, not a failure of the command
+            print(f"{prog.strip()}: {err}", file=sys.stderr)
+            return 3
         if isinstance(err, OSError):
             print(f"{prog.strip()}: {_one_line(err)} (check the file or folder named; --debug shows the traceback)", file=sys.stderr)
             return 2

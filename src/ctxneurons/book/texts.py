@@ -120,7 +120,7 @@ class RunTexts:
     @property
     def heads(self) -> tuple[int, ...]:
         """The circuit's heads: the ``heads`` parameter, or with 'auto' the stable-heads rule's
-        pick (:class:`stable_heads.PremiseFails` when it picks none)."""
+        pick (:class:`~ctxneurons.errors.PremiseFails` when it picks none)."""
         return stable_heads.resolve(self.params.get("heads", PAPER_HEADS), lambda: self.head_pick)
 
     @property

@@ -17,7 +17,7 @@ that park weight on BOS. So per head:
 The rule (:func:`choose`) keeps a head whose kernel is slow, which excludes sinks and
 uniform heads, and whose measured denominator CV is at most CV_STABLE_MAX. When it keeps no
 head, the circuit's premise fails for the model: :class:`HeadPick` says so, and
-:meth:`HeadPick.require` raises :class:`PremiseFails` rather than fall back to a fixed list.
+:meth:`HeadPick.require` raises :class:`~ctxneurons.errors.PremiseFails` rather than fall back to a fixed list.
 
 Shapes: N texts, m tokens per text, H heads, T tokens, e d_head, V vocabulary.
 """
@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from ctxneurons.errors import PremiseFails  # defined torch-free, for the command line to catch
 from ctxneurons.method import decomposition, denominators, forward, kernels
 from ctxneurons.method.decomposition import DEFAULT_C
 from ctxneurons.method.forward import full_precision
@@ -56,11 +57,6 @@ CV_STABLE_MAX = 0.25
 # its unstable denominator.
 DUPLICATE_TOKEN_MIN = 4.0
 N_SCORE_TOKENS = 512  # the corpus's most frequent tokens over which content scores are compared
-
-
-class PremiseFails(ValueError):
-    """No head of the model has a slowly decaying kernel and a stable denominator: the
-    contextual circuit's premise does not hold, and neurons found through it mean nothing."""
 
 
 @full_precision
@@ -150,7 +146,7 @@ class HeadPick:
                 "and no neurons are reported through it")
 
     def require(self) -> list[int]:
-        """The heads, or :class:`PremiseFails` when there are none."""
+        """The heads, or :class:`~ctxneurons.errors.PremiseFails` when there are none."""
         if not self.heads:
             raise PremiseFails(self.message)
         return list(self.heads)
@@ -269,7 +265,7 @@ AUTO = "auto"  # the heads parameter's value that asks for the rule's pick
 def resolve(heads: Sequence[int] | str, pick: Callable[[], HeadPick]) -> tuple[int, ...]:
     """A run's heads parameter as the circuit's heads: a list as given; 'auto' the rule's
     pick, computed only then (``pick`` returns a :class:`HeadPick`), and
-    :class:`PremiseFails` when it picks none: never a fixed list in its place."""
+    :class:`~ctxneurons.errors.PremiseFails` when it picks none: never a fixed list in its place."""
     if isinstance(heads, str):
         if heads != AUTO:
             raise ValueError(f"heads={heads!r}: pass a list of head indices or 'auto' (the stable-heads rule)")
