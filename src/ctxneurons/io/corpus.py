@@ -470,7 +470,7 @@ def unknown_share(ids: torch.Tensor, tokenizer) -> float:
 
 def unknown_warning(share: float, what: str, model: str) -> str | None:
     """What to tell a reader whose text is ``share`` placeholders under ``model``'s tokenizer
-    (None below :data:`UNKNOWN_WARN`): how much, and what to do."""
+    (None at or below ``UNKNOWN_WARN``): how much, and what to do."""
     if share <= UNKNOWN_WARN:
         return None
     return (f"{share:.0%} of the tokens of {what} are unknown to {model}'s tokenizer: each became one placeholder "
