@@ -6,7 +6,8 @@
 #   CTXN_MODEL=...           the model for every chapter (default: gpt2 where reachable,
 #                            else the offline toy edition, 100 texts per chapter)
 #   CTXN_BOOK_FRESH=1        delete _build first (pages and jupyter-cache): every
-#                            notebook runs again
+#                            notebook runs again (as it does when any CTXN_* setting
+#                            differs from the last build's)
 # Further hooks: export any CTXN_* setting the chapters read; the notebook kernels
 # inherit this script's environment.
 set -euo pipefail
@@ -32,6 +33,15 @@ if [ -z "${CTXN_MODEL:-}" ]; then
 fi
 if [ -n "${CTXN_BOOK_FRESH:-}" ]; then
   rm -rf _build
+fi
+# jupyter-cache keys a page by its source, not by the settings it ran under: when the CTXN_*
+# settings differ from the last build's, every page runs again, so that no page shows the
+# numbers of another scale or model beside this build's.
+settings=$(env | grep '^CTXN_' | grep -Ev '^CTXN_(SKIP_SETUP|BOOK_ARGS|BOOK_FRESH)=' | sort || true)
+mkdir -p _build
+if [ "$settings" != "$(cat _build/.ctxn-settings 2>/dev/null || true)" ]; then
+  rm -rf _build/.jupyter_cache
+  printf '%s' "$settings" > _build/.ctxn-settings
 fi
 # shellcheck disable=SC2206
 extra=(${CTXN_BOOK_ARGS:-})

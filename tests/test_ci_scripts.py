@@ -65,3 +65,35 @@ def test_shard_and_merge_scripts_split_quoted_grid_arguments_and_merge(tmp_path)
     proc = subprocess.run(["bash", str(ROOT / "ci" / "batch_shard.sh")], cwd=tmp_path, env=bad, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "must be an integer" in proc.stderr
     assert not (tmp_path / "pwned").exists() and not (ROOT / "pwned").exists()
+
+
+def test_a_build_with_other_settings_runs_every_page_again(tmp_path):
+    """jupyter-cache keys pages by their source: a rebuild at another CTXN_N_TEXTS would show
+    the last build's pages beside this build's front page. ci/build_book.sh clears the page
+    cache when the CTXN_* settings change, and keeps it when they do not."""
+    repo = tmp_path / "repo"
+    (repo / "ci").mkdir(parents=True)
+    for name in ("build_book.sh", "install_js.sh"):
+        shutil.copy(ROOT / "ci" / name, repo / "ci" / name)
+    (repo / "book" / "js").mkdir(parents=True)
+    for name in ("package.json", "package-lock.json"):
+        shutil.copy(ROOT / "book" / "js" / name, repo / "book" / "js" / name)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    # A jupyter-book that says whether it found a page cache, then fills one, as a build does.
+    (fake / "jupyter-book").write_text("#!/usr/bin/env bash\n[ -d _build/.jupyter_cache ] && echo CACHED || echo FRESH\n"
+                                       "mkdir -p _build/.jupyter_cache\n")
+    (fake / "jupyter-book").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CTXN_")}
+    env.update(PATH=f"{fake}:{env['PATH']}", CTXN_SKIP_SETUP="1", CTXN_MODEL="toy")
+
+    def build(**settings) -> str:
+        proc = subprocess.run(["bash", "ci/build_book.sh"], cwd=repo, env={**env, **settings}, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.split()[0]
+
+    assert build(CTXN_N_TEXTS="100") == "FRESH"
+    assert build(CTXN_N_TEXTS="100") == "CACHED"
+    assert build(CTXN_N_TEXTS="1000") == "FRESH"
+    assert build(CTXN_N_TEXTS="1000", CTXN_SKIP_SETUP="1") == "CACHED"
