@@ -158,6 +158,9 @@ def open_page(browser, url: str, *, viewport=(1280, 900), timeout_ms: int = 30_0
     # Waiting for networkidle in goto itself: a separate wait_for_load_state after
     # "load" never returned with Debian's Chromium 156 under Playwright 1.65.
     page.goto(url, wait_until="networkidle")
+    # networkidle can come before the document is parsed to its end (seen: 2 of a page's 9
+    # cell outputs there); what the tests read must be the whole page.
+    page.wait_for_function("document.readyState === 'complete'")
     return page, report
 
 
@@ -236,13 +239,18 @@ def page_outputs(page) -> tuple[list[str], int]:
 
 def wide_outputs(page) -> list[str]:
     """The start of every cell output on the page whose text runs past its own box or the
-    article's column (a long line the page clips), at the page's current width."""
+    article's column (a long line the page clips), and of every table in an output that is
+    wider than its box (cut off behind a scroll bar), at the page's current width. A table in
+    a folded ``<details>`` is left out: the reader who opens it asked for all of it."""
     return page.evaluate(
         """() => {
             const column = (document.querySelector('article') || document.querySelector('main') || document.body).getBoundingClientRect();
-            return [...document.querySelectorAll('.cell_output pre')]
-                .filter(o => o.scrollWidth > o.clientWidth + 1 || o.getBoundingClientRect().right > column.right + 1)
-                .map(o => o.innerText.slice(0, 60));
+            const folded = e => { const d = e.closest('details'); return d !== null && !d.open; };
+            const pres = [...document.querySelectorAll('.cell_output pre')]
+                .filter(o => o.scrollWidth > o.clientWidth + 1 || o.getBoundingClientRect().right > column.right + 1);
+            const tables = [...document.querySelectorAll('.cell_output table')].filter(t => !folded(t))
+                .filter(t => t.scrollWidth > t.parentElement.clientWidth + 1 || t.getBoundingClientRect().right > column.right + 1);
+            return [...pres, ...tables].map(o => o.innerText.slice(0, 60));
         }"""
     )
 

@@ -270,14 +270,20 @@ def kernel_and_trace(kernels_df: pd.DataFrame, trace_df: pd.DataFrame, head: tup
 
 
 def windows_html(windows_df: pd.DataFrame, top_df: pd.DataFrame) -> str:
-    """The stable heads' top neurons and their top-activating windows as an HTML table (corpus text escaped)."""
+    """The stable heads' top neurons and their top-activating windows as HTML, one folded
+    table per head (the first open: every head's windows at once made the page metres long);
+    corpus text escaped."""
     from ctxneurons.book.figures import escape_text
 
-    rows = []
-    for r in top_df.itertuples():
-        ws = windows_df[(windows_df["layer"] == r.layer) & (windows_df["neuron"] == r.neuron)]
-        cells = "<br>".join(f"{w.peak:.2f}: …{escape_text(w.window)}…" for w in ws.itertuples())
-        rows.append(f"<tr><td>{r.layer}.{r.head}</td><td>{r.neuron}</td><td>{r.drive:.3g} ({r.drive_over_rms:.1f}×)</td>"
-                    f"<td style='text-align:left'>{cells}</td></tr>")
-    head = "<tr><th>layer.head</th><th>neuron</th><th>drive (× RMS)</th><th>top-activating windows (pre-activation: text)</th></tr>"
-    return f"<table>{head}{''.join(rows)}</table>"
+    head = "<tr><th>neuron</th><th>drive (× RMS)</th><th>top-activating windows (pre-activation: text)</th></tr>"
+    sections = []
+    for k, ((layer, h), g) in enumerate(top_df.groupby(["layer", "head"], sort=False)):
+        rows = []
+        for r in g.itertuples():
+            ws = windows_df[(windows_df["layer"] == r.layer) & (windows_df["neuron"] == r.neuron)]
+            cells = "<br>".join(f"{w.peak:.2f}: …{escape_text(w.window)}…" for w in ws.itertuples())
+            rows.append(f"<tr><td>{r.neuron}</td><td>{r.drive:.3g} ({r.drive_over_rms:.1f}×)</td>"
+                        f"<td style='text-align:left'>{cells}</td></tr>")
+        sections.append(f"<details{' open' if k == 0 else ''}><summary>head {layer}.{h}: its {len(g)} most driven neurons"
+                        f"</summary><table>{head}{''.join(rows)}</table></details>")
+    return "".join(sections)
