@@ -288,3 +288,17 @@ def test_an_environment_override_makes_a_new_recorded_run_not_a_skipped_one(note
     assert sorted(summary["n"]) == [1, 64]  # the notebook read the override as the record says
     by_env = dict(zip(summary["environment"], summary["param.n_texts"]))
     assert by_env['{"CTXN_N_TEXTS": "64"}'] == 64 and pd.isna(by_env["{}"])  # the notebook's own default
+
+
+def test_batch_page_names_a_parameter_every_run_shares_once_and_keeps_the_ones_that_differ(tmp_path):
+    from ctxneurons.book import report
+
+    for seed, r in ((1, 0.5), (2, 0.7)):
+        folder = _fake_run(tmp_path / "runs", f"seed={seed}__{seed}", {"r": r})
+        meta = json.loads((folder / "run.json").read_text())
+        meta["parameters"].update(seed=seed, threshold=5.0)
+        (folder / "run.json").write_text(json.dumps(meta))
+    page = report.batch_html(tmp_path / "runs")
+    shared, table = page.split("<table", 1)
+    assert "<code>threshold</code> = 5.0" in shared and "param.threshold" not in table
+    assert "param.seed" in table and "<code>seed</code>" not in shared  # the batch's point: it differs

@@ -588,5 +588,16 @@ def batch_html(root: str | os.PathLike | None = None) -> str:
         # The settings' names say what reached a run; their values (often paths of the machine
         # that ran it) stay in summary.csv and run.json.
         shown["environment"] = shown["environment"].map(_setting_names)
-    return (f"<p>{len(table)} finished run(s) in {where}.</p>" + note
-            + shown.to_html(index=False, escape=True, classes="table ctxn-batch", border=0, na_rep="—"))
+    # A parameter every run shares is said once above the table: a column per parameter made
+    # the table wider than the page, and the columns that differ are the batch's point.
+    same = [c for c in shown.columns if (c.startswith("param.") or c == "environment")
+            and shown[c].astype(str).nunique(dropna=False) == 1]
+    shared = ("<p>Every run: " + "; ".join(f"<code>{html.escape(c.removeprefix('param.'))}</code> = "
+                                          f"{html.escape(_fmt_value(shown[c].iloc[0]))}" for c in same) + ".</p>") if same else ""
+    return (f"<p>{len(table)} finished run(s) in {where}.</p>" + note + shared
+            + shown.drop(columns=same).to_html(index=False, escape=True, classes="table ctxn-batch", border=0, na_rep="—"))
+
+
+def _fmt_value(v) -> str:
+    """A table value as the table would show it ('—' for a missing one)."""
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
