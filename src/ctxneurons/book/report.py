@@ -594,8 +594,16 @@ def batch_html(root: str | os.PathLike | None = None) -> str:
             and shown[c].astype(str).nunique(dropna=False) == 1]
     shared = ("<p>Every run: " + "; ".join(f"<code>{html.escape(c.removeprefix('param.'))}</code> = "
                                           f"{html.escape(_fmt_value(shown[c].iloc[0]))}" for c in same) + ".</p>") if same else ""
+    shown = shown.drop(columns=same)
+    if len(shown) <= TRANSPOSE_UP_TO:
+        # A few runs read best as columns, a field per row: a row per run, with a column for
+        # every field and its provenance, ran past the page's column.
+        shown = shown.T.set_axis([f"run {i + 1}" for i in range(len(shown))], axis=1).rename_axis("field").reset_index()
     return (f"<p>{len(table)} finished run(s) in {where}.</p>" + note + shared
-            + shown.drop(columns=same).to_html(index=False, escape=True, classes="table ctxn-batch", border=0, na_rep="—"))
+            + shown.to_html(index=False, escape=True, classes="table ctxn-batch", border=0, na_rep="—"))
+
+
+TRANSPOSE_UP_TO = 4  # the batch page shows this many runs or fewer as columns
 
 
 def _fmt_value(v) -> str:
