@@ -113,9 +113,6 @@ def compute(run) -> Result:
     among the models (by name or folder), toy_ground_truth; extra holds ``notes``, ``toy_notes`` and
     ``control_notes`` for the narration and ``rule`` (:func:`rule_table`). Models are loaded (layer 0 only) and released one
     at a time."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # building the control and loading each model: bars are noise on a page
     p = run.params
     names = across.default_models(p["model"]) if p["models"] == "auto" else p["models"]
     reference = None if p["heads"] == stable_heads.AUTO else list(p["heads"])  # 'auto': each model's pick, nothing to compare

@@ -74,9 +74,6 @@ def compute(run) -> Result:
     (tables ``heads``, ``kernels``), the neurons the stable heads drive (``top_neurons``,
     ``top_windows``), the showcase head's calibrated output along the example texts
     (``trace``); headline numbers as the chapter's summary.json has them."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # building the toy's control and loading models: bars are noise on a page
     device = run.w.device
     model = dl.load_model(run.params["model"], device=str(device))
     specs = dl.layer_specs(model)
