@@ -1,6 +1,8 @@
 """Batch runs: grid, skip on rerun, failure reporting, and resume after SIGINT / SIGKILL."""
 
+import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -128,6 +130,39 @@ def test_interrupted_batch_keeps_finished_runs_and_resumes(notebook_dir, tmp_pat
     assert "seed=1__" in resumed.stdout and "skipped" in resumed.stdout
     assert (finished[0] / "outputs" / "demo" / "summary.json").read_text() == first  # untouched
     assert sorted(p.name.split("__")[0] for p in demo.iterdir()) == ["seed=1", "seed=3", "seed=99"]
+
+
+def _run_interrupted_as_papermill_is():
+    """A cell's request is pending on a loop when Ctrl-C arrives; the kernel's shutdown then
+    finds it dead: papermill logs that, and the request's error is never retrieved."""
+    loop = asyncio.new_event_loop()
+
+    async def request():
+        raise RuntimeError("Kernel died")
+
+    pending = loop.create_task(request())
+    loop.run_until_complete(asyncio.sleep(0.01))
+    logging.getLogger("papermill").error("before the interrupt: a real failure")
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+    finally:
+        logging.getLogger("papermill").error("Kernel died while waiting for execute reply.")
+        loop.close()
+        del pending  # dies with this frame, once the interrupt is handled
+
+
+def test_after_ctrl_c_the_kernels_death_is_not_reported_again_but_earlier_errors_are(caplog):
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        pytest.skip("SIGINT is ignored in this process (started in the background)")
+    with caplog.at_level(logging.ERROR), batch._quiet_after_ctrl_c():
+        try:
+            _run_interrupted_as_papermill_is()
+        except KeyboardInterrupt:
+            pass
+    said = [r.getMessage() for r in caplog.records]
+    assert said == ["before the interrupt: a real failure"], said
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_files_named_relative_to_the_shell_reach_the_notebook_as_absolute_paths(tmp_path, monkeypatch, notebook_dir):

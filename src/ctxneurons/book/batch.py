@@ -18,15 +18,19 @@ runs folder with its ``summary.csv``, the same layout a local batch writes.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import itertools
 import json
+import logging
 import math
 import os
 import re
 import shutil
+import signal
 import socket
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -408,7 +412,7 @@ def run_batch(notebooks: list[Path], param_sets: list[dict], root: Path, kernel_
         jobs = shard(jobs, *shard_of)
         log(f"shard {shard_of[0]}/{shard_of[1]}: {len(jobs)} of the grid's {total} runs")
     results = []
-    with exclusive(root):
+    with exclusive(root), _quiet_after_ctrl_c():
         current = None
         try:
             for i, job in enumerate(jobs, 1):
@@ -424,6 +428,10 @@ def run_batch(notebooks: list[Path], param_sets: list[dict], root: Path, kernel_
                         + (f" (the earlier copy was damaged: {'; '.join(res['repaired'][:3])})" if "repaired" in res else ""))
             current = None
         except KeyboardInterrupt:
+            interrupted = True  # raised below, once the interrupted run's frames are let go
+        else:
+            interrupted = False
+        if interrupted:
             done = sum(r["status"] == "done" for r in results)
             try:
                 _write_summary(root)
@@ -432,11 +440,46 @@ def run_batch(notebooks: list[Path], param_sets: list[dict], root: Path, kernel_
             raise BatchInterrupted(
                 f"interrupted during {current.label if current else 'the summary'}: that run was not kept; the "
                 f"{done} run(s) finished in this batch and every earlier finished run are kept in {root}. "
-                "Run the same command again to resume (finished runs are skipped).") from None
+                "Run the same command again to resume (finished runs are skipped).")
         table = _write_summary(root)
     if not table.empty:
         log(f"summary of {len(table)} finished runs: {root / 'summary.csv'}")
     return results
+
+
+@contextmanager
+def _quiet_after_ctrl_c():
+    """Ctrl-C stops the batch mid-cell and the kernel is shut down under a waiting request:
+    papermill then logs that the kernel died and asyncio that the request's DeadKernelError
+    was never retrieved, with a traceback. Both only echo the interrupt, which the batch
+    reports itself (:class:`BatchInterrupted`), so once a Ctrl-C arrives they are dropped."""
+    interrupted = False
+
+    def drop_after_interrupt(record: logging.LogRecord) -> bool:
+        return not interrupted
+
+    def on_sigint(signum, frame):
+        nonlocal interrupted
+        interrupted = True
+        (previous if callable(previous) else signal.default_int_handler)(signum, frame)
+
+    # Python lets only the main thread set handlers; an ignored SIGINT (a job started with `&`) stays ignored.
+    previous = signal.getsignal(signal.SIGINT)
+    ours = threading.current_thread() is threading.main_thread() and previous is not signal.SIG_IGN
+    if ours:
+        signal.signal(signal.SIGINT, on_sigint)
+    loggers = [logging.getLogger(name) for name in ("papermill", "asyncio")]
+    for logger in loggers:
+        logger.addFilter(drop_after_interrupt)
+    try:
+        yield
+    finally:
+        if ours:
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+        if interrupted:
+            gc.collect()  # the unretrieved request is reported when collected: while the filter is on
+        for logger in loggers:
+            logger.removeFilter(drop_after_interrupt)
 
 
 class MergeConflict(InputError, ValueError):
