@@ -239,6 +239,29 @@ def test_save_writes_every_table_and_the_headline(tiny_cache, tmp_path):
 # ---------------------------------------------------------------- the notebooks narrate
 
 
+
+# ---------------------------------------------------------------- 10: deeper layers
+
+
+def test_deeper_layers_measures_the_negative_control_on_the_runs_first_texts(toy_cache, monkeypatch):
+    """The control runs beside the toy through the same statistics, on the run's first
+    CONTROL_TEXTS texts only, says how many, and finds no stable head in any layer."""
+    measured = []
+    collect = ch10_deeper_layers.dl.collect
+
+    def counting(*args, **kwargs):
+        stats = collect(*args, **kwargs)
+        measured.append(stats.n_texts)
+        return stats
+
+    monkeypatch.setattr(ch10_deeper_layers, "CONTROL_TEXTS", 2)
+    monkeypatch.setattr(ch10_deeper_layers.dl, "collect", counting)
+    r = _compute(ch10_deeper_layers, "deeper_layers", toy_cache, model="toy", corpus="auto", n_texts=3, n_examples=1)
+    h = r.headline
+    assert measured == [3, 2] and h["n_texts"] == 3 and h["toy_control_n_texts"] == 2
+    assert h["toy_control_stable_heads_by_layer"] == {"0": [], "1": []}
+
+
 @pytest.mark.parametrize("notebook, module", [
     ("01_positional_kernels", ch01_positional_kernels), ("02_tv_distance", ch02_tv_distance),
     ("03_denominator_stability", ch03_denominator_stability), ("04_contextual_circuit", ch04_contextual_circuit),
