@@ -413,7 +413,7 @@ def run_batch(notebooks: list[Path], param_sets: list[dict], root: Path, kernel_
         log(f"shard {shard_of[0]}/{shard_of[1]}: {len(jobs)} of the grid's {total} runs")
     results = []
     with exclusive(root), _quiet_after_ctrl_c():
-        current = None
+        current, interrupted = None, False
         try:
             for i, job in enumerate(jobs, 1):
                 current = job
@@ -429,8 +429,6 @@ def run_batch(notebooks: list[Path], param_sets: list[dict], root: Path, kernel_
             current = None
         except KeyboardInterrupt:
             interrupted = True  # raised below, once the interrupted run's frames are let go
-        else:
-            interrupted = False
         if interrupted:
             done = sum(r["status"] == "done" for r in results)
             try:

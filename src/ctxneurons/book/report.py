@@ -98,11 +98,12 @@ def _source(summary: dict) -> str:
             f"calibration {cal.get('name')} ({str(cal.get('sha256', ''))[:12]})")
 
 
-def _fmt(x) -> str:
-    """A value as a table shows it; a missing number (None, NaN) as "—"."""
-    if isinstance(x, float):
-        return f"{x:.4g}" if np.isfinite(x) else "—"
-    return "—" if x is None else str(x)
+def _fmt(x, as_given: bool = False) -> str:
+    """A value as a table shows it, a number to 4 significant digits unless ``as_given`` (a
+    parameter, shown as the user wrote it); a missing number (None, NaN, inf) as "—"."""
+    if x is None or isinstance(x, float) and not math.isfinite(x):
+        return "—"
+    return f"{x:.4g}" if isinstance(x, float) and not as_given else str(x)
 
 
 # What the toy edition is built to give, per scorecard row: what a comparison with the paper
@@ -290,16 +291,26 @@ def premise_fails_html(pick, consequence: str = NO_FIGURES) -> str:
             f"<th>the rule's verdict</th></tr></thead><tbody>{rows}</tbody></table></div>")
 
 
+def show_if_premise_fails(result, consequence: str = NO_FIGURES) -> bool:
+    """On a page whose chapter ``result`` has no circuit (``result.premise_holds`` False,
+    :func:`ctxneurons.chapters.premise_fails`): show :func:`premise_fails_html` with
+    ``consequence``. Returns ``result.premise_holds``, for the page's cells to test."""
+    if not result.premise_holds:
+        figures.show_html(premise_fails_html(result.extra["pick"], consequence))
+    return result.premise_holds
+
+
 def say_if_premise_fails(run, consequence: str) -> bool:
     """On a report page whose run has no circuit (``run.premise_holds`` False): save the
-    :func:`ctxneurons.chapters.premise_fails` summary and show :func:`premise_fails_html` with
-    ``consequence``. Returns ``run.premise_holds``, for the page's cells to test."""
+    :func:`ctxneurons.chapters.premise_fails` summary and show it (:func:`show_if_premise_fails`).
+    Returns ``run.premise_holds``, for the page's cells to test."""
     from ctxneurons import chapters
 
-    if not run.premise_holds:
-        chapters.save(run, chapters.premise_fails(run))
-        figures.show_html(premise_fails_html(run.head_pick, consequence))
-    return run.premise_holds
+    if run.premise_holds:
+        return True
+    result = chapters.premise_fails(run)
+    chapters.save(run, result)
+    return show_if_premise_fails(result, consequence)
 
 
 def _per_model(h: dict, value_of) -> str | None:
@@ -593,7 +604,7 @@ def batch_html(root: str | os.PathLike | None = None) -> str:
     same = [c for c in shown.columns if (c.startswith("param.") or c == "environment")
             and shown[c].astype(str).nunique(dropna=False) == 1]
     shared = ("<p>Every run: " + "; ".join(f"<code>{html.escape(c.removeprefix('param.'))}</code> = "
-                                          f"{html.escape(_fmt_value(shown[c].iloc[0]))}" for c in same) + ".</p>") if same else ""
+                                          f"{html.escape(_fmt(shown[c].iloc[0], as_given=True))}" for c in same) + ".</p>") if same else ""
     shown = shown.drop(columns=same)
     if len(shown) <= TRANSPOSE_UP_TO:
         # A few runs read best as columns, a field per row: a row per run, with a column for
@@ -604,8 +615,3 @@ def batch_html(root: str | os.PathLike | None = None) -> str:
 
 
 TRANSPOSE_UP_TO = 4  # the batch page shows this many runs or fewer as columns
-
-
-def _fmt_value(v) -> str:
-    """A table value as the table would show it ('—' for a missing one)."""
-    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)

@@ -129,8 +129,8 @@ def compute(run) -> Result:
     models_df = across.table([s.row for s in studies.values()])
     kernels_df = pd.concat([s.kernels for s in studies.values()], ignore_index=True)
     heads_df = pd.concat([s.heads for s in studies.values()], ignore_index=True)
-    scores_df = pd.concat([s.scores for s in studies.values() if len(s.scores)], ignore_index=True) if any(
-        len(s.scores) for s in studies.values()) else pd.DataFrame(columns=list(across.SCORES_COLUMNS))
+    scored = [s.scores for s in studies.values() if len(s.scores)]  # a model without a circuit has none
+    scores_df = pd.concat(scored, ignore_index=True) if scored else pd.DataFrame(columns=list(across.SCORES_COLUMNS))
     tables = {"models": Table(models_df, across.COLUMNS), "kernels": Table(kernels_df, across.KERNEL_COLUMNS),
               "heads": Table(heads_df, HEAD_COLUMNS), "scores": Table(scores_df, across.SCORES_COLUMNS)}
     truth_df, toy_notes = _against_plant(studies)

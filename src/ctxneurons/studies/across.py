@@ -245,7 +245,7 @@ COLUMNS = {
 }
 
 
-#: The columns of chapter 06's kernels.csv: :func:`kernels.kernel_frame` of each model, with its label.
+#: The columns of chapter 06's scores.csv: each model's (neuron, text) scores (:attr:`Study.scores`).
 SCORES_COLUMNS = {
     "model": "the model's label",
     "neuron": "layer-0 MLP neuron j (of the model-scaled rule)",
@@ -254,6 +254,7 @@ SCORES_COLUMNS = {
     "fvu": "fraction of variance unexplained, sum (true - approx)^2 / sum (true - mean true)^2",
 }
 
+#: The columns of chapter 06's kernels.csv: :func:`kernels.kernel_frame` of each model, with its label.
 KERNEL_COLUMNS = {
     "model": "the model's label",
     "head": "layer-0 attention head",
