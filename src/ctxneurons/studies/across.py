@@ -245,7 +245,7 @@ COLUMNS = {
 }
 
 
-#: The columns of chapter 06's scores.csv: each model's (neuron, text) scores (:attr:`Study.scores`).
+#: The columns of chapter 06's scores.csv: each model's (neuron, text) scores (the ``scores`` of :class:`Study`).
 SCORES_COLUMNS = {
     "model": "the model's label",
     "neuron": "layer-0 MLP neuron j (of the model-scaled rule)",
