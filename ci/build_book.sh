@@ -31,18 +31,16 @@ if [ -z "${CTXN_MODEL:-}" ]; then
     echo "GPT-2 cannot be reached: building the offline toy edition (${CTXN_N_TEXTS} texts per chapter)"
   fi
 fi
-if [ -n "${CTXN_BOOK_FRESH:-}" ]; then
+# jupyter-cache keys a page by its source, not by the settings it ran under, and Sphinx
+# re-reads only the pages whose source changed: when the CTXN_* settings differ from the last
+# build's, the build starts fresh, so that no page shows the numbers of another scale or model
+# beside this build's.
+settings=$(env | grep '^CTXN_' | grep -Ev '^CTXN_(SKIP_SETUP|BOOK_ARGS|BOOK_FRESH)=' | sort || true)
+if [ -n "${CTXN_BOOK_FRESH:-}" ] || [ "$settings" != "$(cat _build/.ctxn-settings 2>/dev/null || true)" ]; then
   rm -rf _build
 fi
-# jupyter-cache keys a page by its source, not by the settings it ran under: when the CTXN_*
-# settings differ from the last build's, every page runs again, so that no page shows the
-# numbers of another scale or model beside this build's.
-settings=$(env | grep '^CTXN_' | grep -Ev '^CTXN_(SKIP_SETUP|BOOK_ARGS|BOOK_FRESH)=' | sort || true)
 mkdir -p _build
-if [ "$settings" != "$(cat _build/.ctxn-settings 2>/dev/null || true)" ]; then
-  rm -rf _build/.jupyter_cache
-  printf '%s' "$settings" > _build/.ctxn-settings
-fi
+printf '%s' "$settings" > _build/.ctxn-settings
 # shellcheck disable=SC2206
 extra=(${CTXN_BOOK_ARGS:-})
 jupyter-book build . -W -n --keep-going "${extra[@]}"
