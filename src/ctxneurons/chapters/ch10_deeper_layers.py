@@ -253,9 +253,10 @@ def kernel_and_trace(kernels_df: pd.DataFrame, trace_df: pd.DataFrame, head: tup
     k = kernels_df[(kernels_df["layer"] == L) & (kernels_df["head"] == h)]
     tr = trace_df[trace_df["text"] == text]
     neuron = int(tr["neuron"].iloc[0]) if len(tr) else -1
+    # Two lines each: on one line the two titles ran into each other over the gap between the panels.
     fig = make_subplots(rows=1, cols=2, subplot_titles=[
-        f"layer {L} head {h}: mean attention by distance",
-        f"its part of neuron {L}.{neuron} along text {text}"])
+        f"layer {L} head {h}:<br>mean attention by distance",
+        f"its part of neuron {neuron} of layer {L}<br>along text {text}"])
     for p, g in k.groupby("query_position"):
         fig.add_trace(go.Scatter(x=g["distance"], y=g["weight"], mode="lines", name=f"n = {p}"), row=1, col=1)
     shown = [escape_text(repr(t)) for t in tr["token"]]
@@ -266,7 +267,7 @@ def kernel_and_trace(kernels_df: pd.DataFrame, trace_df: pd.DataFrame, head: tup
     fig.update_yaxes(type="log", row=1, col=1, title_text="weight")
     fig.update_xaxes(title_text="distance n - i", row=1, col=1)
     fig.update_xaxes(title_text="position n", row=1, col=2)
-    fig.update_layout(height=420)
+    fig.update_layout(height=440, margin={"t": 90})
     return fig
 
 
